@@ -1,0 +1,99 @@
+"""The contract every protocol driver fulfils, and the registry of protocols.
+
+A driver owns one physical link (a TCP connection, a serial port) and the
+devices behind it. The scheduler calls it from exactly one task, so a driver
+never has two requests outstanding on its link and needs no locking.
+
+Adding a protocol: write one package with a config model (subclassing
+`DeviceBase` and `PointBase`) and a driver class, and call `register()` in
+`drivers/__init__.py`. Driver modules import their vendor library lazily, so
+a gateway that uses no OPC-UA device never imports asyncua.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config.models import DeviceBase
+from gateway.model import Sample, Value
+
+
+class DriverError(Exception):
+    """The link or the device failed as a whole; every point of the affected devices is bad.
+
+    `reason` is the short, stable reason put on the readings; the message is for the log.
+    """
+
+    def __init__(self, message: str, reason: str = "communication-failure") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WriteRefused(Exception):
+    """A write to a point that is not declared writable, or that the protocol cannot write."""
+
+
+SampleSink = Callable[[DeviceBase, Sequence[Sample]], None]
+
+
+class Driver(abc.ABC):
+    """One physical link and the devices configured on it."""
+
+    def __init__(self, devices: Sequence[DeviceBase]) -> None:
+        self.devices = list(devices)
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the link. Raises DriverError when it cannot."""
+
+    @abc.abstractmethod
+    async def read(self, device: DeviceBase) -> list[Sample]:
+        """Read every point of one device in as few requests as the protocol allows.
+
+        A point that cannot be read or decoded comes back as a bad-quality sample;
+        DriverError means the device (or the link) did not answer at all.
+        """
+
+    async def write(self, device: DeviceBase, point: str, value: Value) -> None:
+        raise WriteRefused(f"protocol {device.protocol} does not support writes")
+
+    async def subscribe(self, device: DeviceBase, sink: SampleSink) -> bool:
+        """Push-capable drivers start delivering samples to `sink` and return True; pollers return False."""
+        return False
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the link. Never raises for a link that is already broken."""
+
+    def describe_requests(self, device: DeviceBase) -> list[str]:
+        """Human-readable list of the requests one poll of `device` makes (for `municipal-gateway plan`)."""
+        return [f"read {len(device.points)} points"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    config_model: type[DeviceBase]
+    driver_path: str  # "package.module:Class", imported only when a device needs it
+
+    def driver_class(self) -> type[Driver]:
+        module_name, _, class_name = self.driver_path.partition(":")
+        driver: Any = getattr(importlib.import_module(module_name), class_name)
+        return driver  # type: ignore[no-any-return]
+
+
+_REGISTRY: dict[str, Protocol] = {}
+
+
+def register(name: str, config_model: type[DeviceBase], driver_path: str) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"protocol {name!r} is registered twice")
+    _REGISTRY[name] = Protocol(name, config_model, driver_path)
+
+
+def protocols() -> dict[str, Protocol]:
+    return dict(_REGISTRY)

@@ -1,0 +1,1 @@
+"""Modbus drivers: TCP (and, later, RTU on shared serial ports) over pymodbus."""

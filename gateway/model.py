@@ -1,0 +1,102 @@
+"""The shared metadata model as it travels through the daemon.
+
+A driver produces `Sample`s (one value of one configured point, in the device's
+own unit). The mapping stage turns each sample into a `Reading`: the value of
+one catalogue indicator of one asset, in the indicator's canonical unit, with
+quality and time. Everything downstream of mapping (processing, buffer,
+publisher) only ever sees readings.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+
+Value = float | int | bool | str | None
+
+
+class Quality(enum.StrEnum):
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+class Reason(enum.StrEnum):
+    """Short, stable reasons for a quality other than good."""
+
+    COMMUNICATION = "communication-failure"
+    DEVICE_EXCEPTION = "device-exception"
+    DECODE_ERROR = "decode-error"
+    OUT_OF_RANGE = "out-of-range"
+    SENSOR_FAULT = "sensor-fault"
+    SUBSTITUTED = "substituted"
+    STALE = "stale"
+    NOT_FOUND = "not-found"
+
+
+def now_ms() -> int:
+    """Wall-clock UTC time in milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRef:
+    """Where a reading belongs: domain, site and asset ids (lower-case a-z0-9-)."""
+
+    domain: str
+    site: str
+    asset: str
+
+    def path(self) -> str:
+        return f"{self.domain}/{self.site}/{self.asset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One point as a driver read it: value after decoding, before scaling and unit conversion.
+
+    `value` is None exactly when `quality` is BAD for a reason that left no value
+    (no answer, exception, undecodable bytes).
+    """
+
+    point: str
+    value: Value
+    quality: Quality = Quality.GOOD
+    reason: str | None = None
+    source_time_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one indicator of one asset at one time, in the canonical unit."""
+
+    asset: AssetRef
+    indicator: str
+    value: Value
+    unit: str
+    unit_code: str
+    quality: Quality
+    reason: str | None
+    source_time_ms: int
+    receive_time_ms: int
+    device: str
+    point: str
+
+    def as_payload(self, seq: int) -> dict[str, object]:
+        """The JSON shape of one reading inside a batch (documented in README)."""
+        body: dict[str, object] = {
+            "seq": seq,
+            "indicator": self.indicator,
+            "value": self.value,
+            "unit": self.unit,
+            "unit_code": self.unit_code,
+            "quality": self.quality.value,
+            "ts": self.source_time_ms,
+            "rx": self.receive_time_ms,
+            "device": self.device,
+            "point": self.point,
+        }
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return body
