@@ -68,7 +68,8 @@ class MqttSettings(StrictModel):
 
 class BufferSettings(StrictModel):
     path: Path | None = Field(None, description="SQLite file; defaults to <state_dir>/buffer.sqlite.")
-    max_bytes: PositiveInt = Field(256 * 1024 * 1024, description="Oldest readings are dropped (and counted) past this.")
+    max_bytes: PositiveInt = Field(256 * 1024 * 1024,
+                                   description="Past this size the oldest readings are dropped (and counted).")
     synchronous: Literal["full", "normal"] = Field(
         "full", description="full: every poll result survives a power cut; normal: fewer SD-card writes.")
 

@@ -1,0 +1,250 @@
+"""The store-and-forward buffer: an SQLite file in WAL mode.
+
+Every poll result is committed in one transaction before it may be published,
+and a message is deleted only after the broker has acknowledged it, so nothing
+committed is lost while the uplink is down, across restarts or a power cut
+(with `synchronous=full`). When the file grows past its size cap the oldest,
+lowest-priority messages are dropped first and counted, persistently.
+
+All SQLite work runs on one dedicated thread that owns the connection, so
+the event loop never blocks on a disk write (an SD card fsync can take tens of
+milliseconds) and SQLite never sees two threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from gateway.model import now_ms
+
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    priority INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    body BLOB NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority DESC, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters VALUES ('last_seq', 0), ('dropped_messages', 0), ('dropped_readings', 0);
+"""
+# Rough per-row overhead on top of topic and body, so the cap tracks the file size closely enough.
+_ROW_OVERHEAD = 48
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What the pipeline commits: one MQTT message, carrying readings with seq first_seq..last_seq."""
+
+    topic: str
+    body: bytes
+    priority: int = 0  # higher goes first and is dropped last (alarm events)
+    first_seq: int = 0
+    last_seq: int = 0
+    created_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    topic: str
+    body: bytes
+    priority: int
+    first_seq: int
+    last_seq: int
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    messages: int
+    readings: int
+    bytes: int
+    oldest_created_ms: int | None
+    dropped_messages: int
+    dropped_readings: int
+    last_seq: int
+
+
+class Buffer:
+    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor,
+                 max_bytes: int, size: int, last_seq: int) -> None:
+        self._db = connection
+        self._executor = executor
+        self._max_bytes = max_bytes
+        self._size = size
+        self._next_seq = last_seq + 1
+        self.new_data = asyncio.Event()
+
+    @classmethod
+    async def open(cls, path: Path, max_bytes: int,
+                   synchronous: Literal["full", "normal"] | str = "full") -> Buffer:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
+
+        def connect() -> tuple[sqlite3.Connection, int, int]:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            db.executescript(_SCHEMA)
+            size = db.execute(
+                f"SELECT COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) FROM messages"
+            ).fetchone()[0]
+            last_seq = max(_counter(db, "last_seq"), db.execute(
+                "SELECT COALESCE(MAX(last_seq), 0) FROM messages").fetchone()[0])
+            return db, int(size), int(last_seq)
+
+        loop = asyncio.get_running_loop()
+        db, size, last_seq = await loop.run_in_executor(executor, connect)
+        buffer = cls(db, executor, max_bytes, size, last_seq)
+        if size:
+            buffer.new_data.set()
+        return buffer
+
+    def allocate_sequence(self, count: int) -> int:
+        """Reserve `count` consecutive sequence numbers and return the first.
+
+        Numbers are made durable by the commit that carries them; a number
+        reserved but never committed (a crash in between) was never published,
+        so reusing it after a restart cannot produce a duplicate downstream.
+        """
+        first = self._next_seq
+        self._next_seq += count
+        return first
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        """Store `messages` in one transaction (then wake the publisher)."""
+        if not messages:
+            return
+        await self._run(self._commit, messages)
+        self.new_data.set()
+
+    async def fetch(self, limit: int, exclude: Collection[int] = ()) -> list[StoredMessage]:
+        """Up to `limit` stored messages, highest priority first, oldest first within a priority."""
+        return await self._run(self._fetch, limit, tuple(exclude))
+
+    async def ack(self, ids: Collection[int]) -> None:
+        """Delete messages the broker has acknowledged."""
+        if ids:
+            await self._run(self._ack, tuple(ids))
+
+    async def stats(self) -> BufferStats:
+        return await self._run(_read_stats, self._db)
+
+    async def close(self) -> None:
+        await self._run(self._db.close)
+        self._executor.shutdown(wait=True)
+
+    # -- on the buffer thread ------------------------------------------------------------------------------
+
+    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def _commit(self, messages: Sequence[Message]) -> None:
+        created = now_ms()
+        rows = [(m.priority, m.topic, m.body, m.first_seq, m.last_seq, m.created_ms or created) for m in messages]
+        added = sum(len(m.body) + len(m.topic) + _ROW_OVERHEAD for m in messages)
+        last_seq = max(m.last_seq for m in messages)
+        with _transaction(self._db):
+            self._db.executemany(
+                "INSERT INTO messages (priority, topic, body, first_seq, last_seq, created_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = 'last_seq'", (last_seq,))
+            self._size += added
+            if self._size > self._max_bytes:
+                self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Delete the oldest messages of the lowest priority until the buffer fits its cap again."""
+        excess = self._size - self._max_bytes
+        victims = self._db.execute(
+            f"SELECT id, LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}, last_seq - first_seq + 1 "
+            "FROM messages ORDER BY priority, id").fetchmany(100_000)
+        dropped_ids, freed, readings = [], 0, 0
+        for row_id, size, count in victims:
+            if freed >= excess:
+                break
+            dropped_ids.append((row_id,))
+            freed += size
+            readings += count
+        self._db.executemany("DELETE FROM messages WHERE id = ?", dropped_ids)
+        self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped_messages'", (len(dropped_ids),))
+        self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped_readings'", (readings,))
+        self._size -= freed
+
+    def _fetch(self, limit: int, exclude: tuple[int, ...]) -> list[StoredMessage]:
+        # Rows in flight are skipped in Python rather than with NOT IN, so the query stays a plain index scan.
+        skip = set(exclude)
+        cursor = self._db.execute(
+            "SELECT id, topic, body, priority, first_seq, last_seq, created_ms FROM messages "
+            "ORDER BY priority DESC, id")
+        found: list[StoredMessage] = []
+        for row in cursor:
+            if row[0] in skip:
+                continue
+            found.append(StoredMessage(*row))
+            if len(found) >= limit:
+                break
+        cursor.close()
+        return found
+
+    def _ack(self, ids: tuple[int, ...]) -> None:
+        with _transaction(self._db):
+            freed = 0
+            for chunk in _chunks(ids, 500):
+                marks = ",".join("?" * len(chunk))
+                freed += self._db.execute(
+                    f"SELECT COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) "
+                    f"FROM messages WHERE id IN ({marks})", chunk).fetchone()[0]
+                self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+            self._size -= freed
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _counter(db: sqlite3.Connection, name: str) -> int:
+    row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _chunks(items: tuple[int, ...], size: int) -> list[tuple[int, ...]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _read_stats(db: sqlite3.Connection) -> BufferStats:
+    messages, readings, size, oldest = db.execute(
+        f"SELECT COUNT(*), COALESCE(SUM(last_seq - first_seq + 1), 0), "
+        f"COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0), MIN(created_ms) FROM messages"
+    ).fetchone()
+    return BufferStats(int(messages), int(readings), int(size), oldest,
+                       _counter(db, "dropped_messages"), _counter(db, "dropped_readings"), _counter(db, "last_seq"))
+
+
+def read_stats(path: Path) -> BufferStats:
+    """Stats of a buffer file, read without disturbing a daemon that has it open (for the CLI)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _read_stats(db)
+    finally:
+        db.close()

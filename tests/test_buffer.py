@@ -1,0 +1,83 @@
+"""The SQLite store-and-forward buffer: ordering, acknowledgement, persistence, the size cap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.buffer import Buffer, Message, read_stats
+
+
+def message(seq: int, priority: int = 0, size: int = 10) -> Message:
+    return Message(topic=f"t/{seq}", body=b"x" * size, priority=priority, first_seq=seq, last_seq=seq)
+
+
+async def test_messages_come_back_oldest_first_and_leave_only_when_acked(tmp_path: Path) -> None:
+    buffer = await Buffer.open(tmp_path / "b.sqlite", max_bytes=10**6)
+    await buffer.commit([message(1), message(2)])
+    await buffer.commit([message(3)])
+    fetched = await buffer.fetch(10)
+    assert [m.first_seq for m in fetched] == [1, 2, 3]
+    await buffer.ack([fetched[0].id, fetched[2].id])
+    assert [m.first_seq for m in await buffer.fetch(10)] == [2]
+    await buffer.close()
+
+
+async def test_fetch_skips_messages_in_flight(tmp_path: Path) -> None:
+    buffer = await Buffer.open(tmp_path / "b.sqlite", max_bytes=10**6)
+    await buffer.commit([message(i) for i in range(1, 6)])
+    first = await buffer.fetch(2)
+    second = await buffer.fetch(2, exclude=[m.id for m in first])
+    assert [m.first_seq for m in first + second] == [1, 2, 3, 4]
+    await buffer.close()
+
+
+async def test_higher_priority_goes_first(tmp_path: Path) -> None:
+    buffer = await Buffer.open(tmp_path / "b.sqlite", max_bytes=10**6)
+    await buffer.commit([message(1), message(2, priority=5), message(3)])
+    assert [m.first_seq for m in await buffer.fetch(10)] == [2, 1, 3]
+    await buffer.close()
+
+
+async def test_unacked_messages_and_sequence_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite"
+    buffer = await Buffer.open(path, max_bytes=10**6)
+    first = buffer.allocate_sequence(3)
+    await buffer.commit([Message("t", b"abc", first_seq=first, last_seq=first + 2)])
+    acked = buffer.allocate_sequence(1)
+    await buffer.commit([Message("t", b"d", first_seq=acked, last_seq=acked)])
+    await buffer.ack([m.id for m in await buffer.fetch(10) if m.first_seq == acked])
+    await buffer.close()
+
+    reopened = await Buffer.open(path, max_bytes=10**6)
+    assert reopened.new_data.is_set(), "a buffer with a backlog must wake the publisher at start"
+    assert [(m.first_seq, m.last_seq) for m in await reopened.fetch(10)] == [(1, 3)]
+    # The sequence continues past every number ever committed, even one whose message was acked and deleted.
+    assert reopened.allocate_sequence(1) == acked + 1
+    await reopened.close()
+
+
+async def test_size_cap_drops_oldest_lowest_priority_and_counts_persistently(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite"
+    buffer = await Buffer.open(path, max_bytes=1000)
+    await buffer.commit([message(1, priority=9, size=200)])
+    for seq in range(2, 12):
+        await buffer.commit([message(seq, size=200)])
+    remaining = await buffer.fetch(100)
+    stats = await buffer.stats()
+    assert stats.bytes <= 1000
+    assert remaining[0].first_seq == 1, "the high-priority message must survive the cap"
+    kept = [m.first_seq for m in remaining[1:]]
+    assert kept == list(range(12 - len(kept), 12)), "only the newest ordinary messages are kept"
+    assert stats.dropped_messages == 10 - len(kept)
+    await buffer.close()
+    assert read_stats(path).dropped_readings == stats.dropped_messages
+
+
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+async def test_both_sync_modes_open(tmp_path: Path, synchronous: str) -> None:
+    buffer = await Buffer.open(tmp_path / "b.sqlite", max_bytes=10**6, synchronous=synchronous)
+    await buffer.commit([message(1)])
+    assert (await buffer.stats()).messages == 1
+    await buffer.close()
