@@ -26,11 +26,14 @@ class DriverError(Exception):
     """The link or the device failed as a whole; every point of the affected devices is bad.
 
     `reason` is the short, stable reason put on the readings; the message is for the log.
+    `link_lost` tells the scheduler to close the link and connect again before the
+    next request; False when only one device behind a healthy link failed.
     """
 
-    def __init__(self, message: str, reason: str = "communication-failure") -> None:
+    def __init__(self, message: str, reason: str = "communication-failure", link_lost: bool = True) -> None:
         super().__init__(message)
         self.reason = reason
+        self.link_lost = link_lost
 
 
 class WriteRefused(Exception):

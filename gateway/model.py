@@ -9,6 +9,7 @@ publisher) only ever sees readings.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import time
 from dataclasses import dataclass
@@ -38,6 +39,12 @@ class Reason(enum.StrEnum):
 def now_ms() -> int:
     """Wall-clock UTC time in milliseconds since the epoch."""
     return time.time_ns() // 1_000_000
+
+
+def format_time_ms(ms: int) -> str:
+    """ISO 8601 UTC with milliseconds, for people."""
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

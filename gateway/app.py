@@ -1,0 +1,134 @@
+"""The composition root: the one place where configuration becomes running parts.
+
+    drivers (one LinkPoller task per physical link)
+        → pipeline (mapping → encoding → group commit)
+            → buffer (SQLite)
+                → publisher (MQTT)
+
+Sinks start before sources; on shutdown sources stop first, what was read is
+committed, and the publisher goes last (announcing `offline`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+from drivers.base import Driver, protocols
+from gateway.buffer import Buffer
+from gateway.config.loader import GatewayConfig
+from gateway.config.models import DeviceBase
+from gateway.mapping import DeviceMapper, asset_of
+from gateway.model import Sample, now_ms
+from gateway.payload import encode_asset_description, encode_json
+from gateway.pipeline import Pipeline
+from gateway.publisher import Publisher
+from gateway.scheduler import DeviceStatus, LinkPoller
+from gateway.state import DeviceRegistry
+from gateway.systemd import notify
+from gateway.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def links(devices: Sequence[DeviceBase]) -> dict[str, list[DeviceBase]]:
+    """Enabled devices grouped by the physical link they share."""
+    grouped: dict[str, list[DeviceBase]] = defaultdict(list)
+    for device in devices:
+        if device.enabled:
+            grouped[device.link_id()].append(device)
+    return dict(grouped)
+
+
+def make_driver(devices: Sequence[DeviceBase]) -> Driver:
+    """The driver for one link, importing its protocol library only now."""
+    return protocols()[devices[0].protocol].driver_class()(devices)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        settings = config.main
+        self.gateway_id = settings.gateway.id
+        self.topics = Topics(settings.mqtt.topic_prefix, self.gateway_id)
+        self.pollers: list[LinkPoller] = []
+        self.pipeline: Pipeline | None = None
+        self.publisher: Publisher | None = None
+        self._registry: DeviceRegistry | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; raise if any part fails unexpectedly."""
+        config = self.config
+        buffer = await Buffer.open(config.buffer_path, config.main.buffer.max_bytes, config.main.buffer.synchronous)
+        self._registry = DeviceRegistry(config.state_dir / "devices.json")
+        mappers = {d.id: DeviceMapper(d, config.catalogue) for d in config.devices if d.enabled}
+        self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer)
+        self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
+        self._announce_assets()
+        self.pollers = [
+            LinkPoller(link, make_driver(devices), self._on_samples, self._on_failure, self._on_status)
+            for link, devices in links(config.devices).items()
+        ]
+        sinks = [asyncio.create_task(self.publisher.run(), name="publisher"),
+                 asyncio.create_task(self.pipeline.run(), name="pipeline")]
+        sources = [asyncio.create_task(p.run(), name=f"link {p.name}") for p in self.pollers]
+        log.info("gateway %s started: %d devices on %d links", self.gateway_id, len(mappers), len(self.pollers))
+        notify("READY=1")
+        try:
+            await _until_stopped_or_failed(stop, [*sinks, *sources])
+        finally:
+            notify("STOPPING=1")
+            await _cancel_all(sources)
+            await _cancel_all(sinks[1:])  # the pipeline commits what the sources handed over
+            await _cancel_all(sinks[:1])  # the publisher announces offline and disconnects
+            await buffer.close()
+            self._registry.close()
+            log.info("gateway %s stopped", self.gateway_id)
+
+    def _announce_assets(self) -> None:
+        assert self.publisher is not None
+        by_asset: dict[str, list[DeviceBase]] = defaultdict(list)
+        for device in self.config.devices:
+            if device.enabled:
+                by_asset[device.asset.id].append(device)
+        for devices in by_asset.values():
+            body = encode_asset_description(self.gateway_id, devices, self.config.catalogue, now_ms())
+            self.publisher.set_retained(self.topics.meta(asset_of(devices[0])), body)
+
+    def _on_samples(self, device: DeviceBase, samples: Sequence[Sample], receive_time_ms: int) -> None:
+        assert self.pipeline is not None
+        self.pipeline.submit(device.id, samples, receive_time_ms)
+
+    def _on_failure(self, device: DeviceBase, reason: str, receive_time_ms: int) -> None:
+        assert self.pipeline is not None
+        self.pipeline.submit_failure(device.id, reason, receive_time_ms)
+
+    def _on_status(self, status: DeviceStatus) -> None:
+        assert self.publisher is not None and self._registry is not None
+        document = status.as_dict()
+        self.publisher.set_retained(self.topics.device_status(status.device.id), encode_json(document))
+        self._registry.record(document)
+
+
+async def _until_stopped_or_failed(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    for task in done:
+        if task is not stopper:
+            # A part ended by itself: that is a failure (they run until cancelled). Surface it.
+            error = task.exception()
+            raise RuntimeError(f"{task.get_name()} stopped unexpectedly") from error
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            log.error("%s failed while stopping: %r", task.get_name(), result)

@@ -1,0 +1,205 @@
+"""The `municipal-gateway` command.
+
+Exit codes: 0 success, 1 a runtime failure (device unreachable for `read`,
+gateway part failed), 2 invalid configuration or usage. Configuration errors
+are printed one per line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config.errors import ConfigError
+from gateway.config.loader import GatewayConfig, load_config
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+log = logging.getLogger("municipal-gateway")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+# -- commands ----------------------------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from gateway.app import links
+
+    points = sum(len(d.points) for d in config.devices)
+    print(f"{args.config}: valid — {len(config.devices)} devices on {len(links(config.devices))} links, "
+          f"{points} points, {len(config.catalogue.indicators)} indicators in the catalogue")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from gateway.app import links, make_driver
+
+    for link, devices in links(config.devices).items():
+        driver = make_driver(devices)
+        print(f"link {link}")
+        for device in devices:
+            requests = driver.describe_requests(device)
+            print(f"  device {device.id} ({len(device.points)} points, {len(requests)} requests per poll)")
+            for line in requests:
+                print(f"    {line}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gateway.config.schema import json_schema
+
+    print(json.dumps(json_schema(args.kind), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    device = config.device(args.device)
+    if device is None:
+        from gateway.config.errors import suggest
+
+        print(f"error: no device {args.device!r} in {args.config}"
+              + suggest(args.device, [d.id for d in config.devices]), file=sys.stderr)
+        return EXIT_CONFIG
+    from gateway.readonce import read_once
+
+    return asyncio.run(read_once(config, device))
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from gateway.buffer import read_stats
+    from gateway.model import format_time_ms
+    from gateway.state import read_registry
+
+    if not config.buffer_path.exists():
+        print(f"no buffer yet at {config.buffer_path} (the gateway has not run with this configuration)")
+        return EXIT_OK
+    stats = read_stats(config.buffer_path)
+    oldest = format_time_ms(stats.oldest_created_ms) if stats.oldest_created_ms else "-"
+    print(f"buffer {config.buffer_path}")
+    print(f"  waiting:  {stats.messages} messages, {stats.readings} readings, {stats.bytes} bytes "
+          f"(cap {config.main.buffer.max_bytes})")
+    print(f"  oldest:   {oldest}")
+    print(f"  dropped:  {stats.dropped_messages} messages, {stats.dropped_readings} readings (size cap)")
+    print(f"  last seq: {stats.last_seq}")
+    for status in read_registry(config.state_dir / "devices.json"):
+        print(f"  device {status['device']}: {status['state']} since {format_time_ms(status['since'])}"
+              + (f" ({status['reason']}: {status['message']})" if status.get("reason") else ""))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.log_level is None:
+        logging.getLogger().setLevel(config.main.gateway.log_level.value.upper())
+    return asyncio.run(_run(config))
+
+
+async def _run(config: GatewayConfig) -> int:
+    from gateway.app import Gateway
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:  # a second signal: the operator does not want to wait for a clean stop
+            log.warning("second signal: exiting now")
+            raise SystemExit(EXIT_FAILURE)
+        log.info("stopping (signal received)")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await Gateway(config).run(stop)
+    except RuntimeError as exc:
+        log.error("%s", exc, exc_info=exc.__cause__)
+        return EXIT_FAILURE
+    except OSError as exc:
+        log.error("cannot run: %s", exc)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args)
+
+
+# -- plumbing ----------------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="municipal-gateway",
+                                     description="IoT edge gateway for city infrastructure.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None,
+                        help="overrides gateway.log_level")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], text: str,
+                config: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(command=handler)
+        if config:
+            sub.add_argument("config", type=Path, help="the main configuration file")
+        return sub
+
+    command("run", cmd_run, "run the gateway")
+    command("check", cmd_check, "validate the configuration; exit 0 when valid, 2 when not")
+    command("plan", cmd_plan, "print the requests each device's poll makes")
+    schema = command("schema", cmd_schema, "print the JSON Schema of the configuration files", config=False)
+    schema.add_argument("--kind", choices=["main", "devices", "profile", "catalogue"], default="main")
+    read = command("read", cmd_read, "poll one device once and print its readings (no MQTT needed)")
+    read.add_argument("device", help="device id")
+    command("buffer", cmd_buffer, "show the local buffer: depth, oldest reading, dropped count")
+    demo = command("demo", cmd_demo, "run simulated devices, a broker and the gateway, and show what arrives",
+                   config=False)
+    demo.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--plain", action="store_true", help="print messages line by line instead of a live view")
+    return parser
+
+
+def _setup_logging(level: str | None) -> None:
+    # journald adds its own timestamps; a terminal gets them from us.
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty() else \
+        "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=(level or "info").upper(), format=fmt, stream=sys.stderr)
+    for noisy in ("pymodbus", "asyncua", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if (level or "info") != "debug" else logging.INFO)
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    for issue in exc.issues:
+        print(f"error: {issue}", file=sys.stderr)
+    count = len(exc.issues)
+    print(f"{count} configuration problem{'s' if count != 1 else ''} found", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

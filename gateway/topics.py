@@ -1,0 +1,31 @@
+"""The MQTT topic layout (documented in README, stable across releases).
+
+    <prefix>/<domain>/<site>/<asset>/data       reading batches, QoS 1
+    <prefix>/<domain>/<site>/<asset>/meta       retained self-description of the asset
+    <prefix>/gateway/<gateway>/status           retained online/offline (Last Will)
+    <prefix>/gateway/<gateway>/device/<device>/status   retained per-device state
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.model import AssetRef
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    prefix: str
+    gateway_id: str
+
+    def data(self, asset: AssetRef) -> str:
+        return f"{self.prefix}/{asset.path()}/data"
+
+    def meta(self, asset: AssetRef) -> str:
+        return f"{self.prefix}/{asset.path()}/meta"
+
+    def gateway_status(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/status"
+
+    def device_status(self, device_id: str) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/device/{device_id}/status"
