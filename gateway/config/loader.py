@@ -9,6 +9,7 @@ daemon.
 from __future__ import annotations
 
 import glob
+import os
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -89,7 +90,7 @@ class _Loader:
         main = self.validate(MainFile, raw)
         if main is None:
             return None, []
-        main = _absolute_paths(main, path.parent)
+        main = _absolute_paths(main, path.parent.resolve())
         device_entries = self.device_entries(inline_devices, path, "devices") if inline_devices else []
         for pattern in main.include:
             files = sorted(glob.glob(str(path.parent / pattern)))
@@ -249,8 +250,7 @@ class _Loader:
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Load the main file at `path` and everything it refers to, or raise ConfigError listing every issue."""
     loader = _Loader(environ)
-    main_file = path.resolve()
-    main, device_entries = loader.load_main(main_file)
+    main, device_entries = loader.load_main(path)  # errors name files as the user gave them
     if main is None:
         raise ConfigError(loader.issues)
     catalogue = _load_catalogue(loader, main.catalogue)
@@ -263,7 +263,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Gateway
         loader.check_devices(devices, catalogue)
     if loader.issues or catalogue is None:
         raise ConfigError(loader.issues)
-    return GatewayConfig(main_file, main, catalogue, [d for d, _, _ in devices])
+    return GatewayConfig(path.resolve(), main, catalogue, [d for d, _, _ in devices])
 
 
 def load_catalogue(path: Path) -> Catalogue:
@@ -394,13 +394,16 @@ def _strip_containers(annotation: Any) -> Any:
 
 
 def _absolute_paths(main: MainFile, base: Path) -> MainFile:
-    gateway = main.gateway.model_copy(update={"state_dir": base / main.gateway.state_dir})
+    def absolute(path: Path) -> Path:
+        return Path(os.path.normpath(base / path))
+
+    gateway = main.gateway.model_copy(update={"state_dir": absolute(main.gateway.state_dir)})
     buffer = main.buffer
     if buffer.path is not None:
         buffer = buffer.model_copy(update={"path": gateway.state_dir / buffer.path})
     return main.model_copy(update={
         "gateway": gateway, "buffer": buffer,
-        "catalogue": base / main.catalogue, "profiles": base / main.profiles,
+        "catalogue": absolute(main.catalogue), "profiles": absolute(main.profiles),
     })
 
 

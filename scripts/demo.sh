@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up the gateway in a local virtualenv and run the demo: simulated field devices,
+# a broker (mosquitto when installed, otherwise an embedded one) and the gateway,
+# with a live view of what a subscriber receives. Pass --seconds N to stop after N seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[demo]"
+exec .venv/bin/municipal-gateway demo "$@"

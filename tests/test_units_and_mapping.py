@@ -1,0 +1,113 @@
+"""Unit conversion and the mapping of samples onto readings of the shared model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.modbus.config import ModbusTcpDevice
+from gateway import units
+from gateway.config.loader import load_catalogue
+from gateway.config.models import AssetSettings, PointBase
+from gateway.mapping import DeviceMapper, point_mapping
+from gateway.model import Quality, Sample
+
+CATALOGUE = load_catalogue(Path(__file__).parent / "config_cases" / "common" / "catalogue.yaml")
+
+
+@pytest.mark.parametrize(("value", "source", "target", "expected"), [
+    (1.0, "bar", "kPa", 100.0),
+    (0.4, "MPa", "kPa", 400.0),
+    (10.0, "mH2O", "kPa", 98.0665),
+    (1.0, "L/s", "m3/h", 3.6),
+    (60.0, "L/min", "m3/h", 3.6),
+    (1000.0, "L", "m3", 1.0),
+    (0.0, "°C", "K", 273.15),
+    (300.0, "K", "°C", 26.85),
+    (1500.0, "Wh", "kWh", 1.5),
+    (2.0, "MWh", "kWh", 2000.0),
+    (2500.0, "W", "kW", 2.5),
+    (100.0, "mA", "A", 0.1),
+])
+def test_conversions_between_units_of_one_quantity(value: float, source: str, target: str, expected: float) -> None:
+    assert units.conversion(source, target).apply(value) == pytest.approx(expected)
+
+
+def test_units_of_different_quantities_do_not_convert() -> None:
+    with pytest.raises(units.UnitError, match="cannot convert"):
+        units.conversion("kPa", "m3/h")
+    with pytest.raises(units.UnitError, match="unknown unit"):
+        units.conversion("psi-ish", "kPa")
+
+
+@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+       st.sampled_from(["Pa", "kPa", "MPa", "bar", "mbar", "mH2O"]),
+       st.sampled_from(["Pa", "kPa", "MPa", "bar", "mbar", "mH2O"]))
+def test_conversion_round_trips(value: float, a: str, b: str) -> None:
+    there = units.conversion(a, b).apply(value)
+    assert units.conversion(b, a).apply(there) == pytest.approx(value, rel=1e-9, abs=1e-9)
+
+
+def device(points: list[dict[str, object]]) -> ModbusTcpDevice:
+    return ModbusTcpDevice.model_validate({
+        "id": "plc-1", "protocol": "modbus-tcp", "host": "127.0.0.1",
+        "asset": AssetSettings(domain="water-supply", site="ps01", id="ps01-station", type="water-pumping-station"),
+        "points": points,
+    })
+
+
+def test_scale_offset_and_unit_fold_into_one_linear_transform() -> None:
+    point = PointBase(name="p", indicator="outlet-pressure", unit="bar", scale=0.01, offset=-1.0)
+    mapping = point_mapping(point, CATALOGUE)
+    value, in_range = mapping.convert(450)  # 4.50 bar - 1 bar = 3.5 bar = 350 kPa
+    assert value == pytest.approx(350.0)
+    assert in_range
+    assert (mapping.unit, mapping.unit_code) == ("kPa", "KPA")
+
+
+def test_reading_outside_the_valid_range_is_bad_but_keeps_its_value() -> None:
+    mapper = DeviceMapper(device([{"name": "p", "indicator": "outlet-pressure", "table": "holding_register",
+                                   "address": 0, "unit": "bar", "range": [0, 16]}]), CATALOGUE)
+    (reading,) = mapper.readings([Sample("p", 17.0)], receive_time_ms=1000)
+    assert reading.quality is Quality.BAD and reading.reason == "out-of-range"
+    assert reading.value == pytest.approx(1700.0)
+    assert reading.source_time_ms == 1000, "without a device timestamp the receive time is the source time"
+    assert mapper.out_of_range == 1
+
+
+def test_catalogue_range_applies_when_the_point_has_none() -> None:
+    mapper = DeviceMapper(device([{"name": "p", "indicator": "outlet-pressure", "table": "holding_register",
+                                   "address": 0}]), CATALOGUE)
+    (reading,) = mapper.readings([Sample("p", 2600)], receive_time_ms=1)
+    assert reading.quality is Quality.BAD
+
+
+def test_integers_stay_exact_without_a_transform_and_states_pass_through() -> None:
+    mapper = DeviceMapper(device([
+        {"name": "f", "indicator": "flow", "table": "holding_register", "address": 0, "type": "uint32"},
+        {"name": "run", "indicator": "pump-running", "table": "coil", "address": 0},
+    ]), CATALOGUE)
+    flow, run = mapper.readings([Sample("f", 1234), Sample("run", True)], receive_time_ms=1)
+    assert flow.value == 1234 and isinstance(flow.value, int)
+    assert run.value is True and run.quality is Quality.GOOD
+
+
+def test_non_finite_values_become_bad_readings_not_crashes() -> None:
+    mapper = DeviceMapper(device([{"name": "f", "indicator": "flow", "table": "holding_register",
+                                   "address": 0, "type": "float32"}]), CATALOGUE)
+    (reading,) = mapper.readings([Sample("f", math.nan)], receive_time_ms=1)
+    assert reading.value is None and reading.quality is Quality.BAD and reading.reason == "decode-error"
+
+
+def test_a_failed_poll_gives_a_bad_reading_per_point() -> None:
+    mapper = DeviceMapper(device([
+        {"name": "p", "indicator": "outlet-pressure", "table": "holding_register", "address": 0},
+        {"name": "f", "indicator": "flow", "table": "holding_register", "address": 1},
+    ]), CATALOGUE)
+    readings = mapper.failed("timeout", receive_time_ms=5)
+    assert [(r.point, r.quality, r.reason) for r in readings] == [("p", Quality.BAD, "timeout"),
+                                                                   ("f", Quality.BAD, "timeout")]
