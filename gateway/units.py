@@ -60,6 +60,8 @@ _UNITS: tuple[Unit, ...] = (
     Unit("Wh", "WHR", "energy"),
     Unit("kWh", "KWH", "energy", 1e3),
     Unit("MWh", "MWH", "energy", 1e6),
+    Unit("MJ", "3B", "energy", 1e6 / 3600),
+    Unit("GJ", "GV", "energy", 1e9 / 3600),
     Unit("kvarh", "K3", "reactive-energy"),
     Unit("Hz", "HTZ", "frequency"),
     # water quality, air

@@ -1,0 +1,303 @@
+"""The shipped vocabulary and example configuration hold together.
+
+The catalogue, the device profiles and the example configurations are data that
+others build on (the city platform, integrators copying a profile, the demo), so
+these tests check them as a whole: every reference resolves, every unit converts,
+register maps do not overlap by accident, and both example configurations load
+through the real configuration loader.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from drivers.base import protocols
+from drivers.modbus.config import DataType, ModbusPoint, ModbusTcpDevice, Table
+from gateway import units
+from gateway.catalogue import Catalogue, IndicatorKind, Quantification
+from gateway.config.errors import ConfigError
+from gateway.config.loader import GatewayConfig, load_config
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+PROFILES = sorted((CONFIG / "profiles").glob("*.yaml"))
+ENVIRON = {"MQTT_PASSWORD": "not-a-real-password"}
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Catalogue:
+    return Catalogue.model_validate(_yaml(CONFIG / "catalogue.yaml"))
+
+
+@pytest.fixture(scope="module")
+def production() -> GatewayConfig:
+    return load_config(CONFIG / "gateway.yaml", environ=ENVIRON)
+
+
+@pytest.fixture(scope="module")
+def demo() -> GatewayConfig:
+    return load_config(CONFIG / "demo" / "gateway.yaml", environ={})
+
+
+def _modbus_devices(config: GatewayConfig) -> list[ModbusTcpDevice]:
+    devices = [d for d in config.devices if isinstance(d, ModbusTcpDevice)]
+    assert len(devices) == len(config.devices), "the examples use Modbus TCP devices only"
+    return devices
+
+
+def _profile_device(profile: Mapping[str, Any]) -> ModbusTcpDevice:
+    """The profile as a device would use it unchanged: its defaults and points around a minimal device."""
+    device = {
+        "id": "profile-under-test",
+        "protocol": "modbus-tcp",
+        "host": "127.0.0.1",
+        "asset": {"domain": "water-supply", "site": "test", "id": "test", "type": "pump"},
+        **(profile.get("defaults") or {}),
+        "points": profile["points"],
+    }
+    return ModbusTcpDevice.model_validate(device)
+
+
+def overlaps(points: Iterable[ModbusPoint]) -> list[str]:
+    """Pairs of points that read the same bit or register, except bits of one status register.
+
+    Several `type: bit` points may share a register as long as each reads its own bit;
+    anything else sharing an address is almost certainly a copy-and-paste mistake.
+    """
+    problems: list[str] = []
+    claimed: dict[tuple[Table, int], list[ModbusPoint]] = {}
+    for point in points:
+        for address in range(point.address, point.address + point.register_count):
+            for other in claimed.get((point.table, address), []):
+                both_bits = point.data_type is DataType.BIT and other.data_type is DataType.BIT
+                if not both_bits or point.bit == other.bit:
+                    problems.append(f"{other.name} and {point.name} both read {point.table} {address}")
+            claimed.setdefault((point.table, address), []).append(point)
+    return problems
+
+
+# -- the catalogue ------------------------------------------------------------------------------------------
+
+def test_catalogue_validates_and_covers_the_required_vocabulary(catalogue: Catalogue) -> None:
+    domains = {d.id for d in catalogue.domains}
+    assert {"water-supply", "drainage", "gas", "street-lighting", "power-energy", "environment"} <= domains
+    asset_types = {t.id for t in catalogue.asset_types}
+    assert {"water-pumping-station", "district-metering-station", "gas-regulating-station", "lighting-cabinet",
+            "energy-meter", "water-meter", "gas-meter", "heat-meter"} <= asset_types
+    indicators = {i.id for i in catalogue.indicators}
+    field_points = {
+        "suction-pressure", "discharge-pressure", "inlet-pressure", "outlet-pressure", "service-pressure",
+        "flow", "volume", "level", "pump-running", "pump-fault", "vfd-frequency", "motor-current",
+        "motor-power", "motor-energy", "motor-temperature", "turbidity", "free-chlorine", "ph",
+        "valve-position", "prv-upstream-pressure", "prv-downstream-pressure", "minimum-night-flow",
+        "battery-level", "signal-quality", "gas-temperature", "gas-line-flow", "gas-standard-flow",
+        "gas-standard-volume", "filter-differential-pressure", "slam-shut-valve-closed", "relief-valve-open",
+        "door-open", "intrusion", "methane-lel", "voltage-l1", "voltage-l2", "voltage-l3", "current-l1",
+        "active-power", "reactive-power", "power-factor", "thd-voltage-l1", "frequency",
+        "active-energy-import", "active-energy-export", "reactive-energy-import", "contactor-closed",
+        "working-mode", "dimming-level", "residual-current", "cabinet-temperature", "cabinet-humidity",
+        "flooding", "lamp-fault-count",
+    }
+    assert field_points - indicators == set()
+
+
+def test_every_asset_type_lists_existing_indicators_once(catalogue: Catalogue) -> None:
+    for asset_type in catalogue.asset_types:
+        assert asset_type.indicators, f"asset type {asset_type.id} lists no indicators"
+        missing = [i for i in asset_type.indicators if catalogue.indicator(i) is None]
+        assert missing == [], f"asset type {asset_type.id} lists unknown indicators {missing}"
+        assert len(set(asset_type.indicators)) == len(asset_type.indicators), f"{asset_type.id} repeats one"
+
+
+def test_every_indicator_belongs_to_some_asset_type(catalogue: Catalogue) -> None:
+    listed = {i for t in catalogue.asset_types for i in t.indicators}
+    assert [i.id for i in catalogue.indicators if i.id not in listed] == []
+
+
+def test_a_catalogue_naming_an_unknown_indicator_is_rejected() -> None:
+    raw = _yaml(CONFIG / "catalogue.yaml")
+    raw["asset_types"][0]["indicators"].append("suction-presure")
+    with pytest.raises(ValueError, match="suction-presure"):
+        Catalogue.model_validate(raw)
+
+
+def test_every_indicator_has_a_known_canonical_unit_and_a_sensible_definition(catalogue: Catalogue) -> None:
+    for indicator in catalogue.indicators:
+        assert units.is_known(indicator.unit), indicator.id
+        assert indicator.unit == units.lookup(indicator.unit).symbol, f"{indicator.id}: use the canonical symbol"
+        assert indicator.name.en.strip() and CJK.search(indicator.name.zh), f"{indicator.id}: names en and zh"
+        assert indicator.description.strip(), f"{indicator.id} has no description"
+        expected_quantification = {
+            IndicatorKind.COUNTER: {Quantification.CUMULATIVE},
+            IndicatorKind.ALARM: {Quantification.EVENT},
+            IndicatorKind.STATE: {Quantification.STATE},
+            IndicatorKind.MEASUREMENT: {Quantification.INSTANTANEOUS, Quantification.MEAN},
+        }[indicator.kind]
+        assert indicator.quantified in expected_quantification, indicator.id
+        if indicator.kind is IndicatorKind.MEASUREMENT or indicator.kind is IndicatorKind.COUNTER:
+            assert indicator.range is not None, f"{indicator.id}: numeric indicators need a valid range"
+        if indicator.kind is IndicatorKind.COUNTER:
+            assert indicator.range is not None and indicator.range[0] == 0, f"{indicator.id}: totalisers start at 0"
+
+
+def test_domain_and_asset_type_names_are_bilingual(catalogue: Catalogue) -> None:
+    names = [(d.id, d.name) for d in catalogue.domains] + [(t.id, t.name) for t in catalogue.asset_types]
+    for entry_id, name in names:
+        assert name.en.strip() and CJK.search(name.zh), entry_id
+
+
+def test_all_pressures_share_one_unit_so_water_and_gas_compare(catalogue: Catalogue) -> None:
+    pressure_units = {i.unit for i in catalogue.indicators if units.lookup(i.unit).quantity == "pressure"}
+    assert pressure_units == {"kPa"}
+
+
+def test_per_phase_indicators_come_in_complete_consistent_sets(catalogue: Catalogue) -> None:
+    by_id = {i.id: i for i in catalogue.indicators}
+    phase_to_neutral = [m.group(1) for i in by_id if (m := re.fullmatch(r"(.+?)-l1", i)) and not
+                        re.search(r"-l[123]$", m.group(1))]
+    phase_to_phase = [m.group(1) for i in by_id if (m := re.fullmatch(r"(.+?)-l1-l2", i))]
+    assert "voltage" in phase_to_neutral and "voltage" in phase_to_phase
+    sets = [[f"{stem}-l1", f"{stem}-l2", f"{stem}-l3"] for stem in phase_to_neutral]
+    sets += [[f"{stem}-l1-l2", f"{stem}-l2-l3", f"{stem}-l3-l1"] for stem in phase_to_phase]
+    for ids in sets:
+        phases = [by_id.get(i) for i in ids]
+        assert all(phases), f"expected all of {ids}"
+        assert len({(p.unit, p.kind, p.range) for p in phases if p}) == 1, f"{ids}: phases differ"
+
+
+# -- device profiles ----------------------------------------------------------------------------------------
+
+def test_profiles_are_shipped() -> None:
+    assert {p.stem for p in PROFILES} >= {"eastron-sdm630", "example-pump-station-plc",
+                                          "example-pump-station-plc-pump"}
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_profile_header_names_itself_its_device_and_its_datasheet(path: Path) -> None:
+    profile = _yaml(path)
+    assert profile["profile"] == path.stem
+    for key in ("manufacturer", "model", "datasheet"):
+        assert str(profile.get(key, "")).strip(), f"{path.name}: {key} is required"
+    assert profile["protocol"] in protocols()
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_profile_points_feed_catalogue_indicators_in_convertible_units(path: Path, catalogue: Catalogue) -> None:
+    device = _profile_device(_yaml(path))
+    for point in device.points:
+        indicator = catalogue.indicator(point.indicator)
+        assert indicator is not None, f"{path.name}: {point.name} names unknown indicator {point.indicator}"
+        source_unit = point.unit or indicator.unit
+        conversion = units.conversion(source_unit, indicator.unit)  # raises when the quantities differ
+        if point.range is not None and indicator.range is not None:
+            low, high = sorted(conversion.apply(v) for v in point.range)
+            assert indicator.range[0] <= low and high <= indicator.range[1], (
+                f"{path.name}: {point.name} range {point.range} {source_unit} exceeds {indicator.id}'s valid range")
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_profile_points_do_not_overlap_and_only_writable_tables_are_writable(path: Path) -> None:
+    device = _profile_device(_yaml(path))
+    assert overlaps(device.points) == []
+    assert len({p.name for p in device.points}) == len(device.points), f"{path.name}: duplicate point names"
+    for point in device.points:
+        if point.writable:
+            assert point.table in (Table.COIL, Table.HOLDING_REGISTER), f"{path.name}: {point.name}"
+        if point.table.is_bits or point.data_type is DataType.BIT:
+            assert (point.scale, point.offset) == (1.0, 0.0), f"{path.name}: {point.name} is a bit; no scaling"
+
+
+def test_overlap_check_finds_a_shared_register_but_allows_bits_of_one_word() -> None:
+    def point(name: str, address: int, **keys: Any) -> ModbusPoint:
+        return ModbusPoint.model_validate(
+            {"name": name, "indicator": "flow", "table": "holding_register", "address": address, **keys})
+
+    assert overlaps([point("a", 0, type="bit", bit=0), point("b", 0, type="bit", bit=1)]) == []
+    assert overlaps([point("a", 4, type="uint32"), point("b", 5)]) == ["a and b both read holding_register 5"]
+    assert overlaps([point("a", 0, type="bit", bit=3), point("b", 0, type="bit", bit=3)]) != []
+
+
+def test_sdm630_map_matches_the_public_register_table() -> None:
+    device = _profile_device(_yaml(CONFIG / "profiles" / "eastron-sdm630.yaml"))
+    points = {p.indicator: p for p in device.points}
+    expected = {"voltage-l1": 0x00, "voltage-l2": 0x02, "voltage-l3": 0x04, "current-l1": 0x06,
+                "active-power-l1": 0x0C, "power-factor-l1": 0x1E, "active-power": 0x34, "frequency": 0x46,
+                "active-energy-import": 0x48, "active-energy-export": 0x4A}
+    assert {i: points[i].address for i in expected} == expected
+    assert all(p.table is Table.INPUT_REGISTER and p.data_type is DataType.FLOAT32 for p in device.points)
+    assert device.word_order.value == "big"
+
+
+# -- the example configurations -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config_name", ["production", "demo"])
+def test_example_configuration_loads_with_the_expected_devices(config_name: str,
+                                                               request: pytest.FixtureRequest) -> None:
+    config: GatewayConfig = request.getfixturevalue(config_name)
+    assert {d.id for d in config.devices} == {"ps01-plc-station", "ps01-plc-pump-1", "ps01-plc-pump-2",
+                                              "lc07-energy-meter"}
+    assert len(config.catalogue.indicators) > 50
+    for device in _modbus_devices(config):
+        assert device.points, f"{device.id}: the profile's points were not applied"
+
+
+@pytest.mark.parametrize("config_name", ["production", "demo"])
+def test_example_devices_feed_only_indicators_of_their_asset_type(config_name: str,
+                                                                  request: pytest.FixtureRequest) -> None:
+    config: GatewayConfig = request.getfixturevalue(config_name)
+    for device in config.devices:
+        asset_type = config.catalogue.asset_type(device.asset.type)
+        assert asset_type is not None
+        assert asset_type.domain == device.asset.domain, device.id
+        extra = [p.indicator for p in device.points if p.indicator not in asset_type.indicators]
+        assert extra == [], f"{device.id}: {asset_type.id} does not list {extra}"
+
+
+@pytest.mark.parametrize("config_name", ["production", "demo"])
+def test_devices_sharing_a_plc_never_read_the_same_address(config_name: str,
+                                                           request: pytest.FixtureRequest) -> None:
+    config: GatewayConfig = request.getfixturevalue(config_name)
+    by_unit: dict[tuple[str, int, int], list[ModbusPoint]] = {}
+    for device in _modbus_devices(config):
+        by_unit.setdefault((device.host, device.port, device.unit_id), []).extend(device.points)
+    for unit, points in by_unit.items():
+        assert overlaps(points) == [], f"{unit}: pump blocks or station block overlap"
+
+
+def test_demo_mirrors_production_with_local_simulators(production: GatewayConfig, demo: GatewayConfig) -> None:
+    def shape(config: GatewayConfig) -> dict[str, Any]:
+        return {d.id: (d.asset.model_dump(exclude={"name"}), d.protocol, d.unit_id,
+                       sorted((p.name, p.indicator, p.table, p.address, p.data_type, p.bit) for p in d.points))
+                for d in _modbus_devices(config)}
+
+    assert shape(demo) == shape(production)
+    assert demo.main.gateway.id == "demo-gateway"
+    assert (demo.main.mqtt.host, demo.main.mqtt.port, demo.main.mqtt.tls) == ("127.0.0.1", 1883, None)
+    ports = {d.id: (d.host, d.port, d.poll_interval) for d in _modbus_devices(demo)}
+    assert ports == {"ps01-plc-station": ("127.0.0.1", 15020, 1), "ps01-plc-pump-1": ("127.0.0.1", 15020, 1),
+                     "ps01-plc-pump-2": ("127.0.0.1", 15020, 1), "lc07-energy-meter": ("127.0.0.1", 15021, 1)}
+
+
+def test_production_example_uses_tls_and_keeps_the_password_out_of_the_file(production: GatewayConfig) -> None:
+    mqtt = production.main.mqtt
+    assert mqtt.port == 8883 and mqtt.tls is not None and mqtt.tls.ca_file is not None
+    assert mqtt.password is not None and mqtt.password.get_secret_value() == ENVIRON["MQTT_PASSWORD"]
+    assert str(production.state_dir) == "/var/lib/municipal-gateway"
+    with pytest.raises(ConfigError, match="MQTT_PASSWORD"):
+        load_config(CONFIG / "gateway.yaml", environ={})
+
+
+def test_pump_run_command_is_the_only_writable_point(production: GatewayConfig) -> None:
+    writable = sorted((d.id, p.name, p.table.value, p.address)
+                      for d in _modbus_devices(production) for p in d.points if p.writable)
+    assert writable == [("ps01-plc-pump-1", "run_command", "coil", 0), ("ps01-plc-pump-2", "run_command", "coil", 1)]
