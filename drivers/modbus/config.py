@@ -62,7 +62,7 @@ class ModbusPoint(PointBase):
         if self.table.is_bits and data_type is not DataType.BOOL:
             raise ValueError(f"a {self.table} holds single bits; expected type bool, found {data_type}")
         if not self.table.is_bits and data_type is DataType.BOOL:
-            raise ValueError(f"type bool is for coils and discrete inputs; for a bit of a register use type bit")
+            raise ValueError("type bool is for coils and discrete inputs; for a bit of a register use type bit")
         if (data_type is DataType.BIT) != (self.bit is not None):
             raise ValueError("type bit needs `bit:` (0-15), and `bit:` is only for type bit")
         if (data_type is DataType.STRING) != (self.length is not None):
@@ -112,6 +112,14 @@ class ModbusDeviceBase(DeviceBase):
     never_read: list[AddressRange] = Field(default_factory=list,
                                            description="Address ranges a merged request must never cover.")
     points: list[ModbusPoint]  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _plannable(self) -> Self:
+        # Every point must fit in one request and outside the never-read ranges; the planner knows how.
+        from drivers.modbus.planner import plan_device
+
+        plan_device(self)
+        return self
 
 
 class ModbusTcpDevice(ModbusDeviceBase):

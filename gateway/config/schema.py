@@ -21,21 +21,22 @@ def _device_union() -> Any:
 
 def json_schema(kind: str = "main") -> dict[str, Any]:
     device = _device_union()
-    model: type[BaseModel]
-    if kind == "main":
-        model = create_model("MainConfigurationFile", __base__=MainFile,
-                             devices=(list[device], Field(default_factory=list)))  # type: ignore[valid-type]
-    elif kind == "devices":
-        model = create_model("DeviceFile", devices=(list[device], ...))  # type: ignore[valid-type]
-    elif kind == "catalogue":
-        model = Catalogue
-    elif kind == "profile":
+    if kind == "profile":
         return _profile_schema(device)
-    else:
-        raise ValueError(f"unknown schema kind {kind!r}")
-    schema = model.model_json_schema()
+    schema = _model_for(kind, device).model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+def _model_for(kind: str, device: Any) -> type[BaseModel]:
+    if kind == "main":
+        return create_model("MainConfigurationFile", __base__=MainFile,
+                            devices=(list[device], Field(default_factory=list)))  # type: ignore[valid-type]
+    if kind == "devices":
+        return create_model("DeviceFile", devices=(list[device], ...))  # type: ignore[valid-type]
+    if kind == "catalogue":
+        return Catalogue
+    raise ValueError(f"unknown schema kind {kind!r}")
 
 
 def _profile_schema(device: Any) -> dict[str, Any]:

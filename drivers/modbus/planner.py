@@ -1,0 +1,162 @@
+"""Which Modbus requests one poll of a device makes.
+
+Points of one table are merged into as few read requests as the device allows:
+neighbouring points share a request when the unused registers (or bits) between
+them are at most `max_gap`, the request stays within `max_registers_per_request`
+(or `max_bits_per_request`) and never covers a `never_read` range. Points may
+overlap (two points reading the same register); each still gets its value.
+
+Some devices refuse a read that touches an address they do not implement, even
+when no point lives there (Modbus exception 02, illegal data address). The driver
+then asks the `Plan` to split the refused request in two halves. Halving is a
+binary search: one bad register among n points is isolated in about log2(n)
+extra requests, and every half that reads fine stays one request. Splitting into
+one request per point would find it in a single step, but would leave the device
+with n requests per poll for ever. The plan remembers its splits, so later polls
+go straight to the requests that work.
+
+Pure: no protocol library, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from drivers.modbus.config import AddressRange, ModbusDeviceBase, ModbusPoint, Table
+
+# Requests are made table by table in this order, then by address, so a plan
+# (and the `municipal-gateway plan` listing) is the same on every run.
+TABLE_ORDER = (Table.COIL, Table.DISCRETE_INPUT, Table.INPUT_REGISTER, Table.HOLDING_REGISTER)
+
+
+# eq=False: a request is identified by the object itself, so the driver can key
+# per-request caches by it cheaply and a split request is never mistaken for its halves.
+@dataclass(frozen=True, slots=True, eq=False)
+class Request:
+    """One read: `count` registers (or bits) of `table` from `start`, feeding `points`."""
+
+    table: Table
+    start: int
+    count: int
+    points: tuple[ModbusPoint, ...]
+
+    @property
+    def end(self) -> int:
+        """Last address read (inclusive)."""
+        return self.start + self.count - 1
+
+    def describe(self) -> str:
+        unit = "bit" if self.table.is_bits else "register"
+        return (f"{self.table} {self.start}-{self.end} "
+                f"({_plural(self.count, unit)}, {_plural(len(self.points), 'point')})")
+
+
+class Plan:
+    """The requests of one poll of one device, in order. Remembers the splits made by `split()`."""
+
+    def __init__(self, requests: Sequence[Request]) -> None:
+        self._requests = list(requests)
+
+    @property
+    def requests(self) -> tuple[Request, ...]:
+        return tuple(self._requests)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(tuple(self._requests))
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def describe(self) -> list[str]:
+        return [request.describe() for request in self._requests]
+
+    def split(self, request: Request) -> tuple[Request, Request]:
+        """Replace `request` by two requests, each with half of its points, and return them.
+
+        Raises ValueError for a request of a single point (nothing left to split)
+        or one that is not (or no longer) part of this plan.
+        """
+        if len(request.points) < 2:
+            raise ValueError(f"cannot split {request.describe()}: it reads a single point")
+        index = next((i for i, known in enumerate(self._requests) if known is request), None)
+        if index is None:
+            raise ValueError(f"{request.describe()} is not part of this plan")
+        middle = len(request.points) // 2
+        halves = (_request_for(request.table, request.points[:middle]),
+                  _request_for(request.table, request.points[middle:]))
+        self._requests[index:index + 1] = halves
+        return halves
+
+
+def plan_device(device: ModbusDeviceBase) -> Plan:
+    """The merged requests for every point of `device`.
+
+    Raises ValueError when a point can never be read: it is longer than one
+    request may be, or it lies in a `never_read` range.
+    """
+    requests: list[Request] = []
+    for table in TABLE_ORDER:
+        points = [point for point in device.points if point.table is table]
+        if not points:
+            continue
+        limit = device.max_bits_per_request if table.is_bits else device.max_registers_per_request
+        forbidden = [span for span in device.never_read if span.table is table]
+        for point in points:
+            _check_readable(point, limit, forbidden, table)
+        requests.extend(_merge(table, points, limit, device.max_gap, forbidden))
+    return Plan(requests)
+
+
+def _check_readable(point: ModbusPoint, limit: int, forbidden: Sequence[AddressRange], table: Table) -> None:
+    size = point.register_count
+    if size > limit:
+        setting = "max_bits_per_request" if table.is_bits else "max_registers_per_request"
+        raise ValueError(f"point {point.name!r} spans {size} addresses but the device reads at most "
+                         f"{limit} per request ({setting})")
+    last = point.address + size - 1
+    for span in forbidden:
+        if point.address <= span.end and span.start <= last:
+            raise ValueError(f"point {point.name!r} ({table} {point.address}-{last}) lies in the never_read "
+                             f"range {span.start}-{span.end}")
+
+
+def _merge(table: Table, points: Sequence[ModbusPoint], limit: int, max_gap: int,
+           forbidden: Sequence[AddressRange]) -> list[Request]:
+    """Greedy merge of the points of one table, in address order."""
+    # Longer points first at the same address, then by name: a stable, repeatable order.
+    ordered = sorted(points, key=lambda p: (p.address, -p.register_count, p.name))
+    requests: list[Request] = []
+    group: list[ModbusPoint] = [ordered[0]]
+    start = ordered[0].address
+    end = start + ordered[0].register_count  # exclusive
+    for point in ordered[1:]:
+        point_end = point.address + point.register_count
+        new_end = max(end, point_end)
+        fits = (point.address - end <= max_gap
+                and new_end - start <= limit
+                and not _covers_forbidden(start, new_end, forbidden))
+        if fits:
+            group.append(point)
+            end = new_end
+        else:
+            requests.append(Request(table, start, end - start, tuple(group)))
+            group, start, end = [point], point.address, point_end
+    requests.append(Request(table, start, end - start, tuple(group)))
+    return requests
+
+
+def _covers_forbidden(start: int, end: int, forbidden: Sequence[AddressRange]) -> bool:
+    """Does [start, end) touch any never_read range?"""
+    return any(start <= span.end and span.start < end for span in forbidden)
+
+
+def _request_for(table: Table, points: Sequence[ModbusPoint]) -> Request:
+    """The smallest request reading all of `points`."""
+    start = min(point.address for point in points)
+    end = max(point.address + point.register_count for point in points)
+    return Request(table, start, end - start, tuple(points))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
