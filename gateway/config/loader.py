@@ -9,6 +9,7 @@ daemon.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import types
 import typing
@@ -56,6 +57,10 @@ class _Loader:
     environ: Mapping[str, str] | None
     issues: list[ConfigIssue] = field(default_factory=list)
     _profiles: dict[Path, LocatedDict | None] = field(default_factory=dict)
+    # What the whole-configuration checks have seen so far (first place each id was used).
+    _device_ids: dict[str, str] = field(default_factory=dict)
+    _assets: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    _fed: dict[tuple[str, str], str] = field(default_factory=dict)
 
     # -- small helpers ------------------------------------------------------------------------------------
 
@@ -79,27 +84,28 @@ class _Loader:
 
     # -- the main file ------------------------------------------------------------------------------------
 
-    def load_main(self, path: Path) -> tuple[MainFile | None, list[tuple[LocatedDict, str]]]:
+    def load_main(self, path: Path) -> tuple[MainFile | None, list[tuple[LocatedDict, str]], list[Path]]:
+        """The main settings, the devices written in the main file, and the device files it includes."""
         raw = self.load(path)
         if raw is None:
-            return None, []
+            return None, [], []
         if not isinstance(raw, LocatedDict):
             self.issue(Location(str(path), 1, 1), "", f"expected a mapping at the top, found {_kind(raw)}")
-            return None, []
+            return None, [], []
         inline_devices = raw.pop("devices", None)
         main = self.validate(MainFile, raw)
         if main is None:
-            return None, []
+            return None, [], []
         main = _absolute_paths(main, path.parent.resolve())
-        device_entries = self.device_entries(inline_devices, path, "devices") if inline_devices else []
+        inline = self.device_entries(inline_devices, path, "devices") if inline_devices else []
+        files: list[Path] = []
         for pattern in main.include:
-            files = sorted(glob.glob(str(path.parent / pattern)))
-            if not files:
+            matches = sorted(glob.glob(str(path.parent / pattern)))
+            if not matches:
                 self.issue(raw["include"].where(main.include.index(pattern)), "include",
                            f"expected {pattern!r} to match at least one file, found none")
-            for file in files:
-                device_entries.extend(self.device_file(Path(file)))
-        return main, device_entries
+            files.extend(Path(match) for match in matches)
+        return main, inline, files
 
     def device_file(self, path: Path) -> list[tuple[LocatedDict, str]]:
         raw = self.load(path)
@@ -185,21 +191,18 @@ class _Loader:
 
     # -- whole-configuration checks ------------------------------------------------------------------------
 
-    def check_devices(self, devices: list[tuple[DeviceBase, LocatedDict, str]], catalogue: Catalogue) -> None:
-        seen_devices: dict[str, str] = {}
-        assets: dict[str, tuple[Any, str]] = {}
-        fed: dict[tuple[str, str], str] = {}
-        for device, raw, path in devices:
-            if device.id in seen_devices:
-                self.issue(raw.where("id"), f"{path}.id",
-                           f"duplicate device id {device.id!r}; expected unique ids, "
-                           f"first used at {seen_devices[device.id]}")
-            seen_devices.setdefault(device.id, str(raw.where("id")))
-            self.check_asset(device, raw, path, catalogue, assets)
-            self.check_points(device, raw, path, catalogue, fed)
+    def check_device(self, device: DeviceBase, raw: LocatedDict, path: str, catalogue: Catalogue) -> None:
+        """Checks that need the catalogue or the devices seen before this one."""
+        if device.id in self._device_ids:
+            self.issue(raw.where("id"), f"{path}.id",
+                       f"duplicate device id {device.id!r}; expected unique ids, "
+                       f"first used at {self._device_ids[device.id]}")
+        self._device_ids.setdefault(device.id, str(raw.where("id")))
+        self.check_asset(device, raw, path, catalogue)
+        self.check_points(device, raw, path, catalogue)
 
-    def check_asset(self, device: DeviceBase, raw: LocatedDict, path: str, catalogue: Catalogue,
-                    assets: dict[str, tuple[Any, str]]) -> None:
+    def check_asset(self, device: DeviceBase, raw: LocatedDict, path: str, catalogue: Catalogue) -> None:
+        assets = self._assets
         asset = device.asset
         where = raw["asset"]
         if catalogue.asset_type(asset.type) is None:
@@ -217,8 +220,8 @@ class _Loader:
             self.issue(where.where("domain"), f"{path}.asset.domain",
                        f"unknown domain {asset.domain!r}" + suggest(asset.domain, names))
 
-    def check_points(self, device: DeviceBase, raw: LocatedDict, path: str, catalogue: Catalogue,
-                     fed: dict[tuple[str, str], str]) -> None:
+    def check_points(self, device: DeviceBase, raw: LocatedDict, path: str, catalogue: Catalogue) -> None:
+        fed = self._fed
         names: set[str] = set()
         raw_points = raw.get("points")
         for index, point in enumerate(device.points):
@@ -250,20 +253,22 @@ class _Loader:
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Load the main file at `path` and everything it refers to, or raise ConfigError listing every issue."""
     loader = _Loader(environ)
-    main, device_entries = loader.load_main(path)  # errors name files as the user gave them
+    main, inline, files = loader.load_main(path)  # errors name files as the user gave them
     if main is None:
         raise ConfigError(loader.issues)
     catalogue = _load_catalogue(loader, main.catalogue)
-    devices: list[tuple[DeviceBase, LocatedDict, str]] = []
-    for raw, device_path in device_entries:
-        device, merged_raw = loader.device(raw, device_path, main.profiles)
-        if device is not None:
-            devices.append((device, merged_raw, device_path))
-    if catalogue is not None:
-        loader.check_devices(devices, catalogue)
+    devices: list[DeviceBase] = []
+    # One device file at a time, so the raw YAML of a large site never sits in memory all at once.
+    for entries in itertools.chain([inline], (loader.device_file(file) for file in files)):
+        for raw, device_path in entries:
+            device, merged_raw = loader.device(raw, device_path, main.profiles)
+            if device is not None:
+                devices.append(device)
+                if catalogue is not None:
+                    loader.check_device(device, merged_raw, device_path, catalogue)
     if loader.issues or catalogue is None:
         raise ConfigError(loader.issues)
-    return GatewayConfig(path.resolve(), main, catalogue, [d for d, _, _ in devices])
+    return GatewayConfig(path.resolve(), main, catalogue, devices)
 
 
 def load_catalogue(path: Path) -> Catalogue:

@@ -59,6 +59,10 @@ def _mark(file: str, node: yaml.Node) -> Location:
     return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+# libyaml's parser when PyYAML was built with it: several times faster and far lighter on large files.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class _Builder:
     def __init__(self, file: str, loader: yaml.SafeLoader, environ: Mapping[str, str]) -> None:
         self.file = file
@@ -115,7 +119,7 @@ def load_yaml(path: Path, environ: Mapping[str, str] | None = None) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise YamlLoadError([ConfigIssue(None, "", f"cannot read {file}: {exc.strerror or exc}")]) from exc
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:

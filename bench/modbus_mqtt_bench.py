@@ -1,0 +1,210 @@
+"""Benchmark: D simulated Modbus TCP devices x R registers -> the gateway -> mosquitto -> a subscriber.
+
+Prints readings/s delivered (and whether everything was delivered), median and 95th-percentile
+latency from poll to subscriber, the gateway's CPU seconds per 1,000 readings and as a share of
+one core, its peak RSS, and Modbus requests per device poll.
+
+    .venv/bin/python bench/modbus_mqtt_bench.py --devices 100 --registers 100 --interval 1 --seconds 30
+
+The simulators run in a separate process and the gateway in its own (`municipal-gateway run`),
+so the CPU and memory figures are the gateway's alone. Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psutil
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.buffer import read_stats
+
+BASE_PORT = 21000
+
+
+def serve(devices: int, registers: int, base_port: int) -> None:
+    """The simulator process: one pymodbus server per device, values changing every second."""
+    from drivers.modbus.config import Table
+    from drivers.modbus.transport import ModbusSimulator
+
+    async def main() -> None:
+        servers = [ModbusSimulator([1], port=base_port + i, size=max(registers, 16)) for i in range(devices)]
+        for server in servers:
+            await server.start()
+        print("ready", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        tick = 0
+        while not stop.is_set():
+            for index, server in enumerate(servers):
+                server.set_registers(1, Table.HOLDING_REGISTER, 0,
+                                     [(tick + index + r) % 1000 for r in range(registers)])
+            tick += 1
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+        print(json.dumps({"requests": sum(sum(s.requests.values()) for s in servers)}), flush=True)
+        for server in servers:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def write_site(directory: Path, devices: int, registers: int, interval: float, broker_port: int,
+               base_port: int) -> Path:
+    indicators = [{"id": f"bench-{r:03d}", "name": {"en": f"Bench {r}", "zh": f"测试{r}"}, "kind": "measurement",
+                   "unit": "kPa", "range": [0, 100000], "quantified": "instantaneous"} for r in range(registers)]
+    catalogue = {"domains": [{"id": "water-supply", "name": {"en": "Water supply", "zh": "供水"}}],
+                 "asset_types": [{"id": "bench-station", "domain": "water-supply",
+                                  "name": {"en": "Bench station", "zh": "测试站"}}],
+                 "indicators": indicators}
+    points = [{"name": f"r{r}", "indicator": f"bench-{r:03d}", "table": "holding_register", "address": r,
+               "type": "uint16", "scale": 0.1} for r in range(registers)]
+    (directory / "devices").mkdir()
+    for i in range(devices):  # one file per device, as a site is usually laid out
+        device = {"id": f"dev-{i:03d}", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": base_port + i,
+                  "poll_interval": interval, "timeout": 2.0,
+                  "asset": {"domain": "water-supply", "site": "bench", "id": f"asset-{i:03d}", "type": "bench-station"},
+                  "points": points}
+        (directory / "devices" / f"dev-{i:03d}.yaml").write_text(yaml.safe_dump({"devices": [device]}))
+    main = {"gateway": {"id": "bench-gw", "state_dir": str(directory / "state"), "log_level": "warning"},
+            "mqtt": {"host": "127.0.0.1", "port": broker_port, "max_inflight": 100},
+            "buffer": {"synchronous": "normal"},
+            "catalogue": "catalogue.yaml", "include": ["devices/*.yaml"]}
+    (directory / "catalogue.yaml").write_text(yaml.safe_dump(catalogue, allow_unicode=True))
+    (directory / "gateway.yaml").write_text(yaml.safe_dump(main))
+    return directory / "gateway.yaml"
+
+
+class Counter:
+    """A subscriber counting readings and their latency (receive time minus source time)."""
+
+    def __init__(self, port: int) -> None:
+        self.readings = 0
+        self.latencies: list[int] = []
+        self.window_open = False
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-counter")
+        self.client.on_connect = lambda c, *_: c.subscribe("city/+/+/+/data", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        now = time.time_ns() // 1_000_000
+        readings = json.loads(message.payload)["readings"]
+        with self.lock:
+            if self.window_open:
+                self.readings += len(readings)
+                self.latencies.append(now - readings[0]["ts"])
+
+    def open_window(self) -> None:
+        with self.lock:
+            self.window_open, self.readings, self.latencies = True, 0, []
+
+    def close(self) -> tuple[int, list[int]]:
+        with self.lock:
+            self.window_open = False
+            result = self.readings, list(self.latencies)
+        self.client.loop_stop()
+        self.client.disconnect()
+        return result
+
+
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """VmHWM: the peak resident set size; VmRSS: the current one."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(devices: int, registers: int, interval: float, seconds: float, warmup: float) -> dict[str, float]:
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        directory = Path(tmp)
+        broker_port = BASE_PORT - 1
+        (directory / "mosquitto.conf").write_text(
+            f"user {getpass.getuser()}\nlistener {broker_port} 127.0.0.1\nallow_anonymous true\n"
+            "max_queued_messages 100000\nlog_dest none\n")
+        broker = subprocess.Popen([mosquitto, "-c", str(directory / "mosquitto.conf")], stderr=subprocess.DEVNULL)
+        simulators = subprocess.Popen([sys.executable, __file__, "--serve", "--devices", str(devices),
+                                       "--registers", str(registers)], stdout=subprocess.PIPE, text=True)
+        assert simulators.stdout is not None
+        assert simulators.stdout.readline().strip() == "ready"
+        config = write_site(directory, devices, registers, interval, broker_port, BASE_PORT)
+        time.sleep(0.3)  # let mosquitto bind before the subscriber connects
+        counter = Counter(broker_port)
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", str(config)])
+        process = psutil.Process(gateway.pid)
+        time.sleep(warmup)
+        cpu_before = sum(process.cpu_times()[:2])
+        counter.open_window()
+        started = time.monotonic()
+        time.sleep(seconds)
+        cpu = sum(process.cpu_times()[:2]) - cpu_before
+        elapsed = time.monotonic() - started
+        delivered, latencies = counter.close()
+        rss, rss_now = rss_mb(gateway.pid), rss_mb(gateway.pid, "VmRSS")
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=30)
+        simulators.send_signal(signal.SIGTERM)
+        requests = json.loads(simulators.stdout.readline())["requests"]
+        simulators.wait(timeout=30)
+        broker.terminate()
+        broker.wait(timeout=10)
+        polls = read_stats(directory / "state" / "buffer.sqlite").last_seq / registers
+    offered = devices * registers / interval
+    latencies.sort()
+    return {
+        "offered_readings_per_s": offered,
+        "delivered_readings_per_s": delivered / elapsed,
+        "delivered_share": delivered / elapsed / offered,
+        "latency_median_ms": statistics.median(latencies) if latencies else float("nan"),
+        "latency_p95_ms": latencies[int(len(latencies) * 0.95)] if latencies else float("nan"),
+        "cpu_share_of_one_core": cpu / elapsed,
+        "cpu_seconds_per_1000_readings": cpu / (delivered / 1000) if delivered else float("nan"),
+        "peak_rss_mb": rss,
+        "rss_at_end_mb": rss_now,
+        # Every poll committed R readings (the sequence counts them); the simulators count the requests.
+        "modbus_requests_per_device_poll": requests / polls,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--registers", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=1.0, help="poll interval, seconds")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measurement window")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.devices, args.registers, BASE_PORT)
+        return
+    result = run(args.devices, args.registers, args.interval, args.seconds, args.warmup)
+    print(f"{args.devices} devices x {args.registers} registers every {args.interval:g} s "
+          f"({os.cpu_count()} cores, {args.seconds:g} s window)")
+    for key, value in result.items():
+        print(f"  {key:<34} {value:12.3f}")
+
+
+if __name__ == "__main__":
+    main()
