@@ -1,7 +1,7 @@
 """The composition root: the one place where configuration becomes running parts.
 
     drivers (one LinkPoller task per physical link)
-        → pipeline (mapping → encoding → group commit)
+        → pipeline (mapping → processing → encoding → group commit)
             → buffer (SQLite)
                 → publisher (MQTT)
 
@@ -18,12 +18,14 @@ from collections.abc import Sequence
 
 from drivers.base import Driver, protocols
 from gateway.buffer import Buffer
+from gateway.catalogue import DerivedIndicator
 from gateway.config.loader import GatewayConfig
 from gateway.config.models import DeviceBase
 from gateway.mapping import DeviceMapper, asset_of
 from gateway.model import Sample, now_ms
 from gateway.payload import encode_asset_description, encode_json
 from gateway.pipeline import Pipeline
+from gateway.processing import Processor
 from gateway.publisher import Publisher
 from gateway.scheduler import DeviceStatus, LinkPoller
 from gateway.state import DeviceRegistry
@@ -64,15 +66,19 @@ class Gateway:
         buffer = await Buffer.open(config.buffer_path, config.main.buffer.max_bytes, config.main.buffer.synchronous)
         self._registry = DeviceRegistry(config.state_dir / "devices.json")
         mappers = {d.id: DeviceMapper(d, config.catalogue) for d in config.devices if d.enabled}
-        self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer)
         self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
+        processor = Processor(config.catalogue, config.devices, derived=_derived_by_asset(config.devices))
+        self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
+                                 on_active_alarms=self.publisher.set_retained)
         self._announce_assets()
+        self.pipeline.announce_alarm_states()
         self.pollers = [
             LinkPoller(link, make_driver(devices), self._on_samples, self._on_failure, self._on_status)
             for link, devices in links(config.devices).items()
         ]
         sinks = [asyncio.create_task(self.publisher.run(), name="publisher"),
-                 asyncio.create_task(self.pipeline.run(), name="pipeline")]
+                 asyncio.create_task(self.pipeline.run(), name="pipeline"),
+                 asyncio.create_task(self.pipeline.run_clock(), name="processing-clock")]
         sources = [asyncio.create_task(p.run(), name=f"link {p.name}") for p in self.pollers]
         log.info("gateway %s started: %d devices on %d links", self.gateway_id, len(mappers), len(self.pollers))
         notify("READY=1")
@@ -81,7 +87,8 @@ class Gateway:
         finally:
             notify("STOPPING=1")
             await _cancel_all(sources)
-            await _cancel_all(sinks[1:])  # the pipeline commits what the sources handed over
+            await _cancel_all(sinks[2:])  # no more windows or alarm timers
+            await _cancel_all(sinks[1:2])  # the pipeline commits what the sources handed over
             await _cancel_all(sinks[:1])  # the publisher announces offline and disconnects
             await buffer.close()
             self._registry.close()
@@ -94,7 +101,8 @@ class Gateway:
             if device.enabled:
                 by_asset[device.asset.id].append(device)
         for devices in by_asset.values():
-            body = encode_asset_description(self.gateway_id, devices, self.config.catalogue, now_ms())
+            derived = [rule for device in devices for rule in device.derived]
+            body = encode_asset_description(self.gateway_id, devices, self.config.catalogue, now_ms(), derived)
             self.publisher.set_retained(self.topics.meta(asset_of(devices[0])), body)
 
     def _on_samples(self, device: DeviceBase, samples: Sequence[Sample], receive_time_ms: int) -> None:
@@ -110,6 +118,14 @@ class Gateway:
         document = status.as_dict()
         self.publisher.set_retained(self.topics.device_status(status.device.id), encode_json(document))
         self._registry.record(document)
+
+
+def _derived_by_asset(devices: Sequence[DeviceBase]) -> dict[str, list[DerivedIndicator]]:
+    by_asset: dict[str, list[DerivedIndicator]] = defaultdict(list)
+    for device in devices:
+        if device.enabled:
+            by_asset[device.asset.id].extend(device.derived)
+    return dict(by_asset)
 
 
 async def _until_stopped_or_failed(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:

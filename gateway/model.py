@@ -34,6 +34,7 @@ class Reason(enum.StrEnum):
     SUBSTITUTED = "substituted"
     STALE = "stale"
     NOT_FOUND = "not-found"
+    CALCULATION = "calculation-error"  # a derived indicator could not be computed
 
 
 def now_ms() -> int:

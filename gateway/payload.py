@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.catalogue import Catalogue
+from gateway.catalogue import Catalogue, DerivedIndicator, Indicator, Processing
 from gateway.config.models import DeviceBase
 from gateway.model import AssetRef, Reading
+
+if TYPE_CHECKING:
+    from gateway.processing import AlarmEvent, Statistics
 
 LIVE_PREFIX = b'{"historical":false,'
 HISTORICAL_PREFIX = b'{"historical":true,'
@@ -39,12 +43,63 @@ def mark_historical(body: bytes) -> bytes:
     return body
 
 
+def _asset(asset: AssetRef) -> dict[str, str]:
+    return {"domain": asset.domain, "site": asset.site, "id": asset.asset}
+
+
+def encode_statistics(gateway_id: str, asset: AssetRef, windows: Sequence[Statistics], first_seq: int) -> bytes:
+    """Closed windows (statistics or consumption) of one asset; seq numbers first_seq, first_seq+1, ..."""
+    body = {
+        "historical": False,
+        "gateway": gateway_id,
+        "asset": _asset(asset),
+        "windows": [w.as_payload(first_seq + i) for i, w in enumerate(windows)],
+    }
+    return _compact(body).encode()
+
+
+def encode_alarm_events(gateway_id: str, asset: AssetRef, events: Sequence[AlarmEvent], first_seq: int) -> bytes:
+    """Alarm events (raised, cleared) of one asset, in the order they happened."""
+    body = {
+        "historical": False,
+        "gateway": gateway_id,
+        "asset": _asset(asset),
+        "events": [e.as_payload(first_seq + i) for i, e in enumerate(events)],
+    }
+    return _compact(body).encode()
+
+
+def encode_active_alarms(gateway_id: str, asset: AssetRef, active: Sequence[AlarmEvent], updated_ms: int) -> bytes:
+    """Retained: the alarms of one asset that are raised now (an empty list when none)."""
+    body = {
+        "gateway": gateway_id,
+        "asset": _asset(asset),
+        "active": [{**e.as_payload(), "since": e.time_ms} for e in active],
+        "updated": updated_ms,
+    }
+    return _compact(body).encode()
+
+
+def describe_processing(indicator: Indicator, rules: Processing) -> dict[str, object]:
+    """How a subscriber should read an indicator's messages: reporting rule, windows, counter, alarm limits."""
+    reporting = rules.reporting
+    return {
+        # null: every reading is published; otherwise a held-back value is within `deadband` of the last one sent.
+        "reporting": None if reporting is None else {
+            "deadband": reporting.deadband, "deadband_percent": reporting.deadband_percent,
+            "max_silence": reporting.max_silence, "min_interval": reporting.min_interval},
+        "windows": list(rules.windows or ()),
+        "counter": None if rules.counter is None else {"rollover_bits": rules.counter.rollover_bits},
+        "alarms": [rule.describe(indicator.id) for rule in rules.alarms or ()],
+    }
+
+
 def encode_asset_description(gateway_id: str, devices: Sequence[DeviceBase], catalogue: Catalogue,
-                             updated_ms: int) -> bytes:
+                             updated_ms: int, derived: Sequence[DerivedIndicator] = ()) -> bytes:
     """Retained self-description of one asset: what it is and every indicator it reports.
 
     `devices` are all devices feeding the asset; a subscriber learns indicators,
-    units, ranges and sources from this message alone.
+    units, ranges, sources and processing rules from this message alone.
     """
     asset = devices[0].asset
     asset_type = catalogue.asset_type(asset.type)
@@ -65,7 +120,26 @@ def encode_asset_description(gateway_id: str, devices: Sequence[DeviceBase], cat
                 "device": device.id,
                 "point": point.name,
                 "writable": point.writable,
+                **describe_processing(indicator, indicator.processing.overridden_by(point.processing)),
             })
+    for definition in derived:
+        indicator = catalogue.indicator(definition.indicator)
+        if indicator is None:
+            continue
+        indicators.append({
+            "id": indicator.id,
+            "name": indicator.name.model_dump(),
+            "kind": indicator.kind.value,
+            "unit": indicator.unit,
+            "unit_code": indicator.unit_code,
+            "range": list(indicator.range) if indicator.range else None,
+            "quantified": indicator.quantified.value,
+            "device": "gateway",
+            "derived": definition.expression if definition.night_minimum is None
+            else {"night_minimum": definition.night_minimum.model_dump()},
+            "writable": False,
+            **describe_processing(indicator, indicator.processing.overridden_by(definition.processing)),
+        })
     body = {
         "gateway": gateway_id,
         "asset": {

@@ -1,32 +1,45 @@
 """From samples to committed messages: mapping → processing → encoding → buffer.
 
 Drivers hand samples over synchronously (`submit`); the pipeline maps them to
-readings, encodes one message per asset per poll and queues it. A single
+readings, lets the processor (if any) filter them and add window statistics
+and alarm events, encodes one message per asset and kind, and queues it. A single
 writer task commits everything queued so far in one transaction (group
 commit), so a burst of polls costs one disk sync, not one each.
+Alarm events go in with a higher buffer priority: they are sent first after an
+outage and dropped last when the buffer is full.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from gateway.buffer import Buffer, Message
 from gateway.mapping import DeviceMapper
-from gateway.model import Reading, Sample, now_ms
-from gateway.payload import encode_batch
+from gateway.model import AssetRef, Reading, Sample, now_ms
+from gateway.payload import encode_active_alarms, encode_alarm_events, encode_batch, encode_statistics
+from gateway.processing import Output, Processor
 from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
 
+ALARM_PRIORITY = 10  # buffer priority of alarm events; readings and statistics have 0
+_T = TypeVar("_T")
+
 
 class Pipeline:
-    def __init__(self, gateway_id: str, topics: Topics, mappers: dict[str, DeviceMapper], buffer: Buffer) -> None:
+    def __init__(self, gateway_id: str, topics: Topics, mappers: dict[str, DeviceMapper], buffer: Buffer,
+                 processor: Processor | None = None,
+                 on_active_alarms: Callable[[str, bytes], None] | None = None) -> None:
+        """`on_active_alarms(topic, body)` publishes an asset's retained active-alarm state."""
         self._gateway_id = gateway_id
         self._topics = topics
         self._mappers = mappers
         self._buffer = buffer
+        self._processor = processor
+        self._on_active_alarms = on_active_alarms
         self._pending: list[Message] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -35,19 +48,69 @@ class Pipeline:
 
     def submit(self, device_id: str, samples: Sequence[Sample], receive_time_ms: int) -> None:
         mapper = self._mappers[device_id]
-        self._enqueue(mapper, mapper.readings(samples, receive_time_ms))
+        readings = mapper.readings(samples, receive_time_ms)
+        if self._processor is None:
+            self._enqueue_readings(mapper.asset, readings)
+        else:
+            self._enqueue_output(self._processor.process(device_id, readings))
 
     def submit_failure(self, device_id: str, reason: str, receive_time_ms: int) -> None:
         mapper = self._mappers[device_id]
-        self._enqueue(mapper, mapper.failed(reason, receive_time_ms))
+        readings = mapper.failed(reason, receive_time_ms)
+        if self._processor is None:
+            self._enqueue_readings(mapper.asset, readings)
+        else:
+            self._enqueue_output(self._processor.failed(device_id, reason, readings))
 
-    def _enqueue(self, mapper: DeviceMapper, readings: list[Reading]) -> None:
+    def tick(self) -> None:
+        """Let the processor close windows and run out alarm delays; called about once a second."""
+        if self._processor is not None:
+            self._enqueue_output(self._processor.tick())
+
+    async def run_clock(self, interval: float = 1.0) -> None:
+        """Call `tick` every `interval` seconds until cancelled (a timer, not a synchronisation)."""
+        while True:
+            await asyncio.sleep(interval)
+            self.tick()
+
+    def announce_alarm_states(self) -> None:
+        """Publish the (retained) active alarms of every asset that can have alarms; at start-up."""
+        if self._processor is not None:
+            for asset in self._processor.alarm_assets():
+                self._announce_alarm_state(asset)
+
+    def _enqueue_output(self, output: Output) -> None:
+        for asset, events in _by_asset(output.events, lambda e: e.asset).items():
+            first_seq = self._buffer.allocate_sequence(len(events))
+            body = encode_alarm_events(self._gateway_id, asset, events, first_seq)
+            self._queue(Message(self._topics.alarm(asset), body, ALARM_PRIORITY, first_seq,
+                                first_seq + len(events) - 1, now_ms()))
+            self._announce_alarm_state(asset)
+        for asset, readings in _by_asset(output.readings, lambda r: r.asset).items():
+            self._enqueue_readings(asset, readings)
+        if output.statistics:
+            grouped = _by_asset(output.statistics, lambda pair: pair[0])
+            for asset, pairs in grouped.items():
+                first_seq = self._buffer.allocate_sequence(len(pairs))
+                body = encode_statistics(self._gateway_id, asset, [w for _, w in pairs], first_seq)
+                self._queue(Message(self._topics.stats(asset), body, 0, first_seq, first_seq + len(pairs) - 1,
+                                    now_ms()))
+
+    def _announce_alarm_state(self, asset: AssetRef) -> None:
+        if self._on_active_alarms is not None and self._processor is not None:
+            active = self._processor.active_alarms(asset.asset)
+            body = encode_active_alarms(self._gateway_id, asset, active, now_ms())
+            self._on_active_alarms(self._topics.active_alarms(asset), body)
+
+    def _enqueue_readings(self, asset: AssetRef, readings: list[Reading]) -> None:
         if not readings:
             return
         first_seq = self._buffer.allocate_sequence(len(readings))
-        body = encode_batch(self._gateway_id, mapper.asset, readings, first_seq)
-        self._pending.append(Message(self._topics.data(mapper.asset), body, 0, first_seq,
-                                     first_seq + len(readings) - 1, now_ms()))
+        body = encode_batch(self._gateway_id, asset, readings, first_seq)
+        self._queue(Message(self._topics.data(asset), body, 0, first_seq, first_seq + len(readings) - 1, now_ms()))
+
+    def _queue(self, message: Message) -> None:
+        self._pending.append(message)
         self._idle.clear()
         self._wake.set()
 
@@ -74,3 +137,11 @@ class Pipeline:
     async def drained(self) -> None:
         """Wait until everything submitted so far is committed."""
         await self._idle.wait()
+
+
+def _by_asset(items: Sequence[_T], asset_of: Callable[[_T], AssetRef]) -> dict[AssetRef, list[_T]]:
+    """Items grouped by asset, keeping their order (a poll's output almost always has one asset)."""
+    grouped: dict[AssetRef, list[_T]] = {}
+    for item in items:
+        grouped.setdefault(asset_of(item), []).append(item)
+    return grouped

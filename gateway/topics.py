@@ -2,6 +2,9 @@
 
     <prefix>/<domain>/<site>/<asset>/data       reading batches, QoS 1
     <prefix>/<domain>/<site>/<asset>/meta       retained self-description of the asset
+    <prefix>/<domain>/<site>/<asset>/stats      window statistics and consumption, QoS 1
+    <prefix>/<domain>/<site>/<asset>/alarm      alarm events (raised, cleared), QoS 1, sent first after an outage
+    <prefix>/<domain>/<site>/<asset>/active-alarms   retained: the alarms raised now
     <prefix>/gateway/<gateway>/status           retained online/offline (Last Will)
     <prefix>/gateway/<gateway>/device/<device>/status   retained per-device state
 """
@@ -23,6 +26,15 @@ class Topics:
 
     def meta(self, asset: AssetRef) -> str:
         return f"{self.prefix}/{asset.path()}/meta"
+
+    def stats(self, asset: AssetRef) -> str:
+        return f"{self.prefix}/{asset.path()}/stats"
+
+    def alarm(self, asset: AssetRef) -> str:
+        return f"{self.prefix}/{asset.path()}/alarm"
+
+    def active_alarms(self, asset: AssetRef) -> str:
+        return f"{self.prefix}/{asset.path()}/active-alarms"
 
     def gateway_status(self) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/status"

@@ -8,6 +8,7 @@ from typing import Literal, Self
 
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, model_validator
 
+from gateway.catalogue import DerivedIndicator, Processing
 from gateway.config.base import Id, PointName, StrictModel
 
 
@@ -106,6 +107,9 @@ class PointBase(StrictModel):
     range: tuple[float, float] | None = Field(
         None, description="Valid range in `unit`; outside it the reading is bad (out-of-range).")
     writable: bool = Field(False, description="Only writable points can ever be written to the device.")
+    processing: Processing | None = Field(
+        None, description="Report by exception, windows, counter and alarms; each key given replaces the "
+                          "catalogue's default for the indicator (docs/processing.md).")
 
     @model_validator(mode="after")
     def _ordered_range(self) -> Self:
@@ -126,6 +130,9 @@ class DeviceBase(StrictModel):
     timeout: PositiveFloat = Field(3.0, description="Seconds to wait for one reply.")
     backoff_max: PositiveFloat = Field(300.0, description="Longest wait between retries of a failing device.")
     points: list[PointBase]
+    derived: list[DerivedIndicator] = Field(
+        default_factory=list,
+        description="Indicators of this device's asset computed from others (see docs/processing.md).")
 
     def link_id(self) -> str:
         """Devices with the same link id share one physical connection, served by one task."""

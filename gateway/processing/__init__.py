@@ -1,0 +1,312 @@
+"""Processing: what the gateway makes of readings before they are buffered (docs/processing.md).
+
+    readings of a device ──► per series: report by exception ─► data topic
+                                         windows / counters   ─► stats topic
+                                         alarms               ─► alarm topic (+ retained active alarms)
+                         ──► derived indicators of the asset, processed the same way
+
+The pipeline calls `process` for every poll, `failed` for a poll without answer
+and `tick` about once a second, so windows close and alarm delays run out even
+when no reading arrives. All time comes from the injected clock (tests control it).
+A device whose points have no rules costs one supervision update per poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gateway.catalogue import Catalogue, DerivedIndicator, Indicator, Processing, Quantification
+from gateway.config.models import DeviceBase
+from gateway.model import AssetRef, Quality, Reading, now_ms
+from gateway.processing.alarms import RAISED, AlarmEvent, DeviceSupervisor, Supervision, ThresholdAlarm
+from gateway.processing.counters import ConsumptionStats, ConsumptionWindow
+from gateway.processing.derived import ExpressionRule, NightMinimumRule
+from gateway.processing.exception import ReportByException
+from gateway.processing.windows import AlignedWindow, SeriesInfo, StatisticsWindow, WindowStats
+
+__all__ = ["AlarmEvent", "ConsumptionStats", "Output", "Processor", "Supervision", "WindowStats",
+           "effective_processing"]
+
+Statistics = WindowStats | ConsumptionStats
+# A window is closed by the clock this long after its end, so a poll answered just after the boundary still counts.
+CLOSE_GRACE_MS = 2_000
+
+
+@dataclass(slots=True)
+class Output:
+    """What one call produced, in the order it happened."""
+
+    readings: list[Reading] = field(default_factory=list)  # to publish on the data topic
+    statistics: list[tuple[AssetRef, Statistics]] = field(default_factory=list)
+    events: list[AlarmEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.readings or self.statistics or self.events)
+
+
+def effective_processing(indicator: Indicator, override: Processing | None) -> Processing:
+    """The catalogue's rules for the indicator with a point's (or derived indicator's) overrides applied."""
+    return indicator.processing.overridden_by(override)
+
+
+class _Series:
+    """The rules of one indicator of one asset."""
+
+    __slots__ = ("alarms", "asset", "reporting", "windows")
+
+    def __init__(self, asset: AssetRef, device: str, indicator: Indicator, rules: Processing, hold_ms: int) -> None:
+        self.asset = asset
+        self.reporting = ReportByException(rules.reporting) if rules.reporting is not None else None
+        info = SeriesInfo(indicator.id, indicator.unit, indicator.unit_code)
+        cumulative = indicator.quantified is Quantification.CUMULATIVE
+        self.windows: list[AlignedWindow] = [
+            ConsumptionWindow(info, size, rules.counter) if cumulative else StatisticsWindow(info, size, hold_ms)
+            for size in rules.windows or ()]
+        self.alarms = [ThresholdAlarm(rule, asset, device, indicator.id, indicator.unit) for rule in rules.alarms or ()]
+
+    def feed(self, reading: Reading, now: int, out: Output) -> None:
+        quality = reading.quality
+        for window in self.windows:
+            for closed in window.add(reading.source_time_ms, reading.value, quality is Quality.GOOD):
+                out.statistics.append((self.asset, closed))  # type: ignore[arg-type]
+        usable = quality is not Quality.BAD
+        for alarm in self.alarms:
+            event = alarm.update(reading.value, usable, now)
+            if event is not None:
+                out.events.append(event)
+        if self.reporting is None or self.reporting.should_publish(reading.value, quality, now):
+            out.readings.append(reading)
+
+    def tick(self, now: int, out: Output) -> None:
+        for window in self.windows:
+            for closed in window.close_until(now - CLOSE_GRACE_MS):
+                out.statistics.append((self.asset, closed))  # type: ignore[arg-type]
+        for alarm in self.alarms:
+            event = alarm.tick(now)
+            if event is not None:
+                out.events.append(event)
+
+
+class _Asset:
+    """Derived indicators of one asset and the latest readings they are computed from."""
+
+    def __init__(self, asset: AssetRef) -> None:
+        self.asset = asset
+        self.latest: dict[str, Reading] = {}
+        self.inputs: set[str] = set()
+        self.expressions: list[tuple[ExpressionRule, _Series | None]] = []
+        self.nights: list[tuple[NightMinimumRule, _Series | None]] = []
+
+    def feed(self, readings: Iterable[Reading], now: int, out: Output) -> None:
+        changed = set()
+        for reading in readings:
+            if reading.indicator in self.inputs:
+                self.latest[reading.indicator] = reading
+                changed.add(reading.indicator)
+                for night, series in self.nights:
+                    if reading.indicator in night.inputs:
+                        self._emit(night.feed(reading), series, now, out)
+        if not changed:
+            return
+        for rule, series in self.expressions:  # in declaration order, so one may use an earlier one's result
+            if changed & rule.inputs:
+                result = rule.compute(self.latest, now)
+                if result is not None:
+                    self.latest[rule.indicator] = result
+                    changed.add(rule.indicator)
+                    self._emit([result], series, now, out)
+
+    def tick(self, now: int, out: Output) -> None:
+        for night, series in self.nights:
+            self._emit(night.tick(now - CLOSE_GRACE_MS), series, now, out)
+        for series in self.series():
+            series.tick(now, out)
+
+    def series(self) -> list[_Series]:
+        return [s for _, s in [*self.expressions, *self.nights] if s is not None]
+
+    @staticmethod
+    def _emit(results: list[Reading], series: _Series | None, now: int, out: Output) -> None:
+        for result in results:
+            if series is None:
+                out.readings.append(result)
+            else:
+                series.feed(result, now, out)
+
+
+class _Device:
+    __slots__ = ("asset", "passthrough", "series", "state", "supervisor")
+
+    def __init__(self, asset: _Asset, series: dict[str, _Series], supervisor: DeviceSupervisor | None,
+                 feeds_derived: bool) -> None:
+        self.asset = asset
+        self.series = series
+        self.supervisor = supervisor
+        self.passthrough = not series and not feeds_derived
+
+
+class Processor:
+    def __init__(self, catalogue: Catalogue, devices: Sequence[DeviceBase],
+                 derived: Mapping[str, Sequence[DerivedIndicator]] | None = None,
+                 supervision: Mapping[str, Supervision | None] | None = None,
+                 clock: Callable[[], int] = now_ms) -> None:
+        """`derived` by asset id; `supervision` by device id (None: not supervised; absent: from poll interval)."""
+        self._clock = clock
+        self._catalogue = catalogue
+        self._assets: dict[str, _Asset] = {}
+        self._devices: dict[str, _Device] = {}
+        self._active: dict[str, dict[str, AlarmEvent]] = {}  # asset id -> alarm id -> the event that raised it
+        start = clock()
+        for device in devices:
+            if device.enabled:
+                self._add_device(device, (supervision or {}).get(device.id, _DEFAULT), start)
+        for asset_id, definitions in (derived or {}).items():
+            self._add_derived(asset_id, definitions, devices)
+        self._check_unique_alarm_ids()
+
+    # -- the three entry points ------------------------------------------------------------------------------
+
+    def process(self, device_id: str, readings: Sequence[Reading]) -> Output:
+        """Readings of one successful poll."""
+        now = self._clock()
+        device = self._devices[device_id]
+        out = Output()
+        if device.supervisor is not None:
+            out.events.extend(device.supervisor.answered(now))
+        if device.passthrough:
+            out.readings = list(readings)
+        else:
+            self._feed(device, readings, now, out)
+        self._track(out.events)
+        return out
+
+    def failed(self, device_id: str, reason: str, readings: Sequence[Reading]) -> Output:
+        """The bad readings of a poll that got no answer."""
+        now = self._clock()
+        device = self._devices[device_id]
+        out = Output()
+        if device.supervisor is not None:
+            out.events.extend(device.supervisor.failed(reason, now))
+        if device.passthrough:
+            out.readings = list(readings)
+        else:
+            self._feed(device, readings, now, out)
+        self._track(out.events)
+        return out
+
+    def tick(self) -> Output:
+        """Close windows that have ended and run out alarm delays and supervision timers."""
+        now = self._clock()
+        out = Output()
+        for device in self._devices.values():
+            for series in device.series.values():
+                series.tick(now, out)
+            if device.supervisor is not None:
+                out.events.extend(device.supervisor.tick(now))
+        for asset in self._assets.values():
+            asset.tick(now, out)
+        self._track(out.events)
+        return out
+
+    # -- alarm state -----------------------------------------------------------------------------------------
+
+    def active_alarms(self, asset_id: str) -> list[AlarmEvent]:
+        """The alarms of an asset that are raised now, each as the event that raised it, oldest first."""
+        return sorted(self._active.get(asset_id, {}).values(), key=lambda e: e.time_ms)
+
+    def alarm_assets(self) -> list[AssetRef]:
+        """Assets that can have alarms (whose active-alarm state is worth publishing)."""
+        assets = {d.asset.asset for d in self._devices.values() if d.supervisor is not None}
+        assets.update(s.asset for s in self._all_series() if s.alarms)
+        return sorted(assets, key=AssetRef.path)
+
+    def _all_series(self) -> Iterable[_Series]:
+        for device in self._devices.values():
+            yield from device.series.values()
+        for asset in self._assets.values():
+            yield from asset.series()
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _feed(self, device: _Device, readings: Sequence[Reading], now: int, out: Output) -> None:
+        for reading in readings:
+            series = device.series.get(reading.point)
+            if series is None:
+                out.readings.append(reading)
+            else:
+                series.feed(reading, now, out)
+        device.asset.feed(readings, now, out)
+
+    def _track(self, events: list[AlarmEvent]) -> None:
+        """Keep the active-alarm state in step with the events just produced."""
+        for event in events:
+            active = self._active.setdefault(event.asset.asset, {})
+            if event.event == RAISED:
+                active[event.alarm] = event
+            else:
+                active.pop(event.alarm, None)
+
+    def _asset(self, asset: AssetRef) -> _Asset:
+        return self._assets.setdefault(asset.asset, _Asset(asset))
+
+    def _add_device(self, device: DeviceBase, supervision: Supervision | object | None, start: int) -> None:
+        asset = self._asset(AssetRef(device.asset.domain, device.asset.site, device.asset.id))
+        hold_ms = _hold_ms(device.poll_interval)
+        series = {}
+        for point in device.points:
+            indicator = self._catalogue.indicator(point.indicator)
+            if indicator is None:
+                continue
+            rules = effective_processing(indicator, getattr(point, "processing", None))
+            if not rules.is_empty:
+                series[point.name] = _Series(asset.asset, device.id, indicator, rules, hold_ms)
+        if supervision is _DEFAULT:
+            supervision = Supervision.for_poll_interval(device.poll_interval)
+        supervisor = (DeviceSupervisor(asset.asset, device.id, supervision, start)
+                      if isinstance(supervision, Supervision) else None)
+        self._devices[device.id] = _Device(asset, series, supervisor, feeds_derived=False)
+
+    def _add_derived(self, asset_id: str, definitions: Sequence[DerivedIndicator],
+                     devices: Sequence[DeviceBase]) -> None:
+        asset = self._assets.get(asset_id)
+        if asset is None:
+            raise ValueError(f"derived indicators for asset {asset_id!r}, which no enabled device feeds")
+        feeding = [d for d in devices if d.enabled and d.asset.id == asset_id]
+        hold_ms = max(_hold_ms(d.poll_interval) for d in feeding)
+        for definition in definitions:
+            indicator = self._catalogue.indicator(definition.indicator)
+            if indicator is None:
+                raise ValueError(f"derived indicator {definition.indicator!r} of asset {asset_id!r} "
+                                 "is not in the catalogue")
+            rules = effective_processing(indicator, definition.processing)
+            series = None if rules.is_empty else _Series(asset.asset, "gateway", indicator, rules, hold_ms)
+            if definition.night_minimum is not None:
+                night = NightMinimumRule(definition.night_minimum, asset.asset, indicator, hold_ms)
+                asset.nights.append((night, series))
+                asset.inputs |= night.inputs
+            else:
+                rule = ExpressionRule(definition, asset.asset, indicator)
+                asset.expressions.append((rule, series))
+                asset.inputs |= rule.inputs | {rule.indicator}
+        for device in self._devices.values():
+            if device.asset is asset:
+                device.passthrough = False
+
+    def _check_unique_alarm_ids(self) -> None:
+        seen: dict[str, set[str]] = {}
+        for series in self._all_series():
+            for alarm in series.alarms:
+                ids = seen.setdefault(series.asset.asset, set())
+                if alarm.alarm_id in ids:
+                    raise ValueError(f"alarm id {alarm.alarm_id!r} is used twice on asset "
+                                     f"{series.asset.asset!r}; give the rules distinct `id:`s")
+                ids.add(alarm.alarm_id)
+
+
+_DEFAULT = object()
+
+
+def _hold_ms(poll_interval: float) -> int:
+    """How long a sample stands for in statistics: three polls, so one missed poll leaves no gap."""
+    return max(1_000, round(3 * poll_interval * 1000))

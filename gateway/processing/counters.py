@@ -1,0 +1,113 @@
+"""Consumption per window from a cumulative register (a totaliser, an energy meter).
+
+The consumption of a window is the sum of the increases between consecutive good
+readings that arrived in it. When the value goes backwards:
+- if the register has a known width and wrapping forward is the shorter way (less
+  than half the register), it rolled over: the increase is counted across the wrap;
+- otherwise the meter was replaced or reset: the step counts as zero and is
+  reported with the values before and after, never as a huge negative (or positive)
+  consumption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.catalogue import Counter
+from gateway.model import Value
+from gateway.processing.windows import AlignedWindow, SeriesInfo
+
+
+@dataclass(frozen=True, slots=True)
+class CounterReset:
+    time_ms: int
+    before: float | int
+    after: float | int
+
+    def as_payload(self) -> dict[str, object]:
+        return {"ts": self.time_ms, "before": self.before, "after": self.after}
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumptionStats:
+    indicator: str
+    unit: str
+    unit_code: str
+    window_s: int
+    start_ms: int
+    end_ms: int
+    count: int
+    consumption: float | int | None  # None when no two good readings bracketed any of the window
+    first: float | int | None
+    last: float | int | None
+    rollovers: int = 0
+    resets: tuple[CounterReset, ...] = field(default_factory=tuple)
+
+    def as_payload(self, seq: int) -> dict[str, object]:
+        body: dict[str, object] = {
+            "seq": seq, "indicator": self.indicator, "unit": self.unit, "unit_code": self.unit_code,
+            "window": self.window_s, "start": self.start_ms, "end": self.end_ms,
+            "consumption": self.consumption, "first": self.first, "last": self.last, "count": self.count}
+        if self.rollovers:
+            body["rollovers"] = self.rollovers
+        if self.resets:
+            body["resets"] = [r.as_payload() for r in self.resets]
+        return body
+
+
+class RegisterTracker:
+    """Follows one cumulative register and turns each new value into an increase."""
+
+    def __init__(self, counter: Counter | None) -> None:
+        self._modulus = counter.modulus if counter is not None else None
+        self.value: float | int | None = None  # ints stay ints: a 64-bit register does not fit a float
+
+    def step(self, time_ms: int, value: float | int) -> tuple[float | int, bool, CounterReset | None]:
+        """(increase, rolled over, reset) from the previous value to `value`."""
+        previous, self.value = self.value, value
+        if previous is None:
+            return 0, False, None
+        increase = value - previous
+        if increase >= 0:
+            return increase, False, None
+        if self._modulus is not None and increase + self._modulus < self._modulus / 2:
+            return increase + self._modulus, True, None
+        return 0, False, CounterReset(time_ms, previous, value)
+
+
+class ConsumptionWindow(AlignedWindow):
+    def __init__(self, info: SeriesInfo, size_s: int, counter: Counter | None) -> None:
+        super().__init__(info, size_s)
+        self._register = RegisterTracker(counter)
+        self._consumption: float | int | None = None
+        self._first: float | int | None = None
+        self._count = 0
+        self._rollovers = 0
+        self._resets: list[CounterReset] = []
+
+    def _open(self, start_ms: int) -> None:
+        self._first = self._register.value
+        self._consumption = None
+        self._count, self._rollovers, self._resets = 0, 0, []
+
+    def _accumulate(self, time_ms: int, value: Value, good: bool) -> None:
+        self._count += 1
+        if not good or isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        number = value
+        had_baseline = self._register.value is not None
+        increase, rolled, reset = self._register.step(time_ms, number)
+        if self._first is None:
+            self._first = number
+        if had_baseline:
+            self._consumption = (self._consumption or 0) + increase
+        self._rollovers += rolled
+        if reset is not None:
+            self._resets.append(reset)
+
+    def _close(self, end_ms: int) -> ConsumptionStats:
+        assert self.start_ms is not None
+        info = self.info
+        return ConsumptionStats(info.indicator, info.unit, info.unit_code, self.size_s, self.start_ms, end_ms,
+                                self._count, self._consumption, self._first, self._register.value,
+                                self._rollovers, tuple(self._resets))

@@ -1,0 +1,225 @@
+"""A small, safe expression language for derived indicators. Never `eval`.
+
+    expression := or
+    or         := and ("or" and)*
+    and        := not ("and" not)*
+    not        := "not" not | comparison
+    comparison := sum (("<" | "<=" | ">" | ">=" | "==" | "!=") sum)?
+    sum        := product (("+" | "-") product)*
+    product    := unary (("*" | "/") unary)*
+    unary      := "-" unary | atom
+    atom       := number | "true" | "false" | indicator | function "(" expression ("," expression)* ")"
+                | "(" expression ")"
+    function   := "min" | "max" | "abs" | "if"
+
+Indicator ids contain hyphens (`active-power`), so a hyphen between two letters
+or digits belongs to the name; subtraction needs spaces: `a - b`.
+A parsed expression is compiled once into nested closures; evaluating it is a
+few Python calls, with no access to anything but the values it is given.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+Number = float | int | bool
+Evaluator = Callable[[Mapping[str, Number]], Number]
+
+_TOKEN = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<name>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)
+  | (?P<op><=|>=|==|!=|[-+*/<>(),])
+""", re.VERBOSE)
+
+_KEYWORDS = {"and", "or", "not", "true", "false"}
+_COMPARISONS: dict[str, Callable[[Number, Number], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+
+
+class EvaluationError(ValueError):
+    """The expression has no value for these inputs (division by zero, wrong type, not finite)."""
+
+
+@dataclass(frozen=True)
+class Expression:
+    text: str
+    names: frozenset[str]  # the indicators it reads
+    _evaluate: Evaluator
+
+    def evaluate(self, values: Mapping[str, Number]) -> Number:
+        """The value for `values` (every name must be present); raises EvaluationError."""
+        result = self._evaluate(values)
+        if isinstance(result, float) and not math.isfinite(result):
+            raise EvaluationError(f"{self.text!r} is not finite for these inputs")
+        return result
+
+
+def parse(text: str) -> Expression:
+    """Parse and compile `text`; raise ValueError saying where it is wrong."""
+    parser = _Parser(text)
+    evaluate = parser.expression()
+    if parser.peek() is not None:
+        raise parser.error(f"unexpected {parser.peek()!r}")
+    return Expression(text, frozenset(parser.names), evaluate)
+
+
+def _number(value: Number, what: str) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EvaluationError(f"{what} needs numbers, found {value!r}")
+    return value
+
+
+def _divide(left: Number, right: Number) -> float:
+    divisor = _number(right, "/")
+    if divisor == 0:
+        raise EvaluationError("division by zero")
+    return _number(left, "/") / divisor
+
+
+_ARITHMETIC: dict[str, Callable[[Number, Number], Number]] = {
+    "+": lambda a, b: _number(a, "+") + _number(b, "+"),
+    "-": lambda a, b: _number(a, "-") - _number(b, "-"),
+    "*": lambda a, b: _number(a, "*") * _number(b, "*"),
+    "/": _divide,
+}
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens: list[tuple[str, int]] = []  # (token, position)
+        self.index = 0
+        self.names: set[str] = set()
+        position = 0
+        while position < len(text):
+            match = _TOKEN.match(text, position)
+            if match is None:
+                raise ValueError(f"in {text!r} at column {position + 1}: unexpected {text[position]!r}")
+            if match.lastgroup != "space":
+                self.tokens.append((match.group(), position))
+            position = match.end()
+
+    def error(self, message: str) -> ValueError:
+        column = self.tokens[self.index][1] + 1 if self.index < len(self.tokens) else len(self.text) + 1
+        return ValueError(f"in {self.text!r} at column {column}: {message}")
+
+    def peek(self) -> str | None:
+        return self.tokens[self.index][0] if self.index < len(self.tokens) else None
+
+    def take(self, expected: str | None = None) -> str:
+        token = self.peek()
+        if token is None or (expected is not None and token != expected):
+            wanted = repr(expected) if expected is not None else "a value"
+            raise self.error(f"expected {wanted}, found {repr(token) if token else 'the end'}")
+        self.index += 1
+        return token
+
+    def expression(self) -> Evaluator:
+        return self.either()
+
+    def either(self) -> Evaluator:
+        left = self.both()
+        while self.peek() == "or":
+            self.take()
+            left = _or(left, self.both())
+        return left
+
+    def both(self) -> Evaluator:
+        left = self.negation()
+        while self.peek() == "and":
+            self.take()
+            left = _and(left, self.negation())
+        return left
+
+    def negation(self) -> Evaluator:
+        if self.peek() == "not":
+            self.take()
+            inner = self.negation()
+            return lambda values: not inner(values)
+        return self.comparison()
+
+    def comparison(self) -> Evaluator:
+        left = self.sum()
+        token = self.peek()
+        if token in _COMPARISONS:
+            self.take()
+            return _binary(_COMPARISONS[token], left, self.sum())
+        return left
+
+    def sum(self) -> Evaluator:
+        left = self.product()
+        while (token := self.peek()) in ("+", "-"):
+            self.take()
+            left = _binary(_ARITHMETIC[token], left, self.product())
+        return left
+
+    def product(self) -> Evaluator:
+        left = self.unary()
+        while (token := self.peek()) in ("*", "/"):
+            self.take()
+            left = _binary(_ARITHMETIC[token], left, self.unary())
+        return left
+
+    def unary(self) -> Evaluator:
+        if self.peek() == "-":
+            self.take()
+            inner = self.unary()
+            return lambda values: -_number(inner(values), "-")
+        return self.atom()
+
+    def atom(self) -> Evaluator:
+        token = self.take()
+        if token == "(":
+            inner = self.expression()
+            self.take(")")
+            return inner
+        if token[0].isdigit() or token[0] == ".":
+            constant = float(token)
+            return lambda values: constant
+        if token in ("true", "false"):
+            truth = token == "true"
+            return lambda values: truth
+        if not token[0].isalpha() or token in _KEYWORDS:
+            self.index -= 1
+            raise self.error(f"unexpected {token!r}")
+        if self.peek() == "(":
+            return self.call(token)
+        self.names.add(token)
+        return lambda values: values[token]
+
+    def call(self, function: str) -> Evaluator:
+        self.take("(")
+        arguments = [self.expression()]
+        while self.peek() == ",":
+            self.take()
+            arguments.append(self.expression())
+        self.take(")")
+        if function in ("min", "max"):
+            pick = min if function == "min" else max
+            return lambda values: pick(_number(a(values), function) for a in arguments)
+        if function == "abs" and len(arguments) == 1:
+            (argument,) = arguments
+            return lambda values: abs(_number(argument(values), "abs"))
+        if function == "if" and len(arguments) == 3:
+            condition, then, otherwise = arguments
+            return lambda values: then(values) if condition(values) else otherwise(values)
+        self.index -= 1
+        raise self.error(f"unknown function {function}() with {len(arguments)} arguments; "
+                         "expected min(a, b, ...), max(a, b, ...), abs(a) or if(condition, a, b)")
+
+
+def _binary(function: Callable[[Number, Number], Number], left: Evaluator, right: Evaluator) -> Evaluator:
+    return lambda values: function(left(values), right(values))
+
+
+def _or(left: Evaluator, right: Evaluator) -> Evaluator:
+    return lambda values: bool(left(values)) or bool(right(values))
+
+
+def _and(left: Evaluator, right: Evaluator) -> Evaluator:
+    return lambda values: bool(left(values)) and bool(right(values))
