@@ -209,6 +209,15 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # Break the client <-> callbacks cycle so paho frees its socket pair now, not in a later GC pass.
+        self.client.on_connect = self.client.on_subscribe = self.client.on_message = None
+
+    def local_port(self) -> int:
+        """The local TCP port of this client's connection (to tell it apart from others to the broker)."""
+        sock = self.client.socket()
+        assert isinstance(sock, socket.socket)
+        port: int = sock.getsockname()[1]
+        return port
 
     def on(self, topic: str) -> list[Received]:
         return [m for m in self.messages if m.topic == topic]

@@ -83,11 +83,11 @@ class FieldSimulator:
 
     def _value(self, simulated: _SimulatedPoint, seconds: float) -> float | bool:
         span = simulated.high - simulated.low
+        if simulated.kind is IndicatorKind.ALARM:
+            return False
         if simulated.point.data_type in (DataType.BOOL, DataType.BIT) or simulated.kind is IndicatorKind.STATE:
             # Mostly steady, with a change now and then (different points at different moments).
             return math.sin(seconds / 40 + simulated.phase) > 0.8
-        if simulated.kind is IndicatorKind.ALARM:
-            return False
         if simulated.kind is IndicatorKind.COUNTER:
             # For counters, `low` is the starting reading and `high` the increase per hour.
             elapsed, simulated.last_seconds = seconds - simulated.last_seconds, seconds

@@ -1,0 +1,476 @@
+"""The MQTT uplink: drains the store-and-forward buffer to the broker with QoS 1.
+
+This is the only module that imports paho. paho's network loop runs in its own
+thread (loop_start); each paho callback is handed to the event loop with
+call_soon_threadsafe, so all of our state lives on the event loop thread.
+
+We own reconnection. Every connection attempt gets a fresh paho client with
+paho's own reconnect turned off, so a message queued in a dead client can never
+be sent later behind our back, and nothing piles up in paho's memory during an
+outage: messages are handed to paho only while connected, at most
+`max_inflight` at a time. A message is deleted from the buffer only after the
+broker's PUBACK; whatever was in flight when a connection drops is fetched
+again after the reconnect (possibly a duplicate, recognisable by its seq;
+never a loss).
+
+We speak MQTT 3.1.1: every broker a city is likely to run supports it, and
+durability comes from our buffer with a clean session, so MQTT 5's session
+expiry and flow control would add nothing we use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
+
+from gateway import __version__
+from gateway.buffer import Buffer, StoredMessage
+from gateway.config.models import MqttSettings, TlsSettings
+from gateway.model import now_ms
+from gateway.payload import mark_historical
+
+log = logging.getLogger(__name__)
+
+_CONNACK_TIMEOUT = 10.0  # seconds from TCP connect to the broker's CONNACK
+_GOODBYE_TIMEOUT = 2.0  # seconds to wait for the PUBACK of the offline status at shutdown
+
+
+def backoff_delay(failures: int, initial: float, maximum: float) -> float:
+    """Seconds to wait before the next connection attempt.
+
+    Capped exponential back-off with "equal jitter" (half fixed, half random), so
+    the gateways of a whole city do not reconnect in lockstep after a broker outage.
+    """
+    ceiling = min(maximum, initial * 2.0 ** min(failures, 32))
+    return max(initial, ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    published: int = 0  # buffered messages handed to the broker, re-sends included
+    acked: int = 0  # buffered messages the broker acknowledged
+    reconnects: int = 0  # connections established after the first one
+    connect_failures: int = 0
+    rejected: int = 0  # messages paho refused to send (invalid topic, oversized); deleted, see the log
+
+
+class _Refused(Exception):
+    """The broker answered CONNECT with a refusal (bad credentials, not authorised, client id rejected)."""
+
+
+class Publisher:
+    """Keeps one MQTT connection up and the buffer drained through it; `run()` until cancelled."""
+
+    def __init__(self, settings: MqttSettings, gateway_id: str, buffer: Buffer, status_topic: str) -> None:
+        self._settings = settings
+        self._gateway_id = gateway_id
+        self._client_id = settings.client_id or gateway_id
+        self._buffer = buffer
+        self._status_topic = status_topic
+        self._where = f"{settings.host}:{settings.port}"
+        self._retained: dict[str, bytes] = {}
+        self._link: _Link | None = None  # the established connection, if any
+        self._connected = asyncio.Event()
+        # Set when the drain loop may have work: new rows in the buffer, room in the window, or a lost link.
+        self._wake = asyncio.Event()
+        # Rows whose PUBACK has arrived but whose deletion is not committed yet; never sent again meanwhile.
+        self._acked: set[int] = set()
+        self._acks_pending = asyncio.Event()
+        # Refill the window once half of it is free, so a long backlog drains in batches, not row by row.
+        self._refill_at = settings.max_inflight // 2
+        self._backlogged = False  # the last fetch filled the window, so more rows may be waiting
+        self._last_problem: str | None = None
+        self._ever_connected = False
+        self.stats = PublisherStats()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def set_retained(self, topic: str, body: bytes) -> None:
+        """Publish `body` retained on `topic` now if connected, and again after every reconnect."""
+        self._retained[topic] = body
+        if self._link is not None and self._link.is_up:
+            self._link.publish(topic, body, retain=True)
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._follow_buffer(), name="mqtt-follow-buffer")
+                tasks.create_task(self._delete_acked_forever(), name="mqtt-delete-acked")
+                tasks.create_task(self._stay_connected(), name="mqtt-connection")
+        finally:
+            # PUBACKs that arrived during shutdown: delete those rows so a restart does not send them again.
+            await self._delete_acked()
+
+    # -- connection ---------------------------------------------------------------------------------------
+
+    async def _stay_connected(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._connect_and_serve()
+                failures = 0
+                delay = backoff_delay(0, self._settings.reconnect.initial_delay, self._settings.reconnect.max_delay)
+            except _Refused as refusal:
+                self.stats.connect_failures += 1
+                self._report_problem(logging.ERROR, f"MQTT broker {self._where} refused the connection: {refusal}; "
+                                     "check mqtt.username, mqtt.password and the client id")
+                # Retrying quickly cannot fix credentials and would hammer the broker.
+                delay = self._settings.reconnect.max_delay
+            except OSError as error:
+                self.stats.connect_failures += 1
+                self._report_problem(logging.WARNING, f"Cannot connect to MQTT broker {self._where}: {error}")
+                delay = backoff_delay(failures, self._settings.reconnect.initial_delay,
+                                      self._settings.reconnect.max_delay)
+                failures += 1
+            log.debug("Reconnecting to MQTT broker %s in %.1f s", self._where, delay)
+            await asyncio.sleep(delay)
+
+    def _report_problem(self, level: int, message: str) -> None:
+        """Log a connection problem once; while the same problem persists, only at debug level."""
+        log.log(level if message != self._last_problem else logging.DEBUG, "%s", message)
+        self._last_problem = message
+
+    async def _connect_and_serve(self) -> None:
+        """Connect once and drain the buffer until that connection drops; raise if it cannot be established."""
+        link = _Link(self._client_id, asyncio.get_running_loop(), self._on_puback, self._wake.set)
+        try:
+            await link.open(self._settings, self._status_topic, self._will())
+            await self._serve(link)
+        finally:
+            if link.is_up:  # we are being cancelled: say goodbye properly, so the broker drops the Will
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_GOODBYE_TIMEOUT):
+                        await link.publish_confirmed(self._status_topic, self._status("offline", reason="shutdown"))
+            await link.close()
+
+    async def _serve(self, link: _Link) -> None:
+        if self._ever_connected:
+            self.stats.reconnects += 1
+        self._ever_connected = True
+        self._last_problem = None
+        log.info("Connected to MQTT broker %s as %s", self._where, self._client_id)
+        link.publish(self._status_topic, self._status("online", since=link.connected_at_ms), retain=True)
+        for topic, body in self._retained.items():
+            link.publish(topic, body, retain=True)
+        self._link = link
+        self._connected.set()
+        try:
+            await self._drain(link)
+        finally:
+            self._connected.clear()
+            self._link = None
+        log.warning("Lost connection to MQTT broker %s (%s); %d unacknowledged messages will be sent again",
+                    self._where, link.down_reason, len(link.inflight))
+
+    def _status(self, state: str, **fields: object) -> bytes:
+        return json.dumps({"state": state, "gateway": self._gateway_id, **fields,
+                           "version": __version__}, separators=(",", ":")).encode()
+
+    def _will(self) -> bytes:
+        # The broker sends this when the connection dies; it cannot know when, so it says when we went online.
+        return self._status("offline", reason="connection-lost", online_since=now_ms())
+
+    # -- draining -----------------------------------------------------------------------------------------
+
+    async def _drain(self, link: _Link) -> None:
+        """Keep up to max_inflight buffered messages in flight on `link` until it drops."""
+        while link.is_up:
+            self._wake.clear()  # before fetching, so a commit during the fetch still wakes us afterwards
+            room = self._settings.max_inflight - len(link.inflight)
+            rows = []
+            if room > 0:
+                rows = await self._buffer.fetch(room, exclude=self._acked.union(link.inflight.values()))
+                for row in rows:
+                    if not link.is_up:
+                        break
+                    self._send(link, row)
+            # Rows may be left over only when the window was the limit; then PUBACKs must wake us too.
+            self._backlogged = room <= 0 or len(rows) == room
+            await self._wake.wait()
+
+    def _send(self, link: _Link, row: StoredMessage) -> None:
+        # Committed before this connection attempt began: it waited in the buffer across an outage or a
+        # restart. (Not "before the CONNACK": a poll finished while we were merely connecting is live.)
+        body = mark_historical(row.body) if row.created_ms < link.started_ms else row.body
+        try:
+            mid = link.publish(row.topic, body)
+        except ValueError as error:  # invalid topic or oversized body: left in place it would block the queue
+            self.stats.rejected += 1
+            log.error("Dropping buffered message %d on topic %r: %s", row.id, row.topic, error)
+            self._delete_soon(row.id)
+            return
+        if mid is not None:
+            link.inflight[mid] = row.id
+            self.stats.published += 1
+
+    def _on_puback(self, link: _Link, mid: int) -> None:
+        row_id = link.inflight.pop(mid, None)
+        if row_id is None:
+            return  # a status or retained message; not from the buffer
+        self.stats.acked += 1
+        self._delete_soon(row_id)
+        if self._backlogged and len(link.inflight) <= self._refill_at:
+            self._wake.set()
+
+    def _delete_soon(self, row_id: int) -> None:
+        self._acked.add(row_id)
+        self._acks_pending.set()
+
+    async def _follow_buffer(self) -> None:
+        while True:
+            await self._buffer.new_data.wait()
+            self._buffer.new_data.clear()
+            self._wake.set()
+
+    async def _delete_acked_forever(self) -> None:
+        # One task deletes acknowledged rows, batching whatever PUBACKs arrived while the last batch was written.
+        while True:
+            await self._acks_pending.wait()
+            self._acks_pending.clear()
+            await self._delete_acked()
+
+    async def _delete_acked(self) -> None:
+        while self._acked:
+            batch = set(self._acked)
+            await self._buffer.ack(batch)
+            self._acked -= batch
+
+
+class _Link:
+    """One paho client, i.e. one connection attempt; never reused once it is closed.
+
+    paho callbacks arrive on paho's thread and are passed on to the event loop.
+    """
+
+    def __init__(self, client_id: str, loop: asyncio.AbstractEventLoop,
+                 on_puback: Callable[[_Link, int], None], on_down: Callable[[], None]) -> None:
+        self._loop = loop
+        self._on_puback = on_puback
+        self._on_down = on_down
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                   protocol=mqtt.MQTTv311, clean_session=True, reconnect_on_failure=False)
+        # Our window bounds what is in flight; paho must not hold messages back in a queue of its own.
+        self._client.max_inflight_messages_set(0)
+        self._client.on_connect = self._paho_connect
+        self._client.on_disconnect = self._paho_disconnect
+        self._client.on_publish = self._paho_publish
+        self._settled = asyncio.Event()  # CONNACK received, or the connection ended before it
+        self._up = asyncio.Event()
+        self._down = asyncio.Event()
+        self._refusal: str | None = None
+        self._receipts: dict[int, asyncio.Future[bool]] = {}  # mids whose PUBACK someone awaits
+        self.down_reason = ""
+        self.started_ms = now_ms()
+        self.connected_at_ms = 0
+        self.inflight: dict[int, int] = {}  # paho mid -> buffer row id
+
+    @property
+    def is_up(self) -> bool:
+        return self._up.is_set() and not self._down.is_set()
+
+    async def open(self, settings: MqttSettings, will_topic: str, will: bytes) -> None:
+        """Connect and wait for the CONNACK; raise OSError (network, TLS, files, timeout) or _Refused."""
+        await _uninterrupted(lambda: self._open_blocking(settings, will_topic, will))
+        try:
+            async with asyncio.timeout(_CONNACK_TIMEOUT):
+                await self._settled.wait()
+        except TimeoutError:
+            raise TimeoutError(f"no CONNACK within {_CONNACK_TIMEOUT:.0f} s") from None
+        if self._refusal is not None:
+            raise _Refused(self._refusal)
+        if not self.is_up:
+            raise ConnectionError(f"connection closed before CONNACK ({self.down_reason})")
+
+    def _open_blocking(self, settings: MqttSettings, will_topic: str, will: bytes) -> None:
+        # Runs in a worker thread: reads secret files, loads certificates, resolves, connects, TLS handshake.
+        self._client.will_set(will_topic, will, qos=1, retain=True)
+        if settings.username is not None:
+            self._client.username_pw_set(settings.username, _secret(settings.password, settings.password_file))
+        tls = _tls_context(settings.tls) if settings.tls is not None else None
+        if tls is not None:
+            self._client.tls_set_context(tls)
+        try:
+            self._client.connect(settings.host, settings.port, settings.keepalive)
+        except OSError:
+            if tls is not None and tls.wrapped is not None:
+                tls.wrapped.close()
+            raise
+        self._client.loop_start()
+
+    def publish(self, topic: str, body: bytes, retain: bool = False) -> int | None:
+        """Hand one QoS 1 message to paho; its message id, or None when the connection is gone."""
+        info = self._client.publish(topic, body, qos=1, retain=retain)
+        return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
+
+    async def publish_confirmed(self, topic: str, body: bytes) -> bool:
+        """Publish retained and wait for the PUBACK; False if the connection dropped first."""
+        mid = self.publish(topic, body, retain=True)
+        if mid is None:
+            return False
+        receipt: asyncio.Future[bool] = self._loop.create_future()
+        self._receipts[mid] = receipt
+        return await receipt
+
+    async def close(self) -> None:
+        """Disconnect cleanly if still connected (the broker then discards the Will) and stop paho's thread."""
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        # Our callbacks and the client form a reference cycle; break it so paho frees the client (and
+        # closes its internal socket pair) now rather than whenever the garbage collector runs.
+        self._client.on_connect = self._client.on_disconnect = self._client.on_publish = None
+
+    # -- paho's thread ------------------------------------------------------------------------------------
+
+    def _paho_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                      reason: ReasonCode, properties: Any) -> None:
+        self._loop.call_soon_threadsafe(self._connack, reason.is_failure, str(reason))
+
+    def _paho_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                         reason: ReasonCode, properties: Any) -> None:
+        # paho reports a plain dropped connection as "Unspecified error"; say what it means.
+        why = "connection closed" if str(reason) == "Unspecified error" else str(reason)
+        self._loop.call_soon_threadsafe(self._lost, why)
+
+    def _paho_publish(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reason: ReasonCode, properties: Any) -> None:
+        self._loop.call_soon_threadsafe(self._puback, mid)
+
+    # -- back on the event loop ---------------------------------------------------------------------------
+
+    def _connack(self, refused: bool, reason: str) -> None:
+        if refused:
+            self._refusal = reason
+        else:
+            self.connected_at_ms = now_ms()
+            self._up.set()
+        self._settled.set()
+
+    def _lost(self, reason: str) -> None:
+        if self._down.is_set():
+            return
+        self.down_reason = reason
+        self._down.set()
+        self._settled.set()
+        for receipt in self._receipts.values():
+            if not receipt.done():
+                receipt.set_result(False)
+        self._on_down()
+
+    def _puback(self, mid: int) -> None:
+        receipt = self._receipts.pop(mid, None)
+        if receipt is not None:
+            if not receipt.done():
+                receipt.set_result(True)
+            return
+        self._on_puback(self, mid)
+
+
+async def _uninterrupted(blocking: Callable[[], None]) -> None:
+    """Run `blocking` in a worker thread. If we are cancelled meanwhile, still wait for it to finish
+    (connect() gives up within paho's connect_timeout), so close() then sees and closes what it opened."""
+    job = asyncio.get_running_loop().run_in_executor(None, blocking)
+    try:
+        await asyncio.shield(job)
+    except asyncio.CancelledError:
+        await asyncio.wait([job])
+        job.exception()  # retrieved, so asyncio does not log it as forgotten; we are leaving anyway
+        raise
+
+
+def _secret(value: SecretStr | None, file: Path | None) -> str | None:
+    """A password given inline or in a file (read at every connect, so a rotated secret is picked up)."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        return file.read_text(encoding="utf-8").strip()
+    return None
+
+
+class _TlsContext(ssl.SSLContext):
+    """An SSLContext that remembers the last socket it wrapped.
+
+    paho leaves the socket open when the TLS handshake fails (wrong CA, wrong host
+    name); this lets us close it instead of leaking one per retry until the GC runs.
+    """
+
+    wrapped: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self.wrapped = super().wrap_socket(*args, **kwargs)
+        return self.wrapped
+
+
+def _tls_context(tls: TlsSettings) -> _TlsContext:
+    """What paho's tls_set() builds (certificate always verified), made on every connect so renewed files count."""
+    context = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file is not None:
+        context.load_verify_locations(tls.ca_file)
+    else:
+        context.load_default_certs()
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file,
+                                _secret(tls.key_password, tls.key_password_file))
+    context.check_hostname = tls.verify_hostname  # paho takes its own host name check from this too
+    return context
+
+
+class Watcher:
+    """A plain subscriber, for the demo's live view: records (topic, payload) from its own paho thread.
+
+    Lives here because this is the one module that imports paho.
+    """
+
+    def __init__(self, host: str, port: int, topic: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._received: list[tuple[str, bytes]] = []
+        self._subscribed = asyncio.Event()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{random.randrange(1 << 32):08x}")
+        self._client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._host, self._port = host, port
+
+    async def start(self) -> None:
+        """Connect and return once the broker has confirmed the subscription."""
+        self._client.connect(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+        async with asyncio.timeout(_CONNACK_TIMEOUT):
+            await self._subscribed.wait()
+
+    def _on_subscribe(self, *_: Any) -> None:
+        self._loop.call_soon_threadsafe(self._subscribed.set)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        item = (message.topic, bytes(message.payload))
+        self._loop.call_soon_threadsafe(self._received.append, item)
+
+    def take(self) -> list[tuple[str, bytes]]:
+        """Everything received since the last call."""
+        taken, self._received = self._received, []
+        return taken
+
+    async def drain(self) -> None:
+        """Let messages already handed over by paho's thread land before the last `take()`."""
+        await asyncio.sleep(0.2)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
