@@ -78,7 +78,11 @@ async def _demo(seconds: float | None, view: View, embedded_broker: bool) -> int
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await watcher.drain()
+            # The gateway's last word is its retained `offline` status: once seen, everything it sent is here.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await watcher.wait_for(f"{config.main.mqtt.topic_prefix}/gateway/{config.main.gateway.id}/status",
+                                           b'"offline"')
             view.update(watcher.take())
             watcher.close()
         await simulator.stop()
