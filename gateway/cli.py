@@ -146,6 +146,37 @@ async def _run(config: GatewayConfig) -> int:
     return EXIT_OK
 
 
+def cmd_browse(args: argparse.Namespace) -> int:
+    """Print a YAML device skeleton of an OPC-UA server's variables."""
+    import os
+
+    from drivers.opcua.browse import browse
+    from drivers.opcua.client import ConnectOptions, OpcUaError
+    from drivers.opcua.config import SecurityMode, SecurityPolicy
+
+    password = os.environ.get(args.password_env) if args.password_env else None
+    if args.password_file is not None:
+        password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    options = ConnectOptions(
+        endpoint=args.endpoint, timeout=args.timeout, keepalive=5.0, session_timeout=60.0,
+        policy=SecurityPolicy(args.policy), mode=SecurityMode(args.mode), certificate=args.cert,
+        private_key=args.key, application_uri=args.application_uri, server_certificate=args.server_cert,
+        trust_dir=args.trust_dir, username=args.username, password=password, pki_dir=args.state_dir / "opcua")
+    try:
+        print(asyncio.run(browse(options, args.node, args.depth, args.id)), end="")
+    except OpcUaError as exc:
+        print(f"error: {exc} ({exc.reason})", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from drivers.serial.scan import scan_command
+
+    return scan_command(args.port, args.baud, args.parity, args.data_bits, args.stop_bits, args.timeout,
+                        args.first_unit, args.last_unit)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -178,10 +209,42 @@ def _parser() -> argparse.ArgumentParser:
     read = command("read", cmd_read, "poll one device once and print its readings (no MQTT needed)")
     read.add_argument("device", help="device id")
     command("buffer", cmd_buffer, "show the local buffer: depth, oldest reading, dropped count")
+    browse = command("browse", cmd_browse, "print a YAML skeleton of an OPC-UA server's variables, "
+                     "ready to map onto indicators", config=False)
+    browse.add_argument("endpoint", help="opc.tcp://host:port[/path]")
+    browse.add_argument("--node", help="start here instead of the Objects folder (nsu=<uri>;s=<id>)")
+    browse.add_argument("--depth", type=int, default=4, help="levels to descend (default 4)")
+    browse.add_argument("--id", default="opcua-device", help="device id to put in the skeleton")
+    browse.add_argument("--policy", default="None", choices=["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep",
+                                                             "Aes256_Sha256_RsaPss"])
+    browse.add_argument("--mode", default="None", choices=["None", "Sign", "SignAndEncrypt"])
+    browse.add_argument("--server-cert", type=Path, help="the server certificate to trust")
+    browse.add_argument("--trust-dir", type=Path, help="directory of trusted server certificates")
+    browse.add_argument("--cert", type=Path, help="client certificate (default: generated in the state directory)")
+    browse.add_argument("--key", type=Path, help="client private key")
+    browse.add_argument("--application-uri", help="application URI of the client certificate")
+    browse.add_argument("--username")
+    browse.add_argument("--password-env", metavar="VAR", help="environment variable holding the password")
+    browse.add_argument("--password-file", type=Path)
+    browse.add_argument("--state-dir", type=Path, default=Path("/var/lib/municipal-gateway"),
+                        help="where the generated client certificate lives, and rejected server certificates go")
+    browse.add_argument("--timeout", type=float, default=5.0)
+    scan = command("scan", cmd_scan, "probe a serial bus for Modbus RTU units and lone CJ/T 188 / DL/T 645 meters",
+                   config=False)
+    scan.add_argument("port", help="serial device, e.g. /dev/ttyUSB0")
+    scan.add_argument("--baud", type=int, default=9600)
+    scan.add_argument("--parity", choices=["none", "even", "odd"], default="even")
+    scan.add_argument("--data-bits", type=int, choices=[7, 8], default=8)
+    scan.add_argument("--stop-bits", type=float, choices=[1, 1.5, 2], default=1)
+    scan.add_argument("--timeout", type=float, default=0.1, help="seconds to wait for each address")
+    scan.add_argument("--first-unit", type=int, default=1, choices=range(1, 248), metavar="1-247")
+    scan.add_argument("--last-unit", type=int, default=247, choices=range(1, 248), metavar="1-247")
     demo = command("demo", cmd_demo, "run simulated devices, a broker and the gateway, and show what arrives",
                    config=False)
     demo.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     demo.add_argument("--plain", action="store_true", help="print messages line by line instead of a live view")
+    demo.add_argument("--embedded-broker", action="store_true",
+                      help="use the embedded Python broker even when mosquitto is installed")
     return parser
 
 

@@ -6,6 +6,15 @@ its first poll so it does not drift; a missed slot is skipped, not caught up.
 A device that fails is retried with capped exponential back-off; its readings
 go out with bad quality, and its state change is logged once. Links are
 independent tasks, so a dead device never delays a device on another link.
+
+Push devices (OPC-UA subscriptions): after every successful connect the poller
+calls `driver.subscribe()` for each device; a device it accepts delivers its
+samples through the sink from then on and is no longer polled. Instead, every
+`PUSH_CHECK_INTERVAL` the poller awaits `driver.read()` on it, which for a
+subscribed device makes no request and returns no samples: it raises
+DriverError once the driver's keep-alive has found the link dead. That failure
+is handled like a failed poll (bad readings, back-off, reconnect), and the next
+successful connect subscribes again.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # How many request timeouts one whole poll may take before the link is deemed stuck.
 _STUCK_POLL_FACTOR = 20
+# Seconds between liveness checks of a subscribed device, and the first step of its reconnect back-off.
+PUSH_CHECK_INTERVAL = 1.0
 
 
 class DeviceState(enum.StrEnum):
@@ -72,6 +83,9 @@ class LinkPoller:
         self._on_status = on_status
         self._clock = clock
         self._connected = False
+        self._pushing: set[str] = set()  # devices subscribed on the current connection
+        self._push_capable: set[str] = set()  # devices that ever accepted a subscription
+        self._connection = 0  # counts connects, so a sink of an old connection goes quiet
 
     async def run(self) -> None:
         start = self._clock()
@@ -91,11 +105,13 @@ class LinkPoller:
         device = status.device
         started = self._clock()
         try:
-            if not self._connected:
-                await self.driver.connect()
-                self._connected = True
             # A safety net only: drivers enforce the per-request timeout themselves.
             async with asyncio.timeout(device.timeout * _STUCK_POLL_FACTOR):
+                if not self._connected:
+                    await self.driver.connect()
+                    self._connected = True
+                    self._connection += 1
+                    await self._subscribe_all()
                 samples = await self.driver.read(device)
         except DriverError as exc:
             await self._failed(status, exc, started)
@@ -104,14 +120,47 @@ class LinkPoller:
             stuck = DriverError(f"poll took longer than {device.timeout * _STUCK_POLL_FACTOR:g} s", "timeout")
             await self._failed(status, stuck, started)
             return
+        if device.id in self._pushing:
+            if samples:
+                self._on_samples(device, samples, now_ms())
+            self._answering(status)
+            status.next_due = self._clock() + PUSH_CHECK_INTERVAL
+            return
         status.polls += 1
         self._on_samples(device, samples, now_ms())
+        self._answering(status)
+        status.next_due = _next_slot(status.next_due, device.poll_interval, self._clock())
+
+    def _answering(self, status: DeviceStatus) -> None:
         if status.state is not DeviceState.ONLINE:
             if status.state is DeviceState.FAILING:
-                log.info("device %s is answering again after %d failed polls", device.id, status.consecutive_failures)
+                log.info("device %s is answering again after %d failed attempts", status.device.id,
+                         status.consecutive_failures)
             self._set_state(status, DeviceState.ONLINE, None, None)
         status.consecutive_failures = 0
-        status.next_due = _next_slot(status.next_due, device.poll_interval, self._clock())
+
+    async def _subscribe_all(self) -> None:
+        """Right after a connect: let every push-capable device start pushing on this connection."""
+        connection = self._connection
+
+        def sink(device: DeviceBase, samples: Sequence[Sample]) -> None:
+            if connection == self._connection and self._connected:
+                self._on_samples(device, samples, now_ms())
+
+        for status in self.statuses:
+            try:
+                pushing = await self.driver.subscribe(status.device, sink)
+            except DriverError as exc:
+                if exc.link_lost:
+                    raise
+                await self._failed(status, exc, self._clock())
+                continue
+            if pushing:
+                self._pushing.add(status.device.id)
+                self._push_capable.add(status.device.id)
+                status.polls += 1
+                self._answering(status)
+                status.next_due = self._clock() + PUSH_CHECK_INTERVAL
 
     async def _failed(self, status: DeviceStatus, error: DriverError, started: float) -> None:
         device = status.device
@@ -125,8 +174,13 @@ class LinkPoller:
             self._set_state(status, DeviceState.FAILING, error.reason, str(error))
         else:
             log.debug("device %s still failing: %s", device.id, error)
-        backoff = min(device.backoff_max, device.poll_interval * 2 ** (status.consecutive_failures - 1))
-        status.next_due = max(started, self._clock()) + max(backoff, device.poll_interval)
+        if device.id in self._push_capable:
+            # A push device has no poll grid; it retries quickly at first so a restarted server is back in seconds.
+            backoff = min(device.backoff_max, PUSH_CHECK_INTERVAL * 2 ** (status.consecutive_failures - 1))
+        else:
+            backoff = max(min(device.backoff_max, device.poll_interval * 2 ** (status.consecutive_failures - 1)),
+                          device.poll_interval)
+        status.next_due = max(started, self._clock()) + backoff
 
     def _set_state(self, status: DeviceStatus, state: DeviceState, reason: str | None, message: str | None) -> None:
         status.state, status.reason, status.message, status.since_ms = state, reason, message, now_ms()
@@ -135,6 +189,7 @@ class LinkPoller:
     async def _close(self) -> None:
         if self._connected:
             self._connected = False
+            self._pushing.clear()
             await self.driver.close()
 
 

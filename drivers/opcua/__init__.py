@@ -1,0 +1,1 @@
+"""OPC-UA devices (asyncua). Only client.py imports asyncua."""

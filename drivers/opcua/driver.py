@@ -1,0 +1,198 @@
+"""The OPC-UA driver: one session per endpoint, subscriptions or batched Reads per device.
+
+On every connect the driver opens a fresh session, looks the namespace URIs up
+again (a restarted server may have renumbered them) and resolves each point to
+a node id; a point that does not resolve is reported bad with the OPC-UA status
+name as its reason, and the device's other points carry on.
+
+Subscription devices: the scheduler calls `subscribe()` after each connect; the
+server then pushes changes to the sink. `read()` on a subscribed device makes
+no request: it is the scheduler's cheap liveness check, raising DriverError as
+soon as keep-alive monitoring has found the session or subscription dead, so
+the scheduler marks the readings bad, reconnects with back-off and subscribes
+again (on a new session, so monitored items are never duplicated).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+
+from drivers.base import Driver, DriverError, SampleSink
+from drivers.opcua.client import ConnectOptions, MonitorSpec, NodeId, NodeValue, OpcUaError, OpcUaLink
+from drivers.opcua.config import Mode, OpcUaDevice, OpcUaPoint
+from gateway import units
+from gateway.config.models import DeviceBase
+from gateway.model import Quality, Sample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = Path("/var/lib/municipal-gateway")
+
+
+class OpcUaDriver(Driver):
+    def __init__(self, devices: Sequence[DeviceBase], state_dir: Path | None = None) -> None:
+        super().__init__(devices)
+        self._devices = [cast(OpcUaDevice, d) for d in devices]
+        self._state_dir = state_dir or DEFAULT_STATE_DIR
+        self._link: OpcUaLink | None = None
+        self._nodes: dict[str, list[NodeId | str]] = {}  # per device: node id, or why there is none
+        self._subscribed: set[str] = set()
+        self._reported: dict[tuple[str, str], str] = {}  # (device, point) → last problem logged
+        self._units_checked = False
+        self.decode_errors = 0
+
+    # -- the link ---------------------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        try:
+            self._link = await OpcUaLink.open(self.connect_options())
+            for device in self._devices:
+                self._nodes[device.id] = await self._link.resolve(device.points, device.namespace)
+                self._log_unresolved(device)
+            if not self._units_checked:
+                self._units_checked = True
+                try:
+                    await self._check_units()
+                except OpcUaError as exc:  # a diagnostic only; the data matters more
+                    log.warning("could not compare engineering units: %s", exc)
+        except OpcUaError as exc:
+            await self.close()
+            raise DriverError(str(exc), exc.reason) from exc
+
+    def connect_options(self) -> ConnectOptions:
+        # Devices sharing a link share the session; the first one's connection settings apply.
+        device = self._devices[0]
+        security = device.security
+        password = device.password.get_secret_value() if device.password is not None else None
+        if device.password_file is not None:
+            try:
+                password = device.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise DriverError(f"cannot read password_file {device.password_file}: {exc}",
+                                  "configuration") from exc
+        return ConnectOptions(
+            endpoint=device.endpoint, timeout=device.timeout, keepalive=device.keepalive,
+            session_timeout=device.session_timeout, policy=security.policy, mode=security.mode,
+            certificate=security.certificate, private_key=security.private_key,
+            application_uri=security.application_uri, server_certificate=security.server_certificate,
+            trust_dir=security.trust_dir, username=device.username, password=password,
+            pki_dir=self._state_dir / "opcua")
+
+    async def close(self) -> None:
+        self._subscribed.clear()
+        self._nodes.clear()
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    def _require_link(self) -> OpcUaLink:
+        if self._link is None:
+            raise DriverError("not connected")
+        return self._link
+
+    # -- polling ----------------------------------------------------------------------------------------------
+
+    async def read(self, device: DeviceBase) -> list[Sample]:
+        link = self._require_link()
+        try:
+            link.check_alive()
+            if device.id in self._subscribed:
+                return []  # the subscription delivers; this was the liveness check
+            opcua = cast(OpcUaDevice, device)
+            nodes = self._nodes[device.id]
+            wanted = [n for n in nodes if not isinstance(n, str)]
+            values = await link.read(wanted, opcua.max_nodes_per_read or 0)
+        except OpcUaError as exc:
+            raise DriverError(str(exc), exc.reason) from exc
+        by_node = iter(values)
+        return [self._sample(point, node if isinstance(node, str) else next(by_node))
+                for point, node in zip(opcua.points, nodes, strict=True)]
+
+    def _sample(self, point: OpcUaPoint, result: NodeValue | str) -> Sample:
+        if isinstance(result, str):  # never resolved: the status name says why
+            return Sample(point.name, None, Quality.BAD, result)
+        if result.reason == "decode-error":
+            self.decode_errors += 1
+        return Sample(point.name, result.value, result.quality, result.reason, result.source_time_ms)
+
+    # -- subscriptions ----------------------------------------------------------------------------------------
+
+    async def subscribe(self, device: DeviceBase, sink: SampleSink) -> bool:
+        opcua = cast(OpcUaDevice, device)
+        if opcua.mode != Mode.SUBSCRIPTION:
+            return False
+        link = self._require_link()
+        nodes = self._nodes[device.id]
+        monitored = [(point, node) for point, node in zip(opcua.points, nodes, strict=True)
+                     if not isinstance(node, str)]
+        specs = [self._monitor_spec(opcua, point, node) for point, node in monitored]
+
+        def on_values(changes: list[tuple[int, NodeValue]]) -> None:
+            sink(device, [self._sample(monitored[index][0], value) for index, value in changes])
+
+        try:
+            statuses = await link.subscribe(specs, opcua.publishing_interval, on_values) if specs else []
+        except OpcUaError as exc:
+            raise DriverError(str(exc), exc.reason) from exc
+        refused = {point.name: status for (point, _), status in zip(monitored, statuses, strict=True) if status}
+        unresolved = {p.name: n for p, n in zip(opcua.points, nodes, strict=True) if isinstance(n, str)}
+        problems = {**unresolved, **refused}
+        for name, status in refused.items():
+            self._report(device.id, name, f"the server refused to monitor it ({status})")
+        if problems:
+            sink(device, [Sample(name, None, Quality.BAD, status) for name, status in problems.items()])
+        self._subscribed.add(device.id)
+        return True
+
+    @staticmethod
+    def _monitor_spec(device: OpcUaDevice, point: OpcUaPoint, node: NodeId) -> MonitorSpec:
+        sampling = point.sampling_interval or device.sampling_interval or device.publishing_interval
+        deadband = (point.deadband.type, point.deadband.value) if point.deadband is not None else None
+        return MonitorSpec(node, sampling, point.queue_size or device.queue_size, deadband)
+
+    # -- diagnostics --------------------------------------------------------------------------------------------
+
+    def _log_unresolved(self, device: OpcUaDevice) -> None:
+        for point, node in zip(device.points, self._nodes[device.id], strict=True):
+            if isinstance(node, str):
+                where = point.node or point.browse_path
+                self._report(device.id, point.name, f"{where} does not resolve on the server ({node})")
+            else:
+                self._reported.pop((device.id, point.name), None)
+
+    def _report(self, device_id: str, point: str, problem: str) -> None:
+        """Log a point's problem once, not on every reconnect."""
+        if self._reported.get((device_id, point)) != problem:
+            self._reported[(device_id, point)] = problem
+            log.warning("device %s point %s: %s; it reads bad until fixed", device_id, point, problem)
+
+    async def _check_units(self) -> None:
+        """Compare the servers' EngineeringUnits with the units the points declare (once, at start-up)."""
+        assert self._link is not None
+        for device in self._devices:
+            pairs = [(p, n) for p, n in zip(device.points, self._nodes[device.id], strict=True)
+                     if not isinstance(n, str)]
+            codes = await self._link.engineering_units([n for _, n in pairs])
+            for (point, _), code in zip(pairs, codes, strict=True):
+                if code is None or point.unit is None:
+                    continue
+                declared = units.lookup(point.unit).code
+                if declared != code:
+                    log.warning("device %s point %s: the server gives the unit as %s (UN/CEFACT), the "
+                                "configuration says %s (%s); check scale and unit", device.id, point.name,
+                                code, point.unit, declared)
+
+    def describe_requests(self, device: DeviceBase) -> list[str]:
+        opcua = cast(OpcUaDevice, device)
+        count = len(opcua.points)
+        if opcua.mode == Mode.SUBSCRIPTION:
+            return [f"subscription at {opcua.endpoint}: {count} monitored items, publishing every "
+                    f"{opcua.publishing_interval:g} s (no requests per poll; liveness checked locally)"]
+        limit = opcua.max_nodes_per_read
+        calls = math.ceil(count / limit) if limit else 1
+        return [f"Read {count} nodes at {opcua.endpoint} in {calls} call{'s' if calls != 1 else ''}"
+                + ("" if limit else " (split further if the server's MaxNodesPerRead is lower)")]

@@ -1,0 +1,65 @@
+"""A simulated OPC-UA gas station server, run as its own process (tests, demo and benchmark only).
+
+    python -m drivers.opcua.simulator --port 4840 [--period 1] [--extra 1000] [--secure DIR] [--user NAME:PASSWORD]
+
+Prints one line `ready opc.tcp://127.0.0.1:PORT/station` when it accepts
+connections, then serves until stopped (SIGTERM/SIGINT or end of stdin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+from drivers.opcua.client import SimVariable, StationSimulator, gas_station_variables, make_server_certificate
+
+
+async def serve(args: argparse.Namespace) -> None:
+    variables = gas_station_variables()
+    variables += [SimVariable(f"Bench.Value{i:04d}", float(i), drift=1.0) for i in range(args.extra)]
+    certificate = key = None
+    if args.secure is not None:
+        certificate, key = await make_server_certificate(args.secure)
+    users = dict(u.split(":", 1) for u in args.user) if args.user else None
+    simulator = StationSimulator(args.port, variables, period=args.period, users=users, certificate=certificate,
+                                 private_key=key, decoy_namespaces=args.decoy)
+    await simulator.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # The parent closing our stdin (or dying) stops us too, so no simulator outlives its test.
+    watching = True
+    try:
+        loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not os.read(sys.stdin.fileno(), 1) else None)
+    except (OSError, ValueError):  # stdin is a file or /dev/null: only signals stop us
+        watching = False
+    print(f"ready opc.tcp://127.0.0.1:{args.port}/station", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        if watching:
+            loop.remove_reader(sys.stdin.fileno())
+        await simulator.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--period", type=float, default=1.0, help="seconds between value changes (0: never)")
+    parser.add_argument("--extra", type=int, default=0, help="extra changing variables Bench.Value0000…")
+    parser.add_argument("--secure", type=Path, default=None,
+                        help="directory for the server certificate; offers only secured endpoints")
+    parser.add_argument("--user", action="append", default=[], help="NAME:PASSWORD accepted (repeatable)")
+    parser.add_argument("--decoy", type=int, default=0, help="namespaces registered before ours")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,402 @@
+"""The OPC-UA driver against real asyncua servers on 127.0.0.1 (in-process, or a subprocess to restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from drivers.base import DriverError
+from drivers.opcua.browse import browse
+from drivers.opcua.client import (
+    STATION_NAMESPACE,
+    ConnectOptions,
+    OpcUaLink,
+    StationSimulator,
+    make_server_certificate,
+)
+from drivers.opcua.config import NodeRef, OpcUaDevice
+from drivers.opcua.driver import OpcUaDriver
+from gateway.config.models import DeviceBase
+from gateway.model import Quality, Sample, now_ms
+from gateway.scheduler import LinkPoller
+from tests.brokers import eventually, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSET = {"domain": "gas", "site": "north", "id": "prs-1", "type": "gas-regulating-station"}
+POINTS = [
+    ("inlet", "inlet-pressure", "Station.InletPressure"),
+    ("outlet", "outlet-pressure", "Station.OutletPressure"),
+    ("temperature", "gas-temperature", "Station.GasTemperature"),
+    ("flow", "gas-standard-flow", "Station.StandardFlow"),
+    ("volume", "gas-standard-volume", "Station.StandardVolume"),
+    ("slam-shut", "slam-shut-valve-closed", "Station.SlamShutClosed"),
+]
+
+
+def node(name: str) -> str:
+    return f"nsu={STATION_NAMESPACE};s={name}"
+
+
+def make_device(port: int, **overrides: Any) -> OpcUaDevice:
+    raw: dict[str, Any] = {
+        "id": "prs-1-plc", "protocol": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{port}/station", "asset": ASSET,
+        "publishing_interval": 0.1, "keepalive": 0.5, "timeout": 2.0,
+        "points": [{"name": n, "indicator": i, "node": node(s)} for n, i, s in POINTS],
+    }
+    raw.update(overrides)
+    return OpcUaDevice.model_validate(raw)
+
+
+class Collector:
+    """A sample sink that remembers everything, newest last."""
+
+    def __init__(self) -> None:
+        self.samples: list[Sample] = []
+
+    def __call__(self, device: DeviceBase, samples: Sequence[Sample]) -> None:
+        self.samples.extend(samples)
+
+    def latest(self, point: str) -> Sample | None:
+        return next((s for s in reversed(self.samples) if s.point == point), None)
+
+    def has(self, point: str, value: object) -> bool:
+        latest = self.latest(point)
+        return latest is not None and latest.value == value
+
+
+@pytest.fixture
+async def station() -> AsyncIterator[StationSimulator]:
+    simulator = StationSimulator(free_port(), period=0, decoy_namespaces=2)
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+async def driver_factory(tmp_path: Path) -> AsyncIterator[Any]:
+    drivers: list[OpcUaDriver] = []
+
+    def make(*devices: OpcUaDevice) -> OpcUaDriver:
+        driver = OpcUaDriver(list(devices), state_dir=tmp_path / "state")
+        drivers.append(driver)
+        return driver
+
+    yield make
+    for driver in drivers:
+        await driver.close()
+
+
+# -- acquisition --------------------------------------------------------------------------------------------
+
+async def test_subscription_delivers_changes_with_the_server_source_timestamp(
+        station: StationSimulator, driver_factory: Any) -> None:
+    device = make_device(station.port)
+    driver = driver_factory(device)
+    sink = Collector()
+    await driver.connect()
+    assert await driver.subscribe(device, sink) is True
+    await eventually(lambda: sink.has("inlet", 350.0) and sink.has("slam-shut", False), "initial values")
+    before = now_ms()
+    await station.set_value("Station.InletPressure", 412.5)
+    await station.set_value("Station.SlamShutClosed", True)
+    await eventually(lambda: sink.has("inlet", 412.5) and sink.has("slam-shut", True), "changed values")
+    inlet = sink.latest("inlet")
+    assert inlet is not None and inlet.quality is Quality.GOOD and inlet.reason is None
+    assert inlet.source_time_ms is not None and before - 50 <= inlet.source_time_ms <= now_ms()
+    assert await driver.read(device) == []  # subscribed: read() is only the liveness check
+    assert station.monitored_items() == len(POINTS)
+
+
+async def test_polling_reads_every_point_split_by_max_nodes_per_read(driver_factory: Any) -> None:
+    # The simulator refuses Reads of more nodes than it announces, like a strict server.
+    station = StationSimulator(free_port(), period=0, max_nodes_per_read=4)
+    await station.start()
+    try:
+        await station.set_value("Station.OutletPressure", 2.75)
+        device = make_device(station.port, mode="polling")
+        driver = driver_factory(device)
+        await driver.connect()
+        assert await driver.subscribe(device, Collector()) is False
+        calls = station.read_calls
+        samples = {s.point: s for s in await driver.read(device)}
+        assert station.read_calls - calls == 2  # 6 nodes, at most 4 per call
+        assert [samples[n].value for n, _, _ in POINTS] == [350.0, 2.75, 12.5, 820.0, 1_254_300.0, False]
+        assert all(s.quality is Quality.GOOD for s in samples.values())
+        assert station.monitored_items() == 0
+        await driver.close()
+    finally:
+        await station.stop()
+
+
+async def test_status_codes_become_quality_with_the_status_name_as_reason(
+        station: StationSimulator, driver_factory: Any) -> None:
+    device = make_device(station.port, mode="polling")
+    driver = driver_factory(device)
+    await driver.connect()
+    await station.set_value("Station.GasTemperature", 12.5, status=0x40000000)  # Uncertain
+    await station.set_value("Station.StandardFlow", 0.0, status=0x808C0000)  # BadSensorFailure
+    samples = {s.point: s for s in await driver.read(device)}
+    assert (samples["temperature"].quality, samples["temperature"].reason) == (Quality.UNCERTAIN, "Uncertain")
+    assert samples["temperature"].value == 12.5
+    assert (samples["flow"].quality, samples["flow"].reason, samples["flow"].value) == \
+        (Quality.BAD, "BadSensorFailure", None)
+    assert samples["inlet"].quality is Quality.GOOD
+
+
+@pytest.mark.parametrize("mode", ["subscription", "polling"])
+async def test_an_unknown_node_is_bad_with_its_status_name_and_the_others_work(
+        station: StationSimulator, driver_factory: Any, mode: str) -> None:
+    points = [{"name": "inlet", "indicator": "inlet-pressure", "node": node("Station.InletPressure")},
+              {"name": "ghost", "indicator": "outlet-pressure", "node": node("Station.NoSuchThing")},
+              {"name": "elsewhere", "indicator": "gas-temperature", "node": "nsu=urn:nobody:here;s=X"},
+              {"name": "by-path", "indicator": "methane-lel", "browse_path": "Station/MethaneLel"}]
+    device = make_device(station.port, mode=mode, points=points, namespace=STATION_NAMESPACE)
+    driver = driver_factory(device)
+    sink = Collector()
+    await driver.connect()
+    if await driver.subscribe(device, sink):
+        await eventually(lambda: all(sink.latest(p["name"]) for p in points), "a sample of every point")
+    else:
+        sink(device, await driver.read(device))
+    ghost, elsewhere = sink.latest("ghost"), sink.latest("elsewhere")
+    assert ghost is not None and (ghost.quality, ghost.reason) == (Quality.BAD, "BadNodeIdUnknown")
+    assert elsewhere is not None and (elsewhere.quality, elsewhere.reason) == (Quality.BAD, "BadNodeIdUnknown")
+    assert sink.has("inlet", 350.0) and sink.has("by-path", 0.0)
+
+
+async def test_node_ids_with_a_namespace_index_are_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="namespace URI"):
+        NodeRef.parse("ns=3;s=Station.InletPressure")
+    assert str(NodeRef.parse("i=2258")) == "i=2258"
+
+
+# -- security -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server_pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return asyncio.run(make_server_certificate(tmp_path_factory.mktemp("server-pki")))
+
+
+@pytest.fixture
+async def secured_station(server_pki: tuple[Path, Path]) -> AsyncIterator[StationSimulator]:
+    certificate, key = server_pki
+    simulator = StationSimulator(free_port(), period=0, users={"gateway": "s3cret"}, certificate=certificate,
+                                 private_key=key)
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+def secured_device(station: StationSimulator, tmp_path: Path, password: str, server_certificate: Path,
+                   policy: str = "Basic256Sha256", mode: str = "SignAndEncrypt") -> OpcUaDevice:
+    secret = tmp_path / "password"
+    secret.write_text(password + "\n")
+    return make_device(station.port, mode="polling", username="gateway", password_file=str(secret),
+                       security={"policy": policy, "mode": mode, "server_certificate": str(server_certificate)})
+
+
+async def test_a_secured_endpoint_with_username_and_password_connects_with_a_generated_certificate(
+        secured_station: StationSimulator, server_pki: tuple[Path, Path], tmp_path: Path,
+        driver_factory: Any) -> None:
+    device = secured_device(secured_station, tmp_path, "s3cret", server_pki[0])
+    driver = driver_factory(device)
+    await driver.connect()
+    samples = await driver.read(device)
+    assert [s.value for s in samples][:2] == [350.0, 2.6]
+    key = tmp_path / "state" / "opcua" / "client-key.pem"
+    assert (tmp_path / "state" / "opcua" / "client-cert.der").is_file()
+    assert key.stat().st_mode & 0o077 == 0
+
+
+async def test_the_aes_policy_works_too(secured_station: StationSimulator, server_pki: tuple[Path, Path],
+                                        tmp_path: Path, driver_factory: Any) -> None:
+    device = secured_device(secured_station, tmp_path, "s3cret", server_pki[0], policy="Aes256_Sha256_RsaPss")
+    driver = driver_factory(device)
+    await driver.connect()
+    assert (await driver.read(device))[0].value == 350.0
+
+
+async def test_a_wrong_password_is_a_clear_error_and_no_data(
+        secured_station: StationSimulator, server_pki: tuple[Path, Path], tmp_path: Path,
+        driver_factory: Any) -> None:
+    device = secured_device(secured_station, tmp_path, "guess", server_pki[0])
+    driver = driver_factory(device)
+    with pytest.raises(DriverError, match="wrong username or password") as caught:
+        await driver.connect()
+    assert caught.value.reason == "BadUserAccessDenied"
+    with pytest.raises(DriverError):
+        await driver.read(device)
+
+
+async def test_an_untrusted_server_certificate_is_refused_and_saved_for_review(
+        secured_station: StationSimulator, server_pki: tuple[Path, Path], tmp_path: Path,
+        driver_factory: Any) -> None:
+    other, _ = await make_server_certificate(tmp_path / "other-server")
+    device = secured_device(secured_station, tmp_path, "s3cret", other)
+    driver = driver_factory(device)
+    with pytest.raises(DriverError, match="not trusted") as caught:
+        await driver.connect()
+    assert caught.value.reason == "BadCertificateUntrusted"
+    rejected = list((tmp_path / "state" / "opcua" / "rejected").iterdir())
+    assert len(rejected) == 1 and rejected[0].read_bytes() == server_pki[0].read_bytes()
+
+
+async def test_a_policy_the_endpoint_does_not_offer_lists_what_it_offers(
+        secured_station: StationSimulator, server_pki: tuple[Path, Path], tmp_path: Path,
+        driver_factory: Any) -> None:
+    device = secured_device(secured_station, tmp_path, "s3cret", server_pki[0], policy="Aes128_Sha256_RsaOaep",
+                            mode="Sign")
+    driver = driver_factory(device)
+    with pytest.raises(DriverError, match=r"offers: .*Basic256Sha256/SignAndEncrypt") as caught:
+        await driver.connect()
+    assert caught.value.reason == "BadSecurityPolicyRejected"
+
+
+# -- restart: a new server process ----------------------------------------------------------------------------
+
+class ServerProcess:
+    def __init__(self, port: int, decoy: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "drivers.opcua.simulator", "--port", str(port), "--period", "0.2",
+             "--decoy", str(decoy)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    async def ready(self) -> float:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), 20)
+        assert line.startswith(b"ready"), line
+        return time.monotonic()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
+    yield started
+    for process in started:
+        if process.process.poll() is None:
+            process.kill()
+
+
+async def monitored_items_on(port: int) -> object:
+    """What the server's diagnostics variable says (updated by the simulator every 0.2 s)."""
+    options = ConnectOptions(f"opc.tcp://127.0.0.1:{port}/station", timeout=2, keepalive=1, session_timeout=10)
+    link = await OpcUaLink.open(options)
+    try:
+        counter = link.node_id(NodeRef.parse(node("Diagnostics.MonitoredItems")))
+        assert not isinstance(counter, str)
+        return (await link.read([counter]))[0].value
+    finally:
+        await link.close()
+
+
+async def test_a_restarted_server_is_back_within_seconds_without_duplicate_items(
+        processes: list[ServerProcess], tmp_path: Path) -> None:
+    port = free_port()
+    processes.append(ServerProcess(port, decoy=0))
+    await processes[0].ready()
+    device = make_device(port)
+    samples: list[tuple[float, Sample]] = []
+    failures: list[tuple[float, str]] = []
+    poller = LinkPoller(
+        device.link_id(), OpcUaDriver([device], state_dir=tmp_path),
+        on_samples=lambda d, s, rx: samples.extend((time.monotonic(), x) for x in s),
+        on_failure=lambda d, reason, rx: failures.append((time.monotonic(), reason)),
+        on_status=lambda status: None)
+    task = asyncio.create_task(poller.run())
+    try:
+        await eventually(lambda: any(s.point == "inlet" for _, s in samples), "first readings")
+        await eventually(lambda: _equals(monitored_items_on(port), len(POINTS)), "items counted by the server")
+
+        processes[0].kill()
+        killed = time.monotonic()
+        await eventually(lambda: bool(failures), "the loss to be noticed")
+        assert failures[0][0] - killed < 5  # keep-alive noticed it in seconds
+
+        # The new process registers two namespaces first: our namespace URI now has another index.
+        processes.append(ServerProcess(port, decoy=2))
+        back = await processes[1].ready()
+        await eventually(lambda: any(t > back and s.point == "volume" and s.quality is Quality.GOOD
+                                     for t, s in samples), "fresh readings from the new server")
+        fresh = min(t for t, s in samples if t > back and s.quality is Quality.GOOD)
+        assert fresh - back < 10
+        assert poller.statuses[0].state.value == "online"
+        await eventually(lambda: _equals(monitored_items_on(port), len(POINTS)), "no duplicated items")
+        # Every failed reconnect attempt in the gap was reported, so bad readings cover it.
+        assert all(reason for _, reason in failures) and len(failures) >= 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _equals(value: Any, expected: object) -> bool:
+    return bool(await value == expected)
+
+
+# -- browse -------------------------------------------------------------------------------------------------
+
+async def test_browse_output_validates_once_indicators_are_mapped(station: StationSimulator,
+                                                                  tmp_path: Path) -> None:
+    from gateway.config.loader import load_config
+
+    options = ConnectOptions(f"opc.tcp://127.0.0.1:{station.port}/station", timeout=2, keepalive=1,
+                             session_timeout=10)
+    text = await browse(options, None, 3, device_id="prs-1-plc")
+    document = yaml.safe_load(text)
+    points = document["devices"][0]["points"]
+    by_node = {p["node"]: p for p in points}
+    assert by_node[node("Station.InletPressure")]["unit"] == "kPa"
+    assert "Station.InletPressure" in text and "Double" in text
+    mapping = {node(s): i for _, i, s in POINTS}
+    document["devices"][0]["points"] = [dict(p, indicator=mapping[p["node"]]) for p in points if p["node"] in mapping]
+    document["devices"][0]["asset"] = ASSET
+    (tmp_path / "devices.yaml").write_text(yaml.safe_dump(document))
+    (tmp_path / "gateway.yaml").write_text(json.dumps({
+        "gateway": {"id": "gw-1", "state_dir": str(tmp_path / "state")},
+        "catalogue": str(ROOT / "config" / "catalogue.yaml"), "include": ["devices.yaml"]}))
+    config = load_config(tmp_path / "gateway.yaml")
+    assert [p.name for p in config.devices[0].points] == [p["name"] for p in document["devices"][0]["points"]]
+
+
+# -- through the whole gateway --------------------------------------------------------------------------------
+
+async def test_the_gateway_publishes_subscribed_values_and_reports_bad_quality_while_the_server_is_away(
+        station: StationSimulator, broker: Any, mqtt_subscriber: Any, tmp_path: Path) -> None:
+    from tests.e2e import readings, running
+
+    device = make_device(station.port).model_dump(mode="json", exclude_none=True)
+    (tmp_path / "devices.yaml").write_text(yaml.safe_dump({"devices": [device]}, allow_unicode=True))
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
+        "gateway": {"id": "test-gw", "state_dir": str(tmp_path / "state")},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect": {"initial_delay": 0.1, "max_delay": 0.5}},
+        "buffer": {"synchronous": "normal"},
+        "catalogue": str(ROOT / "config" / "catalogue.yaml"), "include": ["devices.yaml"]}))
+    topic = "city/gas/north/prs-1/data"
+    subscriber = await mqtt_subscriber(broker, topic)
+
+    def latest(indicator: str) -> dict[str, Any] | None:
+        return next((r for r in reversed(readings(subscriber.messages, topic)) if r["indicator"] == indicator), None)
+
+    async with running(tmp_path / "gateway.yaml"):
+        await subscriber.wait_for(lambda _: (latest("inlet-pressure") or {}).get("value") == 350.0, "inlet pressure")
+        await station.set_value("Station.InletPressure", 361.25)
+        await subscriber.wait_for(lambda _: (latest("inlet-pressure") or {}).get("value") == 361.25, "the change")
+        reading = latest("inlet-pressure")
+        assert reading is not None and reading["unit"] == "kPa" and reading["quality"] == "good"
+        assert reading["device"] == "prs-1-plc" and reading["point"] == "inlet"
+        await station.stop()
+        await subscriber.wait_for(lambda _: (latest("inlet-pressure") or {}).get("quality") == "bad",
+                                  "bad quality while the server is away")
