@@ -16,6 +16,7 @@ import abc
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gateway.config.models import DeviceBase
@@ -45,6 +46,9 @@ SampleSink = Callable[[DeviceBase, Sequence[Sample]], None]
 
 class Driver(abc.ABC):
     """One physical link and the devices configured on it."""
+
+    # Where a driver may keep files of its own (OPC-UA client certificates); set by the composition root.
+    state_dir: Path | None = None
 
     def __init__(self, devices: Sequence[DeviceBase]) -> None:
         self.devices = list(devices)

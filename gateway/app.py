@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 from drivers.base import Driver, protocols
 from gateway.buffer import Buffer
@@ -44,9 +45,11 @@ def links(devices: Sequence[DeviceBase]) -> dict[str, list[DeviceBase]]:
     return dict(grouped)
 
 
-def make_driver(devices: Sequence[DeviceBase]) -> Driver:
+def make_driver(devices: Sequence[DeviceBase], state_dir: Path | None = None) -> Driver:
     """The driver for one link, importing its protocol library only now."""
-    return protocols()[devices[0].protocol].driver_class()(devices)
+    driver = protocols()[devices[0].protocol].driver_class()(devices)
+    driver.state_dir = state_dir
+    return driver
 
 
 class Gateway:
@@ -73,7 +76,8 @@ class Gateway:
         self._announce_assets()
         self.pipeline.announce_alarm_states()
         self.pollers = [
-            LinkPoller(link, make_driver(devices), self._on_samples, self._on_failure, self._on_status)
+            LinkPoller(link, make_driver(devices, config.state_dir),
+                       self._on_samples, self._on_failure, self._on_status)
             for link, devices in links(config.devices).items()
         ]
         sinks = [asyncio.create_task(self.publisher.run(), name="publisher"),

@@ -255,6 +255,8 @@ def _setup_logging(level: str | None) -> None:
     logging.basicConfig(level=(level or "info").upper(), format=fmt, stream=sys.stderr)
     for noisy in ("pymodbus", "asyncua", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING if (level or "info") != "debug" else logging.INFO)
+    # asyncua logs a traceback at ERROR when a server vanishes mid-publish; our driver reports it once, clearly.
+    logging.getLogger("asyncua.client.ua_session").setLevel(logging.CRITICAL)
 
 
 def _print_config_error(exc: ConfigError) -> None:

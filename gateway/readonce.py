@@ -11,7 +11,7 @@ from gateway.model import Reading, now_ms
 
 
 async def read_once(config: GatewayConfig, device: DeviceBase) -> int:
-    driver = make_driver([device])
+    driver = make_driver([device], config.state_dir)
     mapper = DeviceMapper(device, config.catalogue)
     try:
         await driver.connect()

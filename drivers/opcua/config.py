@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import enum
 import re
-from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, model_validator
 
-from gateway.config.base import StrictModel
+from gateway.config.base import ConfigPath, StrictModel
 from gateway.config.models import DeviceBase, PointBase
 
 # nsu=<uri>;<type>=<id>  or  [ns=0;]<type>=<id>, type one of i (numeric), s (string), g (guid), b (opaque)
@@ -81,13 +80,13 @@ class Deadband(StrictModel):
 class Security(StrictModel):
     policy: SecurityPolicy = SecurityPolicy.NONE
     mode: SecurityMode = SecurityMode.NONE
-    certificate: Path | None = Field(
+    certificate: ConfigPath | None = Field(
         None, description="Client certificate (DER or PEM). Absent: generated on first use in the state directory.")
-    private_key: Path | None = Field(None, description="Private key of the client certificate (PEM).")
+    private_key: ConfigPath | None = Field(None, description="Private key of the client certificate (PEM).")
     application_uri: str | None = Field(
         None, description="Application URI in our certificate; default urn:<hostname>:municipal-gateway.")
-    server_certificate: Path | None = Field(None, description="The server's certificate, trusted (pinned).")
-    trust_dir: Path | None = Field(None, description="Directory of trusted server certificates (.der/.pem).")
+    server_certificate: ConfigPath | None = Field(None, description="The server's certificate, trusted (pinned).")
+    trust_dir: ConfigPath | None = Field(None, description="Directory of trusted server certificates (.der/.pem).")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -133,7 +132,7 @@ class OpcUaDevice(DeviceBase):
     security: Security = Security()
     username: str | None = None
     password: SecretStr | None = Field(None, description="Use ${ENV_VAR}; or password_file.")
-    password_file: Path | None = None
+    password_file: ConfigPath | None = None
     session_timeout: PositiveFloat = Field(60.0, ge=5, description="Seconds the server keeps our session alive.")
     keepalive: PositiveFloat = Field(
         2.0, le=60, description="Seconds between liveness checks; a dead server is noticed within about twice this.")

@@ -37,7 +37,7 @@ class OpcUaDriver(Driver):
     def __init__(self, devices: Sequence[DeviceBase], state_dir: Path | None = None) -> None:
         super().__init__(devices)
         self._devices = [cast(OpcUaDevice, d) for d in devices]
-        self._state_dir = state_dir or DEFAULT_STATE_DIR
+        self.state_dir = state_dir
         self._link: OpcUaLink | None = None
         self._nodes: dict[str, list[NodeId | str]] = {}  # per device: node id, or why there is none
         self._subscribed: set[str] = set()
@@ -80,7 +80,7 @@ class OpcUaDriver(Driver):
             certificate=security.certificate, private_key=security.private_key,
             application_uri=security.application_uri, server_certificate=security.server_certificate,
             trust_dir=security.trust_dir, username=device.username, password=password,
-            pki_dir=self._state_dir / "opcua")
+            pki_dir=(self.state_dir or DEFAULT_STATE_DIR) / "opcua")
 
     async def close(self) -> None:
         self._subscribed.clear()

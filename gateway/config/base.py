@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationInfo
 
 # Ids that appear in MQTT topics: lower case a-z, 0-9 and '-' (Homie's rule), so
 # the same ids work in every topic layout and platform downstream.
@@ -17,3 +19,15 @@ class StrictModel(BaseModel):
     """Rejects unknown keys (so a misspelt key is an error, never silently ignored) and is immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _relative_to_file(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if path.is_absolute() or base is None:
+        return path
+    return Path(os.path.normpath(Path(base) / path))
+
+
+# A file path in a configuration file: relative paths are taken relative to that file, not to the
+# directory the daemon happens to start in (the loader passes the file's directory as context).
+ConfigPath = Annotated[Path, AfterValidator(_relative_to_file)]

@@ -75,8 +75,10 @@ class _Loader:
             return None
 
     def validate(self, model: type[BaseModel], raw: LocatedDict, prefix: Sequence[str | int] = ()) -> Any:
+        # Relative paths inside (ConfigPath fields) are relative to the file the mapping was written in.
+        context = {"base_dir": Path(raw.location.file).parent.resolve()}
         try:
-            return model.model_validate(raw)
+            return model.model_validate(raw, context=context)
         except ValidationError as exc:
             for error in exc.errors():
                 self.issues.append(_issue_from_pydantic(model, raw, error, prefix))

@@ -9,7 +9,7 @@ from typing import Literal, Self
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, model_validator
 
 from gateway.catalogue import DerivedIndicator, Processing
-from gateway.config.base import Id, PointName, StrictModel
+from gateway.config.base import ConfigPath, Id, PointName, StrictModel
 
 
 class LogLevel(enum.StrEnum):
@@ -28,11 +28,11 @@ class GatewaySettings(StrictModel):
 
 
 class TlsSettings(StrictModel):
-    ca_file: Path | None = Field(None, description="CA bundle to verify the broker; system CAs when absent.")
-    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
-    key_file: Path | None = Field(None, description="Client private key (PEM).")
+    ca_file: ConfigPath | None = Field(None, description="CA bundle to verify the broker; system CAs when absent.")
+    cert_file: ConfigPath | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: ConfigPath | None = Field(None, description="Client private key (PEM).")
     key_password: SecretStr | None = Field(None, description="Passphrase of the key; use ${ENV_VAR}.")
-    key_password_file: Path | None = None
+    key_password_file: ConfigPath | None = None
     verify_hostname: bool = True
 
     @model_validator(mode="after")
@@ -53,7 +53,7 @@ class MqttSettings(StrictModel):
     client_id: str | None = Field(None, description="Defaults to the gateway id.")
     username: str | None = None
     password: SecretStr | None = Field(None, description="Use ${ENV_VAR}; or password_file.")
-    password_file: Path | None = Field(None, description="A file holding the password (e.g. a systemd credential).")
+    password_file: ConfigPath | None = Field(None, description="A file holding the password (a systemd credential).")
     tls: TlsSettings | None = None
     keepalive: int = Field(30, ge=5, le=3600)
     topic_prefix: str = Field("city", pattern=r"^[a-z0-9][a-z0-9-]*(/[a-z0-9][a-z0-9-]*)*$")

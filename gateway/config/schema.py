@@ -31,9 +31,9 @@ def json_schema(kind: str = "main") -> dict[str, Any]:
 def _model_for(kind: str, device: Any) -> type[BaseModel]:
     if kind == "main":
         return create_model("MainConfigurationFile", __base__=MainFile,
-                            devices=(list[device], Field(default_factory=list)))  # type: ignore[valid-type]
+                            devices=(list[device], Field(default_factory=list)))
     if kind == "devices":
-        return create_model("DeviceFile", devices=(list[device], ...))  # type: ignore[valid-type]
+        return create_model("DeviceFile", devices=(list[device], ...))
     if kind == "catalogue":
         return Catalogue
     raise ValueError(f"unknown schema kind {kind!r}")
