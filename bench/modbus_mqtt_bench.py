@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -55,10 +56,8 @@ def serve(devices: int, registers: int, base_port: int) -> None:
                 server.set_registers(1, Table.HOLDING_REGISTER, 0,
                                      [(tick + index + r) % 1000 for r in range(registers)])
             tick += 1
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
         print(json.dumps({"requests": sum(sum(s.requests.values()) for s in servers)}), flush=True)
         for server in servers:
             await server.stop()
