@@ -225,3 +225,19 @@ def test_cli_buffer_reports_depth_and_device_states(tmp_path: Path) -> None:
     waiting = next(line for line in result.stdout.splitlines() if "waiting:" in line)
     assert int(waiting.split()[3]) >= 6, result.stdout  # readings
     assert "device plc-1: online" in result.stdout
+
+
+async def test_a_derived_indicator_declared_in_yaml_is_computed_at_the_edge(
+        tmp_path: Path, broker: Broker, mqtt_subscriber: SubscriberFactory, station: ModbusSimulator) -> None:
+    device = modbus_device("plc-1", station.port,
+                           derived=[{"indicator": "pressure-margin", "expression": "outlet-pressure - 140"}])
+    config = write_config(tmp_path, broker.port, [device])
+    subscriber = await mqtt_subscriber(broker, "city/#")
+    async with running(config):
+        await subscriber.wait_for(lambda m: any(r["indicator"] == "pressure-margin" for r in readings(m)),
+                                  "the derived reading")
+    derived = next(r for r in readings(subscriber.messages) if r["indicator"] == "pressure-margin")
+    assert derived["value"] == pytest.approx(412.0 - 140.0)
+    assert (derived["unit"], derived["quality"], derived["point"]) == ("kPa", "good", "derived:pressure-margin")
+    meta = json.loads(subscriber.on("city/water-supply/ps01/ps01-station/meta")[0].payload)
+    assert "pressure-margin" in {i["id"] for i in meta["indicators"]}, "the self-description lists it"
