@@ -1,1 +1,1 @@
-"""Modbus drivers: TCP (and, later, RTU on shared serial ports) over pymodbus."""
+"""Modbus drivers over pymodbus: TCP (tcp.py) and RTU on shared serial buses or device servers (rtu.py)."""

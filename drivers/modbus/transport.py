@@ -1,4 +1,5 @@
-"""The only module that talks to pymodbus: a Modbus TCP client link and a simulator server.
+"""The only module that talks to pymodbus: a Modbus TCP client link and a simulator server,
+and Modbus RTU frames for shared serial buses (with simulated RTU slaves).
 
 `TcpLink` wraps `pymodbus.client.AsyncModbusTcpClient` behind a few typed calls
 and turns every way a request can go wrong into one of our exceptions:
@@ -34,11 +35,20 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import ModbusException, NoSuchIdException
-from pymodbus.pdu import ModbusPDU
+from pymodbus.framer import FramerRTU
+from pymodbus.pdu import DecodePDU, ModbusPDU
+from pymodbus.pdu.bit_message import ReadCoilsRequest, ReadDiscreteInputsRequest, WriteSingleCoilRequest
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadInputRegistersRequest,
+    WriteMultipleRegistersRequest,
+    WriteSingleRegisterRequest,
+)
 from pymodbus.server import ModbusTcpServer
 
 from drivers.base import DriverError
 from drivers.modbus.config import Table
+from drivers.serial.frames import NEED_MORE, Accepted, Outcome, Rejected, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -366,3 +376,144 @@ class _Datastore(ModbusServerContext):
 
     def device_ids(self) -> list[int]:
         return sorted(self._simulator.units)
+
+
+# --- Modbus RTU: frames for a shared serial bus (or a serial device server over TCP) --------------------
+#
+# The bus (drivers/serial/bus.py) sends and receives; here pymodbus builds the
+# request frames and recognises reply frames (PDU classes, frame sizes, CRC).
+# `RtuRequest.parse` looks only at the front of what was received and says
+# whether it is the reply, still incomplete, or bytes to drop: noise, a frame
+# with a bad CRC, or a valid frame from another unit id.
+
+_RTU_FRAMER = FramerRTU(DecodePDU(is_server=False))
+_RTU_REPLY_DECODER = DecodePDU(is_server=False)
+_RTU_REQUEST_DECODER = DecodePDU(is_server=True)
+_RTU_MIN_FRAME = 4  # unit, function, CRC
+_RTU_MAX_FRAME = 256
+
+_RTU_READ_REQUEST: dict[Table, type[ModbusPDU]] = {
+    Table.COIL: ReadCoilsRequest, Table.DISCRETE_INPUT: ReadDiscreteInputsRequest,
+    Table.HOLDING_REGISTER: ReadHoldingRegistersRequest, Table.INPUT_REGISTER: ReadInputRegistersRequest,
+}
+
+
+@dataclass(frozen=True)
+class RtuAnswer:
+    """A reply from the unit asked: register values, bits, or an exception code."""
+
+    registers: tuple[int, ...] = ()
+    bits: tuple[bool, ...] = ()
+    exception_code: int | None = None
+
+
+@dataclass(frozen=True)
+class RtuRequest:
+    frame: bytes
+    unit: int
+    function_code: int
+    what: str
+
+    @property
+    def reply_may_equal_request(self) -> bool:
+        """Write single coil / register: the normal reply repeats the request byte for byte."""
+        return self.function_code in (_WRITE_COIL, _WRITE_REGISTER)
+
+    def parse(self, data: bytes) -> Outcome[RtuAnswer]:
+        return _parse_rtu_reply(data, self.unit, self.function_code)
+
+
+def rtu_read_request(table: Table, start: int, count: int, unit: int) -> RtuRequest:
+    pdu = _RTU_READ_REQUEST[table](address=start, count=count, dev_id=unit)
+    return RtuRequest(_RTU_FRAMER.buildFrame(pdu), unit, pdu.function_code,
+                      f"read {table} {start}+{count} unit {unit}")
+
+
+def rtu_write_coil_request(address: int, value: bool, unit: int) -> RtuRequest:
+    pdu = WriteSingleCoilRequest(address=address, bits=[value], dev_id=unit)
+    return RtuRequest(_RTU_FRAMER.buildFrame(pdu), unit, _WRITE_COIL, f"write coil {address} unit {unit}")
+
+
+def rtu_write_registers_request(address: int, values: Sequence[int], unit: int) -> RtuRequest:
+    """Function 06 for one register, 16 for several."""
+    pdu: ModbusPDU
+    if len(values) == 1:
+        pdu = WriteSingleRegisterRequest(address=address, registers=list(values), dev_id=unit)
+    else:
+        pdu = WriteMultipleRegistersRequest(address=address, registers=list(values), dev_id=unit)
+    return RtuRequest(_RTU_FRAMER.buildFrame(pdu), unit, pdu.function_code,
+                      f"write holding_register {address}+{len(values)} unit {unit}")
+
+
+def _rtu_frame_size(data: bytes, decoder: DecodePDU) -> int | None:
+    """Size of the RTU frame starting at data[0] (0: not known yet), or None when no frame starts there."""
+    if len(data) < 2:
+        return 0
+    try:
+        pdu_class = decoder.lookupPduClass(data)
+        if pdu_class is None:
+            return None
+        size = int(pdu_class.calculateRtuFrameSize(data))
+    except (ModbusException, IndexError, KeyError):
+        return None
+    if size and not _RTU_MIN_FRAME <= size <= _RTU_MAX_FRAME:
+        return None
+    return size
+
+
+def _rtu_crc_ok(frame: bytes) -> bool:
+    return bool(FramerRTU.check_CRC(frame[:-2], int.from_bytes(frame[-2:], "big")))
+
+
+def _parse_rtu_reply(data: bytes, unit: int, function_code: int) -> Outcome[RtuAnswer]:
+    ours = len(data) >= 2 and data[0] == unit and data[1] & 0x7F == function_code
+    size = _rtu_frame_size(data, _RTU_REPLY_DECODER)
+    if size is None:
+        return Rejected(Rejection.NOISE, 1)
+    if size == 0 or len(data) < size:
+        # Wait only for what looks like our reply; anything else is dropped byte by byte.
+        return NEED_MORE if ours or len(data) < 2 else Rejected(Rejection.NOISE, 1)
+    frame = data[:size]
+    if not _rtu_crc_ok(frame):
+        return Rejected(Rejection.BAD_CHECKSUM if ours else Rejection.NOISE, 1)
+    if data[0] != unit:
+        return Rejected(Rejection.FOREIGN, size)
+    pdu = _RTU_REPLY_DECODER.decode(frame[1:-2])
+    if pdu is None or pdu.function_code & 0x7F != function_code:
+        return Rejected(Rejection.MALFORMED, size)
+    if pdu.isError():
+        return Accepted(RtuAnswer(exception_code=int(pdu.exception_code)), size)
+    return Accepted(RtuAnswer(registers=tuple(pdu.registers), bits=tuple(bool(b) for b in pdu.bits)), size)
+
+
+class RtuSlaves:
+    """Simulated Modbus RTU units on one serial line, answering from a `ModbusSimulator`'s tables
+    (which need not be started as a TCP server). A unit id the simulator does not have stays
+    silent, like a dead slave. For tests, the demo and the benchmark."""
+
+    def __init__(self, simulator: ModbusSimulator) -> None:
+        self.simulator = simulator
+        self._datastore = _Datastore(simulator)
+
+    async def answer(self, data: bytes) -> tuple[int, bytes | None] | None:
+        """(bytes consumed, reply or None) for a request frame at the start of `data`;
+        (0, None) when more bytes are needed; None when no Modbus request starts there."""
+        size = _rtu_frame_size(data, _RTU_REQUEST_DECODER)
+        if size is None:
+            return None
+        if size == 0 or len(data) < size:
+            return (0, None) if data[0] in self.simulator.units else None
+        frame = data[:size]
+        if not _rtu_crc_ok(frame):
+            return None
+        unit = frame[0]
+        if unit not in self.simulator.units:
+            return size, None
+        request = _RTU_REQUEST_DECODER.decode(frame[1:-2])
+        if request is None:
+            return size, None
+        request.dev_id = unit
+        self.simulator.requests[unit] += 1
+        response = await request.datastore_update(self._datastore, unit)
+        response.dev_id = unit
+        return size, bytes(_RTU_FRAMER.buildFrame(response))

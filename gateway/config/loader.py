@@ -61,6 +61,8 @@ class _Loader:
     _device_ids: dict[str, str] = field(default_factory=dict)
     _assets: dict[str, tuple[Any, str]] = field(default_factory=dict)
     _fed: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Where each valid device was written (its keys' locations and its path), for checks across devices.
+    _written: dict[str, tuple[LocatedDict, str]] = field(default_factory=dict)
 
     # -- small helpers ------------------------------------------------------------------------------------
 
@@ -200,8 +202,20 @@ class _Loader:
                        f"duplicate device id {device.id!r}; expected unique ids, "
                        f"first used at {self._device_ids[device.id]}")
         self._device_ids.setdefault(device.id, str(raw.where("id")))
+        self._written.setdefault(device.id, (located_dict(raw.location, key_locations=raw.key_locations), path))
         self.check_asset(device, raw, path, catalogue)
         self.check_points(device, raw, path, catalogue)
+
+    def check_links(self, devices: Sequence[DeviceBase]) -> None:
+        """Devices sharing a link (a serial port, a TCP gateway) must agree; their protocol says how."""
+        by_link: dict[str, list[DeviceBase]] = {}
+        for device in devices:
+            if device.enabled:
+                by_link.setdefault(device.link_id(), []).append(device)
+        for group in by_link.values():
+            for device, key, problem in type(group[0]).link_conflicts(group):
+                where, path = self._written[device.id]
+                self.issue(where.where(key), f"{path}.{key}", problem)
 
     def check_asset(self, device: DeviceBase, raw: LocatedDict, path: str, catalogue: Catalogue) -> None:
         assets = self._assets
@@ -268,6 +282,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Gateway
                 devices.append(device)
                 if catalogue is not None:
                     loader.check_device(device, merged_raw, device_path, catalogue)
+    if catalogue is not None:
+        loader.check_links(devices)
     if loader.issues or catalogue is None:
         raise ConfigError(loader.issues)
     return GatewayConfig(path.resolve(), main, catalogue, devices)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Self
 
@@ -137,3 +138,12 @@ class DeviceBase(StrictModel):
     def link_id(self) -> str:
         """Devices with the same link id share one physical connection, served by one task."""
         return f"device:{self.id}"
+
+    @classmethod
+    def link_conflicts(cls, devices: Sequence[DeviceBase]) -> list[tuple[DeviceBase, str, str]]:
+        """(device, key, problem) for each device that cannot share its link with the others as configured.
+
+        The loader calls this once per group of devices with the same link id, so a protocol can
+        check what only makes sense across devices (one baud rate per serial port, one address per slave).
+        """
+        return []

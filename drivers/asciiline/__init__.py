@@ -1,0 +1,1 @@
+"""Sensors that speak text lines on a serial port."""

@@ -1,0 +1,119 @@
+"""An ASCII line device: polled (send `request`, take the first matching line) or pushing lines unasked.
+
+Lines that do not match the pattern, or are not text in the configured
+encoding, are counted as malformed and skipped; a polled device still has its
+timeout to send a matching one. A group that did not take part in the match, or
+a number that does not parse, makes that point bad (decode-error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from drivers.asciiline.config import AsciiLineDevice
+from drivers.serial.bus import Bus
+from drivers.serial.device import BusDevice, PushSink
+from drivers.serial.frames import NEED_MORE, Accepted, NeedMore, Outcome, Rejected, Rejection
+from drivers.serial.stream import LinkLost
+from gateway.config.models import DeviceBase
+from gateway.model import Quality, Reason, Sample, Value
+
+log = logging.getLogger(__name__)
+
+_LONGEST_LINE = 4096  # bytes without a terminator are noise past this
+_PUSH_READ_WAIT = 60.0  # seconds one wait for pushed bytes lasts (the loop simply waits again)
+
+
+class AsciiLineSensor(BusDevice):
+    def __init__(self, device: DeviceBase) -> None:
+        super().__init__()
+        if not isinstance(device, AsciiLineDevice):
+            raise ValueError(f"device {device.id} ({device.protocol}) is not an ASCII line device")
+        self.device = device
+        self._pattern = re.compile(device.pattern)
+        self._terminator = device.terminator.encode(device.encoding)
+        self._pusher: asyncio.Task[None] | None = None
+        self._push_failure: LinkLost | None = None
+
+    def describe(self) -> list[str]:
+        if self.device.pushes:
+            return ["listen for pushed lines"]
+        return [f"send {self.device.request!r}, read one line"]
+
+    async def read(self, bus: Bus) -> list[Sample]:
+        device = self.device
+        if device.pushes:
+            if self._push_failure is not None:
+                raise self._push_failure
+            return []  # pushed samples go to the sink as lines arrive
+        assert device.request is not None
+        match = await bus.exchange(device.request.encode(device.encoding), self.parse_line, device.timeout,
+                                   self.frames, what=f"request {device.request!r}")
+        return self.samples(match)
+
+    def parse_line(self, data: bytes) -> Outcome[re.Match[str]]:
+        end = data.find(self._terminator)
+        if end < 0:
+            return NEED_MORE if len(data) < _LONGEST_LINE else Rejected(Rejection.NOISE, len(data))
+        consumed = end + len(self._terminator)
+        try:
+            line = data[:end].decode(self.device.encoding).rstrip("\r")
+        except UnicodeDecodeError:
+            return Rejected(Rejection.MALFORMED, consumed)
+        match = self._pattern.search(line)
+        if match is None:
+            return Rejected(Rejection.MALFORMED, consumed)
+        return Accepted(match, consumed)
+
+    def samples(self, match: re.Match[str]) -> list[Sample]:
+        samples = []
+        for point in self.device.points:
+            text = match.group(point.group_name)
+            value: Value
+            if text is None:
+                samples.append(Sample(point.name, None, Quality.BAD, Reason.DECODE_ERROR.value))
+                continue
+            if point.type == "text":
+                value = text
+            else:
+                try:
+                    value = float(text)
+                except ValueError:
+                    samples.append(Sample(point.name, None, Quality.BAD, Reason.DECODE_ERROR.value))
+                    continue
+            samples.append(Sample(point.name, value))
+        return samples
+
+    async def subscribe(self, bus: Bus, sink: PushSink) -> bool:
+        if not self.device.pushes:
+            return False
+        self.unsubscribe()
+        self._push_failure = None
+        self._pusher = asyncio.create_task(self._listen(bus, sink), name=f"ascii push {self.device.id}")
+        return True
+
+    def unsubscribe(self) -> None:
+        if self._pusher is not None:
+            self._pusher.cancel()
+            self._pusher = None
+
+    async def _listen(self, bus: Bus, sink: PushSink) -> None:
+        received = bytearray()
+        while True:
+            try:
+                received += await bus.stream.read_some(_PUSH_READ_WAIT)
+            except LinkLost as exc:
+                self._push_failure = exc
+                return
+            while received:
+                outcome = self.parse_line(bytes(received))
+                if isinstance(outcome, NeedMore):
+                    break
+                del received[:outcome.consumed]
+                if isinstance(outcome, Rejected):
+                    self.frames.count(outcome)
+                else:
+                    self.frames.replies += 1
+                    sink(self.samples(outcome.value))

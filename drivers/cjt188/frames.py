@@ -1,0 +1,213 @@
+"""CJ/T 188 frames: building requests, finding and checking replies, decoding the 901F payload.
+
+    [FE ...] 68 T A0..A6 C L DATA CS 16     DATA = DI (2 bytes) SER (1 byte) payload
+
+T is the meter type, A0..A6 the address (BCD, lowest byte first; AA is a
+wildcard), C the control code (bit 7 reply, bit 6 abnormal, bits 4-0 function),
+CS the byte sum from 68 through DATA. There is no +33H offset (unlike DL/T 645).
+The data identifier travels low byte first in most meters (901F as 1F 90) and
+high byte first in some: `DiOrder`.
+
+Pure: no I/O. Parsers never raise on bad bytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from dataclasses import dataclass
+
+from drivers.serial.frames import (
+    NEED_MORE,
+    Accepted,
+    BcdError,
+    Outcome,
+    Rejected,
+    Rejection,
+    ReplyParser,
+    bcd_to_int,
+    checksum,
+    int_to_bcd,
+)
+
+START, END, WAKE_UP, WILDCARD = 0x68, 0x16, 0xFE, 0xAA
+HEADER = 11  # 68 T A0..A6 C L
+ADDRESS_SIZE = 7
+
+DIRECTION_REPLY, ABNORMAL, MORE_FRAMES, FUNCTION_MASK = 0x80, 0x40, 0x20, 0x1F
+READ_DATA, READ_ADDRESS = 0x01, 0x03
+DI_READ_DATA, DI_READ_ADDRESS = 0x901F, 0x810A
+
+# Unit byte → (unit symbol of gateway/units.py, multiplier).
+UNIT_CODES: dict[int, tuple[str, float]] = {
+    0x29: ("L", 1), 0x2C: ("m3", 1), 0x2D: ("m3", 10), 0x2E: ("m3", 100),
+    0x32: ("L/h", 1), 0x35: ("m3/h", 1),
+    0x05: ("kWh", 1), 0x08: ("MWh", 1), 0x0E: ("MJ", 1), 0x11: ("GJ", 1), 0x14: ("W", 1), 0x17: ("kW", 1),
+}
+UNIT_BY_SYMBOL = {symbol: code for code, (symbol, multiplier) in UNIT_CODES.items() if multiplier == 1}
+
+
+class DiOrder(enum.StrEnum):
+    LOW_FIRST = "low-first"  # 901F travels as 1F 90 (most meters)
+    HIGH_FIRST = "high-first"  # 901F travels as 90 1F
+
+
+class PayloadError(ValueError):
+    """A reply payload that does not hold what its identifier promises."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    meter_type: int
+    address: bytes  # 7 bytes, as on the wire (lowest first)
+    control: int
+    data: bytes  # DI, SER, payload
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(self.control & DIRECTION_REPLY)
+
+    @property
+    def abnormal(self) -> bool:
+        return bool(self.control & ABNORMAL)
+
+    @property
+    def function(self) -> int:
+        return self.control & FUNCTION_MASK
+
+    def data_id(self, order: DiOrder) -> int | None:
+        if len(self.data) < 2:
+            return None
+        return int.from_bytes(self.data[:2], "little" if order is DiOrder.LOW_FIRST else "big")
+
+    @property
+    def payload(self) -> bytes:
+        """DATA after the identifier and the sequence number."""
+        return self.data[3:]
+
+
+def encode(frame: Frame, wake_up: int = 2) -> bytes:
+    if len(frame.address) != ADDRESS_SIZE:
+        raise ValueError(f"a CJ/T 188 address is {ADDRESS_SIZE} bytes, got {len(frame.address)}")
+    if len(frame.data) > 255:
+        raise ValueError("DATA is longer than 255 bytes")
+    body = bytes([START, frame.meter_type, *frame.address, frame.control, len(frame.data), *frame.data])
+    return bytes([WAKE_UP] * wake_up) + body + bytes([checksum(body), END])
+
+
+def data_field(data_id: int, sequence: int, payload: bytes, order: DiOrder) -> bytes:
+    return data_id.to_bytes(2, "little" if order is DiOrder.LOW_FIRST else "big") + bytes([sequence & 0xFF]) + payload
+
+
+def read_data_request(meter_type: int, address: bytes, sequence: int, order: DiOrder,
+                      data_id: int = DI_READ_DATA) -> Frame:
+    return Frame(meter_type, address, READ_DATA, data_field(data_id, sequence, b"", order))
+
+
+def read_address_request(sequence: int, order: DiOrder, meter_type: int = WILDCARD) -> Frame:
+    return Frame(meter_type, bytes([WILDCARD] * ADDRESS_SIZE), READ_ADDRESS,
+                 data_field(DI_READ_ADDRESS, sequence, b"", order))
+
+
+def parse(data: bytes) -> Outcome[Frame]:
+    """The frame at the start of `data` (wake-up bytes before it belong to it), or what to drop."""
+    start = 0
+    while start < len(data) and data[start] == WAKE_UP:
+        start += 1
+    if start == len(data):
+        return NEED_MORE
+    if data[start] != START:
+        return Rejected(Rejection.NOISE, start + 1)
+    if len(data) - start < HEADER:
+        return NEED_MORE
+    end = start + HEADER + data[start + 10] + 2
+    if len(data) < end:
+        return NEED_MORE
+    if data[end - 1] != END:
+        return Rejected(Rejection.PARTIAL, start + 1)
+    if checksum(data[start:end - 2]) != data[end - 2]:
+        return Rejected(Rejection.BAD_CHECKSUM, start + 1)
+    frame = Frame(data[start + 1], bytes(data[start + 2:start + 9]), data[start + 9],
+                  bytes(data[start + 11:end - 2]))
+    return Accepted(frame, end)
+
+
+def reply_parser(request: Frame, order: DiOrder) -> ReplyParser[Frame]:
+    """A parser accepting only the reply to `request`: same function, an address and type it matches,
+    and (for a normal reply) the same data identifier."""
+    wanted_di = request.data_id(order)
+
+    def parse_reply(data: bytes) -> Outcome[Frame]:
+        outcome = parse(data)
+        if not isinstance(outcome, Accepted):
+            return outcome
+        frame = outcome.value
+        if not frame.is_reply:
+            return Rejected(Rejection.ECHO, outcome.consumed)  # a request on the bus: ours, read back
+        if not (_matches(request.address, frame.address) and _matches(bytes([request.meter_type]),
+                                                                      bytes([frame.meter_type]))):
+            return Rejected(Rejection.FOREIGN, outcome.consumed)
+        if frame.function != request.function:
+            return Rejected(Rejection.MALFORMED, outcome.consumed)
+        if not frame.abnormal and frame.data_id(order) != wanted_di:
+            return Rejected(Rejection.MALFORMED, outcome.consumed)
+        return outcome
+
+    return parse_reply
+
+
+def _matches(wanted: bytes, actual: bytes) -> bool:
+    return all(w in (WILDCARD, a) for w, a in zip(wanted, actual, strict=True))
+
+
+# --- the 901F payload of water and gas meters -------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MeterReading:
+    """What a water or gas meter answers to 901F. Volumes in hundredths of the unit given by the unit byte."""
+
+    volume_hundredths: int
+    volume_unit: int
+    settlement_hundredths: int
+    settlement_unit: int
+    clock: datetime.datetime | None  # None when the meter sends an impossible date
+    status: int  # the two status bytes, first byte in the low 8 bits
+
+
+_PAYLOAD_SIZE = 19  # current 4+1, settlement 4+1, clock 7, status 2 (L = 22 with DI and SER)
+
+
+def decode_reading(payload: bytes) -> MeterReading:
+    """Raises PayloadError for a payload of the wrong size or with bytes that are not BCD."""
+    if len(payload) != _PAYLOAD_SIZE:
+        raise PayloadError(f"901F payload is {len(payload)} bytes, expected {_PAYLOAD_SIZE}")
+    try:
+        volume = bcd_to_int(payload[0:4])
+        settlement = bcd_to_int(payload[5:9])
+        clock = _decode_clock(payload[10:17])
+    except BcdError as exc:
+        raise PayloadError(str(exc)) from exc
+    status = int.from_bytes(payload[17:19], "little")
+    return MeterReading(volume, payload[4], settlement, payload[9], clock, status)
+
+
+def encode_reading(reading: MeterReading) -> bytes:
+    clock = reading.clock or datetime.datetime(2000, 1, 1)
+    return (int_to_bcd(reading.volume_hundredths, 4) + bytes([reading.volume_unit])
+            + int_to_bcd(reading.settlement_hundredths, 4) + bytes([reading.settlement_unit])
+            + encode_clock(clock) + reading.status.to_bytes(2, "little"))
+
+
+def encode_clock(moment: datetime.datetime) -> bytes:
+    """ss mm hh DD MM YY CC, each one BCD byte."""
+    parts = (moment.second, moment.minute, moment.hour, moment.day, moment.month, moment.year % 100,
+             moment.year // 100)
+    return b"".join(int_to_bcd(part, 1) for part in parts)
+
+
+def _decode_clock(raw: bytes) -> datetime.datetime | None:
+    second, minute, hour, day, month, year, century = (bcd_to_int(raw[i:i + 1]) for i in range(7))
+    try:
+        return datetime.datetime(century * 100 + year, month, day, hour, minute, second)
+    except ValueError:
+        return None

@@ -1,0 +1,100 @@
+"""A CJ/T 188 water or gas meter on a shared bus: one 901F read per poll.
+
+Abnormal replies (control bit 6) make every point bad with reason
+``device-exception:XX``, XX the meter's first status byte, as Modbus exception
+replies do. A reply whose payload cannot be decoded makes every point bad
+(decode-error) and is counted as malformed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+from drivers.cjt188 import frames
+from drivers.cjt188.config import Cjt188Device, Cjt188Field, Cjt188Point
+from drivers.serial.bus import Bus
+from drivers.serial.device import BusDevice
+from drivers.serial.frames import address_bytes
+from gateway import units
+from gateway.config.models import DeviceBase
+from gateway.model import Quality, Reason, Sample, Value
+
+log = logging.getLogger(__name__)
+
+
+class Cjt188Meter(BusDevice):
+    def __init__(self, device: DeviceBase) -> None:
+        super().__init__()
+        if not isinstance(device, Cjt188Device):
+            raise ValueError(f"device {device.id} ({device.protocol}) is not a CJ/T 188 meter")
+        self.device = device
+        self._address = address_bytes(device.address)
+        self._sequence = 0
+
+    def describe(self) -> list[str]:
+        return [f"read data 901F from {self.device.meter_type}H meter {self.device.address}"]
+
+    async def read(self, bus: Bus) -> list[Sample]:
+        device = self.device
+        self._sequence = (self._sequence + 1) & 0xFF
+        request = frames.read_data_request(device.meter_type_code, self._address, self._sequence,
+                                           device.data_id_order)
+        reply = await bus.exchange(frames.encode(request, device.wake_up),
+                                   frames.reply_parser(request, device.data_id_order),
+                                   device.timeout, self.frames, what=f"read 901F from meter {device.address}")
+        if reply.abnormal:
+            code = reply.payload[0] if reply.payload else 0
+            log.debug("meter %s answered abnormally (status %02X)", device.id, code)
+            return self._all_bad(f"{Reason.DEVICE_EXCEPTION.value}:{code:02X}")
+        try:
+            reading = frames.decode_reading(reply.payload)
+        except frames.PayloadError as exc:
+            log.debug("meter %s: %s", device.id, exc)
+            self.frames.malformed += 1
+            return self._all_bad(Reason.DECODE_ERROR.value)
+        return [self._sample(point, reading) for point in device.points]
+
+    def _sample(self, point: Cjt188Point, reading: frames.MeterReading) -> Sample:
+        device = self.device
+        match point.field:
+            case Cjt188Field.VOLUME:
+                return _volume(point, reading.volume_hundredths, reading.volume_unit)
+            case Cjt188Field.SETTLEMENT_VOLUME:
+                return _volume(point, reading.settlement_hundredths, reading.settlement_unit)
+            case Cjt188Field.VALVE_CLOSED:
+                valve = reading.status & device.valve_mask
+                if valve == device.valve_closed:
+                    return Sample(point.name, True)
+                if valve == device.valve_open:
+                    return Sample(point.name, False)
+                return _bad(point.name, Reason.SENSOR_FAULT.value)  # the meter reports its valve abnormal
+            case Cjt188Field.BATTERY_LOW:
+                return Sample(point.name, bool(reading.status & device.battery_low_mask))
+            case Cjt188Field.CLOCK_OFFSET:
+                if reading.clock is None:
+                    return _bad(point.name, Reason.DECODE_ERROR.value)
+                # Meters keep local time without a zone; compare with the gateway's local time.
+                offset = (reading.clock - datetime.datetime.now()).total_seconds()
+                return Sample(point.name, round(offset))
+
+    def _all_bad(self, reason: str) -> list[Sample]:
+        return [_bad(point.name, reason) for point in self.device.points]
+
+
+def _volume(point: Cjt188Point, hundredths: int, unit_code: int) -> Sample:
+    """The volume in the point's unit, converted from the unit the meter states for it."""
+    stated = frames.UNIT_CODES.get(unit_code)
+    if stated is None:
+        return _bad(point.name, Reason.DECODE_ERROR.value)
+    symbol, multiplier = stated
+    try:
+        conversion = units.conversion(symbol, point.unit or "m3")
+    except units.UnitError:
+        return _bad(point.name, Reason.DECODE_ERROR.value)  # e.g. an energy unit byte on a volume point
+    value: Value = conversion.apply(hundredths / 100 * multiplier)
+    return Sample(point.name, value)
+
+
+def _bad(name: str, reason: str) -> Sample:
+    return Sample(name, None, Quality.BAD, reason)

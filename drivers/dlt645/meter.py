@@ -1,0 +1,71 @@
+"""A DL/T 645-2007 electricity meter on a shared bus: one read (function 11H) per identifier per poll.
+
+An abnormal reply (D1H) makes that identifier's points bad with reason
+``device-exception:XX``, XX the meter's error byte (02 no requested data, 04
+unauthorised, ...), like Modbus exception replies. A reply whose value is not
+BCD of the expected length makes those points bad (decode-error).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from drivers.dlt645 import frames
+from drivers.dlt645.config import Dlt645Device, Dlt645Point
+from drivers.serial.bus import Bus
+from drivers.serial.device import BusDevice
+from drivers.serial.frames import address_bytes
+from gateway.config.models import DeviceBase
+from gateway.model import Quality, Reason, Sample
+
+log = logging.getLogger(__name__)
+
+
+class Dlt645Meter(BusDevice):
+    def __init__(self, device: DeviceBase) -> None:
+        super().__init__()
+        if not isinstance(device, Dlt645Device):
+            raise ValueError(f"device {device.id} ({device.protocol}) is not a DL/T 645 meter")
+        self.device = device
+        self._address = address_bytes(device.address)
+        # Points sharing one identifier (e.g. the same value feeding two indicators) share one request.
+        self._by_identifier: dict[int, list[Dlt645Point]] = defaultdict(list)
+        for point in device.points:
+            self._by_identifier[point.identifier].append(point)
+
+    def describe(self) -> list[str]:
+        return [f"read {identifier:08X} ({len(points)} point{'s' if len(points) > 1 else ''})"
+                for identifier, points in self._by_identifier.items()]
+
+    async def read(self, bus: Bus) -> list[Sample]:
+        by_name: dict[str, Sample] = {}
+        for identifier, points in self._by_identifier.items():
+            for sample in await self._read_identifier(bus, identifier, points):
+                by_name[sample.point] = sample
+        return [by_name[point.name] for point in self.device.points]
+
+    async def _read_identifier(self, bus: Bus, identifier: int, points: list[Dlt645Point]) -> list[Sample]:
+        device = self.device
+        request = frames.read_request(self._address, identifier)
+        what = f"read {identifier:08X} from meter {device.address}"
+        reply = await bus.exchange(frames.encode(request, device.wake_up), frames.reply_parser(request),
+                                   device.timeout, self.frames, what=what)
+        if reply.abnormal:
+            error = reply.error or 0
+            log.debug("meter %s refused %08X: %s", device.id, identifier,
+                      frames.ERROR_NAMES.get(error, f"error {error:02X}"))
+            return [_bad(point.name, f"{Reason.DEVICE_EXCEPTION.value}:{error:02X}") for point in points]
+        samples = []
+        for point in points:
+            try:
+                samples.append(Sample(point.name, frames.decode_value(reply.data[4:], point.format)))
+            except frames.FormatError as exc:
+                log.debug("meter %s, %08X: %s", device.id, identifier, exc)
+                self.frames.malformed += 1
+                samples.append(_bad(point.name, Reason.DECODE_ERROR.value))
+        return samples
+
+
+def _bad(name: str, reason: str) -> Sample:
+    return Sample(name, None, Quality.BAD, reason)

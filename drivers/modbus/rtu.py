@@ -1,0 +1,81 @@
+"""Modbus RTU on a shared bus: the same plan, codec and split-on-exception-02 as Modbus TCP (polling.py),
+with frames built and recognised by pymodbus (transport.py) and carried by the bus (drivers/serial/bus.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from drivers.modbus.config import ModbusDeviceBase, Table
+from drivers.modbus.polling import ModbusDevicePoller
+from drivers.modbus.transport import (
+    MalformedReply,
+    ModbusExceptionReply,
+    ReplyTimeout,
+    RtuAnswer,
+    RtuRequest,
+    rtu_read_request,
+    rtu_write_coil_request,
+    rtu_write_registers_request,
+)
+from drivers.serial.bus import Bus, NoReply
+from drivers.serial.device import BusDevice
+from drivers.serial.frames import FrameCounters
+from gateway.config.models import DeviceBase
+from gateway.model import Sample, Value
+
+
+class RtuLink:
+    """The `RegisterLink` of polling.py over a bus, for one device (its timeout, its counters)."""
+
+    def __init__(self, bus: Bus, timeout: float, frames: FrameCounters) -> None:
+        self._bus = bus
+        self._timeout = timeout
+        self._frames = frames
+
+    async def read_bits(self, table: Table, start: int, count: int, unit: int) -> list[bool]:
+        answer = await self._exchange(rtu_read_request(table, start, count, unit))
+        # Bits arrive packed in whole bytes; pymodbus unpacks the padding too.
+        if len(answer.bits) != (count + 7) // 8 * 8:
+            raise MalformedReply(f"asked for {count} bits of {table} {start}, got {len(answer.bits)}")
+        return list(answer.bits[:count])
+
+    async def read_registers(self, table: Table, start: int, count: int, unit: int) -> list[int]:
+        answer = await self._exchange(rtu_read_request(table, start, count, unit))
+        if len(answer.registers) != count:
+            raise MalformedReply(f"asked for {count} registers of {table} {start}, got {len(answer.registers)}")
+        return list(answer.registers)
+
+    async def write_coil(self, address: int, value: bool, unit: int) -> None:
+        await self._exchange(rtu_write_coil_request(address, value, unit))
+
+    async def write_registers(self, address: int, values: Sequence[int], unit: int) -> None:
+        await self._exchange(rtu_write_registers_request(address, values, unit))
+
+    async def _exchange(self, request: RtuRequest) -> RtuAnswer:
+        try:
+            answer = await self._bus.exchange(request.frame, request.parse, self._timeout, self._frames,
+                                              what=request.what, expect_echo=not request.reply_may_equal_request)
+        except NoReply as exc:
+            raise ReplyTimeout(str(exc), "timeout", link_lost=False) from exc
+        if answer.exception_code is not None:
+            raise ModbusExceptionReply(answer.exception_code)
+        return answer
+
+
+class ModbusRtuBusDevice(BusDevice):
+    def __init__(self, device: DeviceBase) -> None:
+        super().__init__()
+        if not isinstance(device, ModbusDeviceBase):
+            raise ValueError(f"device {device.id} ({device.protocol}) is not a Modbus device")
+        self.device = device
+        self.poller = ModbusDevicePoller(device)
+        self.counters = self.poller.counters
+
+    async def read(self, bus: Bus) -> list[Sample]:
+        return await self.poller.read(RtuLink(bus, self.device.timeout, self.frames))
+
+    async def write(self, bus: Bus, point: str, value: Value) -> None:
+        await self.poller.write(RtuLink(bus, self.device.timeout, self.frames), point, value)
+
+    def describe(self) -> list[str]:
+        return self.poller.describe()

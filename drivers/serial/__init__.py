@@ -1,0 +1,1 @@
+"""Shared serial buses: one owner per port, several protocols on it (Modbus RTU, CJ/T 188, DL/T 645, ASCII)."""

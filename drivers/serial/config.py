@@ -1,0 +1,149 @@
+"""Serial port settings and the base of every device that lives on a serial port. Imports no vendor library.
+
+Decision: the port settings sit on each device (`port:` and `serial:`), not in a
+separate port block, so a device file stays self-contained and the loader needs
+no new kind of entry. Every device on one port must then agree; `port_conflicts()`
+finds those that do not (and other things a shared bus cannot do, like two
+devices with one address), and the bus driver refuses such a set of devices.
+Settings default to what RS-485 meters most often use (8 data bits, even parity,
+1 stop bit); the baud rate has no default, because a wrong guess is silent.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, field_validator
+
+from gateway.config.base import StrictModel
+from gateway.config.models import DeviceBase
+
+# Above this baud rate Modbus fixes the inter-frame silence instead of scaling it with the character time.
+_FIXED_SILENCE_ABOVE_BAUD = 19_200
+_FIXED_SILENCE = 0.00175
+
+
+class Parity(enum.StrEnum):
+    NONE = "none"
+    EVEN = "even"
+    ODD = "odd"
+    MARK = "mark"
+    SPACE = "space"
+
+
+class Rs485Settings(StrictModel):
+    """Direction control by the serial driver (the kernel's RS-485 mode), for adapters that need it.
+    Adapters that switch direction on their own need no `rs485:` block."""
+
+    rts_level_for_tx: bool = Field(True, description="RTS level while sending.")
+    rts_level_for_rx: bool = Field(False, description="RTS level while receiving.")
+    delay_before_tx: float | None = Field(None, ge=0, description="Seconds between raising RTS and sending.")
+    delay_before_rx: float | None = Field(None, ge=0, description="Seconds between the last byte and receiving.")
+
+
+class SerialSettings(StrictModel):
+    baud: int = Field(ge=300, le=4_000_000, description="Bits per second, e.g. 2400, 9600, 19200.")
+    data_bits: Literal[5, 6, 7, 8] = 8
+    parity: Parity = Parity.EVEN
+    stop_bits: float = Field(1, description="1, 1.5 or 2.")
+    rs485: Rs485Settings | None = None
+    silence: PositiveFloat | None = Field(
+        None, description="Seconds of silence before each frame; default 3.5 character times (1.75 ms above "
+                          "19200 baud), as Modbus RTU requires.")
+
+    @field_validator("stop_bits")
+    @classmethod
+    def _known_stop_bits(cls, value: float) -> float:
+        if value not in (1, 1.5, 2):
+            raise ValueError(f"stop_bits must be 1, 1.5 or 2, found {value:g}")
+        return value
+
+    @property
+    def char_time(self) -> float:
+        """Seconds one character takes on the wire: start bit, data bits, parity bit, stop bits."""
+        bits = 1 + self.data_bits + (0 if self.parity is Parity.NONE else 1) + self.stop_bits
+        return bits / self.baud
+
+    @property
+    def frame_silence(self) -> float:
+        if self.silence is not None:
+            return self.silence
+        if self.baud > _FIXED_SILENCE_ABOVE_BAUD:
+            return _FIXED_SILENCE
+        return 3.5 * self.char_time
+
+
+class SerialDevice(DeviceBase):
+    """A device on a local serial port. Devices naming the same `port` share it (one request at a time)."""
+
+    port: str = Field(min_length=1, description="Serial device path, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...; "
+                                                "name a port the same way on every device that uses it.")
+    serial: SerialSettings
+
+    def link_id(self) -> str:
+        return f"serial:{self.port}"
+
+    def bus_address(self) -> str | None:
+        """What selects this device on the bus (protocol and address), to find two devices answering alike."""
+        return None
+
+    def needs_port_alone(self) -> bool:
+        """True for a device that cannot share its port (one that pushes data unasked)."""
+        return False
+
+    @classmethod
+    def link_conflicts(cls, devices: Sequence[DeviceBase]) -> list[tuple[DeviceBase, str, str]]:
+        return [(device, "port", problem) for device, problem in port_conflicts(devices)]
+
+
+class TcpSerialServer(StrictModel):
+    """Settings of a serial device server reached over TCP (the bytes are passed through unchanged)."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+def port_conflicts(devices: Sequence[DeviceBase]) -> list[tuple[DeviceBase, str]]:
+    """(device, problem) for each device that cannot share its serial port with the others as configured."""
+    by_port: dict[str, list[SerialDevice]] = defaultdict(list)
+    for device in devices:
+        if isinstance(device, SerialDevice) and device.enabled:
+            by_port[device.port].append(device)
+    problems: list[tuple[DeviceBase, str]] = []
+    for port, on_port in by_port.items():
+        problems.extend(_conflicts_on_port(port, on_port))
+    return problems
+
+
+def _conflicts_on_port(port: str, devices: Sequence[SerialDevice]) -> list[tuple[DeviceBase, str]]:
+    problems: list[tuple[DeviceBase, str]] = []
+    first = devices[0]
+    seen: dict[str, SerialDevice] = {}
+    for device in devices:
+        if device.serial != first.serial:
+            problems.append((device, f"serial settings {_show(device.serial)} differ from those of device "
+                                     f"{first.id} on the same port {port} ({_show(first.serial)}); "
+                                     "expected every device on one port to use the same settings"))
+        if device.needs_port_alone() and len(devices) > 1:
+            others = ", ".join(d.id for d in devices if d is not device)
+            problems.append((device, f"device {device.id} pushes data unasked and cannot share port {port} "
+                                     f"with {others}"))
+        address = device.bus_address()
+        if address is not None:
+            if address in seen:
+                problems.append((device, f"{address} on port {port} is already used by device {seen[address].id}; "
+                                         "expected one address per device on a bus"))
+            seen.setdefault(address, device)
+    return problems
+
+
+def _show(settings: SerialSettings) -> str:
+    parity = settings.parity.value[0].upper()
+    text = f"{settings.baud} {settings.data_bits}{parity}{settings.stop_bits:g}"
+    if settings.rs485 is not None:
+        text += " rs485"
+    return text
+

@@ -1,0 +1,137 @@
+"""What every frame parser on a shared bus answers, and the counters of rejected bytes.
+
+A parser looks at the bytes received since the request went out and says one of:
+
+- `NEED_MORE`: the start of something that may still become the reply.
+- `Rejected(kind, consumed)`: the first `consumed` bytes are not the reply (noise,
+  a bad checksum, an echo of the request, a reply from another address...).
+- `Accepted(value, consumed)`: the first `consumed` bytes are the reply.
+
+The bus drops rejected bytes, counts them by kind and asks again, so one
+garbled frame never hides the valid frame behind it. Parsers never raise on
+bad bytes. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Rejection(enum.StrEnum):
+    NOISE = "noise"  # bytes that start no frame (counted in bytes)
+    PARTIAL = "partial"  # a frame start whose frame does not end where its length says
+    BAD_CHECKSUM = "bad-checksum"
+    ECHO = "echo"  # our own request read back (2-wire RS-485 adapters without echo suppression)
+    FOREIGN = "foreign"  # a well-formed reply from another address
+    MALFORMED = "malformed"  # a well-formed frame that is not an answer to this request
+
+
+@dataclass(frozen=True, slots=True)
+class NeedMore:
+    pass
+
+
+NEED_MORE = NeedMore()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    kind: Rejection
+    consumed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted(Generic[T]):
+    value: T
+    consumed: int
+
+
+Outcome = NeedMore | Rejected | Accepted[T]
+ReplyParser = Callable[[bytes], Outcome[T]]
+
+
+@dataclass
+class FrameCounters:
+    """Per device: exchanges made, and what was received and thrown away during them."""
+
+    requests: int = 0
+    replies: int = 0
+    timeouts: int = 0
+    noise_bytes: int = 0
+    partial_frames: int = 0
+    bad_checksums: int = 0
+    echoes: int = 0
+    foreign_replies: int = 0
+    malformed: int = 0
+
+    def count(self, rejected: Rejected) -> None:
+        match rejected.kind:
+            case Rejection.NOISE:
+                self.noise_bytes += rejected.consumed
+            case Rejection.PARTIAL:
+                self.partial_frames += 1
+            case Rejection.BAD_CHECKSUM:
+                self.bad_checksums += 1
+            case Rejection.ECHO:
+                self.echoes += 1
+            case Rejection.FOREIGN:
+                self.foreign_replies += 1
+            case Rejection.MALFORMED:
+                self.malformed += 1
+
+    @property
+    def rejected(self) -> int:
+        """Rejections of every kind, noise counted once per byte."""
+        return (self.noise_bytes + self.partial_frames + self.bad_checksums + self.echoes
+                + self.foreign_replies + self.malformed)
+
+
+# --- BCD, as both meter protocols use it: low byte first, two digits a byte ------------------------------
+
+class BcdError(ValueError):
+    """A nibble above 9 where a decimal digit was expected."""
+
+
+def bcd_to_int(data: bytes) -> int:
+    """Little-endian BCD bytes to an unsigned integer. Raises BcdError."""
+    value = 0
+    for byte in reversed(data):
+        high, low = byte >> 4, byte & 0x0F
+        if high > 9 or low > 9:
+            raise BcdError(f"{byte:02X} is not a BCD byte")
+        value = value * 100 + high * 10 + low
+    return value
+
+
+def int_to_bcd(value: int, size: int) -> bytes:
+    """An unsigned integer as `size` little-endian BCD bytes. Raises ValueError when it does not fit."""
+    if value < 0 or value >= 100 ** size:
+        raise ValueError(f"{value} does not fit in {size} BCD bytes")
+    out = bytearray()
+    for _ in range(size):
+        value, pair = divmod(value, 100)
+        out.append((pair // 10) << 4 | pair % 10)
+    return bytes(out)
+
+
+def address_bytes(address: str) -> bytes:
+    """A meter address as printed on its nameplate (e.g. "000000123456", "A" for wildcard digits)
+    to the bytes on the wire: BCD, lowest byte first."""
+    if len(address) % 2:
+        raise ValueError(f"address {address!r} needs an even number of digits")
+    return bytes(int(address[i:i + 2], 16) for i in range(0, len(address), 2))[::-1]
+
+
+def address_text(raw: bytes) -> str:
+    """The inverse of `address_bytes`."""
+    return raw[::-1].hex().upper()
+
+
+def checksum(data: bytes) -> int:
+    """Sum of the bytes modulo 256 (CJ/T 188 and DL/T 645)."""
+    return sum(data) & 0xFF

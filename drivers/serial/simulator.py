@@ -1,0 +1,280 @@
+"""Simulated slaves on the far end of a pseudo-terminal: a serial bus for tests, the demo and the benchmark.
+
+`SimulatedBus` creates a pseudo-terminal pair and a symlink to its device end
+(the path the gateway opens as its serial port). Bytes the gateway sends are
+offered to every simulated slave; the one that recognises a request addressed
+to it answers, as on a real RS-485 bus. `stop()` closes the pair (the gateway
+sees its port vanish) and `start()` makes a new one behind the same path.
+
+With `baud` set, replies are held back as long as the request and the reply
+would take on a real line at that rate, plus `turnaround` (the slave's own
+pause before answering), so throughput measured against it is realistic.
+
+Slaves implement `answer(data)`: (bytes consumed, reply or None) for a request
+at the start of `data`, (0, None) when more bytes are needed, None when no
+request of theirs starts there. Imports no vendor library except through
+`modbus_rtu_slaves()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import time
+import tty
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from drivers.cjt188 import frames as cjt188
+from drivers.dlt645 import frames as dlt645
+from drivers.serial.frames import Accepted, NeedMore, address_bytes
+
+# A request split over reads is put back together; after this long without bytes, leftovers are dropped.
+_RESYNC_GAP = 0.05
+
+
+class Slave(Protocol):
+    async def answer(self, data: bytes) -> tuple[int, bytes | None] | None: ...
+
+
+@dataclass
+class Exchange:
+    """One request seen by the simulator and the reply it wrote (monotonic times)."""
+
+    request_at: float
+    request: bytes
+    reply_at: float | None = None
+    reply: bytes = b""
+
+
+@dataclass
+class SimulatedBus:
+    path: Path
+    slaves: Sequence[Slave]
+    baud: int | None = None
+    bits_per_char: int = 11  # start + 8 data + parity + stop
+    turnaround: float = 0.0
+    reply_mangler: Callable[[bytes, bytes], bytes] | None = None  # (request, reply) -> bytes actually sent
+    exchanges: list[Exchange] = field(default_factory=list)
+    unclaimed_bytes: int = 0
+    _master: int | None = None
+    _slave_end: int | None = None
+    _received: bytearray = field(default_factory=bytearray)
+    _last_rx: float = 0.0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _worker: asyncio.Task[None] | None = None
+
+    @property
+    def char_time(self) -> float:
+        return self.bits_per_char / self.baud if self.baud else 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._master is not None
+
+    async def start(self) -> None:
+        if self._master is not None:
+            return
+        master, slave_end = os.openpty()
+        tty.setraw(slave_end)  # no echo, no line editing, before the gateway opens it
+        os.set_blocking(master, False)
+        self._master, self._slave_end = master, slave_end
+        self.path.unlink(missing_ok=True)
+        self.path.symlink_to(os.ttyname(slave_end))
+        self._received.clear()
+        asyncio.get_running_loop().add_reader(master, self._on_readable)
+        self._worker = asyncio.create_task(self._serve(), name=f"simulated bus {self.path.name}")
+
+    async def stop(self) -> None:
+        """Close the pseudo-terminal: the gateway's port fails as if the adapter were unplugged."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.wait([self._worker])  # our own cancellation still propagates
+            self._worker = None
+        if self._master is not None:
+            asyncio.get_running_loop().remove_reader(self._master)
+            os.close(self._master)
+            self._master = None
+        if self._slave_end is not None:
+            os.close(self._slave_end)
+            self._slave_end = None
+        self.path.unlink(missing_ok=True)
+
+    def push(self, data: bytes) -> None:
+        """Write bytes to the gateway now, unasked (noise, or a sensor that talks by itself)."""
+        if self._master is not None:
+            os.write(self._master, data)
+
+    def requests_to(self, predicate: Callable[[bytes], bool]) -> int:
+        return sum(1 for exchange in self.exchanges if predicate(exchange.request))
+
+    def _on_readable(self) -> None:
+        assert self._master is not None
+        try:
+            data = os.read(self._master, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            return  # nobody has the device end open (cannot happen while we hold it)
+        now = time.monotonic()
+        if now - self._last_rx > _RESYNC_GAP:
+            self.unclaimed_bytes += len(self._received)
+            self._received.clear()
+        self._last_rx = now
+        self._received += data
+        self._wake.set()
+
+    async def _serve(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._answer_all()
+
+    async def _answer_all(self) -> None:
+        while self._received:
+            data = bytes(self._received)
+            waiting = False
+            for slave in self.slaves:
+                answer = await slave.answer(data)
+                if answer is None:
+                    continue
+                consumed, reply = answer
+                if consumed == 0:
+                    waiting = True
+                    continue
+                del self._received[:consumed]
+                self._send_reply(data[:consumed], reply)
+                break
+            else:
+                if waiting:
+                    return
+                del self._received[:1]
+                self.unclaimed_bytes += 1
+
+    def _send_reply(self, request: bytes, reply: bytes | None) -> None:
+        exchange = Exchange(self._last_rx, request)
+        self.exchanges.append(exchange)
+        if reply is None:
+            return
+        if self.reply_mangler is not None:
+            reply = self.reply_mangler(request, reply)
+        delay = self.turnaround + (len(request) + len(reply)) * self.char_time
+        loop = asyncio.get_running_loop()
+
+        def write() -> None:
+            if self._master is not None:
+                exchange.reply_at, exchange.reply = time.monotonic(), reply
+                os.write(self._master, reply)
+
+        if delay > 0:
+            loop.call_at(self._last_rx + delay, write)  # the loop's clock is time.monotonic
+        else:
+            write()
+
+
+def modbus_rtu_slaves(unit_ids: Sequence[int]) -> tuple[Slave, object]:
+    """Simulated Modbus RTU units (imports pymodbus) and the `ModbusSimulator` holding their tables."""
+    from drivers.modbus.transport import ModbusSimulator, RtuSlaves
+
+    tables = ModbusSimulator(unit_ids)
+    return RtuSlaves(tables), tables
+
+
+# --- meters ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Cjt188MeterSim:
+    """A CJ/T 188 water meter answering 901F (and read address when alone on its bus)."""
+
+    address: str
+    meter_type: int = 0x10
+    di_order: cjt188.DiOrder = cjt188.DiOrder.LOW_FIRST
+    volume_hundredths: int = 0
+    volume_unit: int = 0x2C
+    settlement_hundredths: int = 0
+    settlement_unit: int = 0x2C
+    clock: datetime.datetime | None = None  # None: the current local time
+    status: int = 0
+    abnormal_status: int | None = None  # answer abnormally with this status byte
+    silent: bool = False
+
+    async def answer(self, data: bytes) -> tuple[int, bytes | None] | None:
+        outcome = cjt188.parse(data)
+        if isinstance(outcome, NeedMore):
+            return 0, None
+        if not isinstance(outcome, Accepted):
+            return None
+        request = outcome.value
+        mine = address_bytes(self.address)
+        if request.is_reply or not all(w in (cjt188.WILDCARD, a) for w, a in zip(request.address, mine, strict=True)):
+            return None
+        if request.meter_type not in (cjt188.WILDCARD, self.meter_type) or self.silent:
+            return outcome.consumed, None
+        sequence = request.data[2] if len(request.data) > 2 else 0
+        reply = self._reply(request, mine, sequence)
+        return outcome.consumed, None if reply is None else cjt188.encode(reply)
+
+    def _reply(self, request: cjt188.Frame, mine: bytes, sequence: int) -> cjt188.Frame | None:
+        data_id = request.data_id(self.di_order)
+        if request.function == cjt188.READ_ADDRESS:
+            data = cjt188.data_field(cjt188.DI_READ_ADDRESS, sequence, b"", self.di_order)
+            return cjt188.Frame(self.meter_type, mine, 0x80 | cjt188.READ_ADDRESS, data)
+        if request.function != cjt188.READ_DATA or data_id != cjt188.DI_READ_DATA:
+            return None
+        if self.abnormal_status is not None:
+            data = cjt188.data_field(cjt188.DI_READ_DATA, sequence, bytes([self.abnormal_status, 0]), self.di_order)
+            return cjt188.Frame(self.meter_type, mine, 0xC0 | cjt188.READ_DATA, data)
+        reading = cjt188.MeterReading(self.volume_hundredths, self.volume_unit, self.settlement_hundredths,
+                                      self.settlement_unit, self.clock or datetime.datetime.now(), self.status)
+        data = cjt188.data_field(cjt188.DI_READ_DATA, sequence, cjt188.encode_reading(reading), self.di_order)
+        return cjt188.Frame(self.meter_type, mine, 0x80 | cjt188.READ_DATA, data)
+
+
+@dataclass
+class Dlt645MeterSim:
+    """A DL/T 645-2007 meter answering reads of the identifiers in `values` (others: error 02, no data)."""
+
+    address: str
+    values: dict[int, float] = field(default_factory=dict)
+    silent: bool = False
+
+    async def answer(self, data: bytes) -> tuple[int, bytes | None] | None:
+        outcome = dlt645.parse(data)
+        if isinstance(outcome, NeedMore):
+            return 0, None
+        if not isinstance(outcome, Accepted):
+            return None
+        request = outcome.value
+        mine = address_bytes(self.address)
+        if request.is_reply or not all(w in (dlt645.WILDCARD, a) for w, a in zip(request.address, mine, strict=True)):
+            return None
+        if self.silent:
+            return outcome.consumed, None
+        if request.function == dlt645.READ_ADDRESS:
+            return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0x80 | dlt645.READ_ADDRESS, mine))
+        if request.function != dlt645.READ_DATA or request.data_id is None:
+            return outcome.consumed, None
+        identifier = request.data_id
+        fmt = dlt645.common_format(identifier)
+        if identifier not in self.values or fmt is None:
+            return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0xC0 | dlt645.READ_DATA, bytes([0x02])))
+        payload = request.data[:4] + dlt645.encode_value(self.values[identifier], fmt)
+        return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0x80 | dlt645.READ_DATA, payload))
+
+
+@dataclass
+class AsciiSensorSim:
+    """Answers `request` with `line()` (a callable, so the value can change between polls)."""
+
+    request: bytes
+    line: Callable[[], str]
+
+    async def answer(self, data: bytes) -> tuple[int, bytes | None] | None:
+        if data.startswith(self.request):
+            return len(self.request), self.line().encode("ascii")
+        if self.request.startswith(data):
+            return 0, None
+        return None

@@ -1,0 +1,135 @@
+"""DL/T 645-2007 frames and data formats: published worked examples, round trips, hostile bytes."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.dlt645 import frames
+from drivers.dlt645.frames import DataFormat, Frame
+from drivers.serial.bus import _take_reply
+from drivers.serial.frames import NEED_MORE, Accepted, FrameCounters, Rejected, Rejection, address_bytes
+
+ADDRESS = address_bytes("000012345678")
+
+
+def test_reading_forward_active_energy_sends_the_identifier_plus_33h_lowest_byte_first() -> None:
+    wire = frames.encode(frames.read_request(ADDRESS, 0x00010000))
+    assert wire.hex(" ") == "fe fe fe fe 68 78 56 34 12 00 00 68 11 04 33 33 34 33 " + \
+        f"{sum(wire[4:-2]) & 0xFF:02x} 16"
+    assert wire[4:-2].hex() == "687856341200006811043333" + "3433"
+
+
+def test_published_worked_examples_decode() -> None:
+    energy = frames.common_format(0x00010000)
+    voltage = frames.common_format(0x02010100)
+    assert energy is not None and voltage is not None
+    assert frames.decode_value(bytes.fromhex("26000000"), energy) == 0.26  # 0.26 kWh
+    assert frames.decode_value(bytes.fromhex("0110"), voltage) == 100.1  # 100.1 V
+
+
+def test_a_reply_on_the_wire_parses_with_the_offset_removed() -> None:
+    reply = Frame(ADDRESS, 0x91, bytes.fromhex("00000100") + bytes.fromhex("26000000"))
+    wire = frames.encode(reply)
+    assert wire[14:22].hex() == "3333343359333333"  # DI and value, each byte +33H
+    outcome = frames.reply_parser(frames.read_request(ADDRESS, 0x00010000))(wire)
+    assert outcome == Accepted(reply, len(wire))
+
+
+@pytest.mark.parametrize(("data_id", "fmt"), [
+    (0x00020000, DataFormat(4, 2, "kWh")), (0x02010300, DataFormat(2, 1, "V")),
+    (0x02020200, DataFormat(3, 3, "A", signed=True)), (0x02030000, DataFormat(3, 4, "kW", signed=True)),
+    (0x02060000, DataFormat(2, 3, "1", signed=True)), (0x02800002, DataFormat(2, 2, "Hz")),
+    (0x00030000, DataFormat(4, 2, "kvarh")),
+])
+def test_common_identifiers_have_their_formats(data_id: int, fmt: DataFormat) -> None:
+    assert frames.common_format(data_id) == fmt
+
+
+def test_negative_values_use_the_sign_bit_and_non_bcd_is_an_error() -> None:
+    current = DataFormat(3, 3, "A", signed=True)
+    assert frames.decode_value(bytes.fromhex("341280"), current) == -1.234
+    with pytest.raises(frames.FormatError):
+        frames.decode_value(bytes.fromhex("3A1200"), current)
+    with pytest.raises(frames.FormatError):
+        frames.decode_value(bytes.fromhex("3412"), current)
+
+
+def test_abnormal_replies_carry_the_error_byte() -> None:
+    request = frames.read_request(ADDRESS, 0x02020100)
+    wire = frames.encode(Frame(ADDRESS, 0xD1, bytes([0x02])))
+    outcome = frames.reply_parser(request)(wire)
+    assert isinstance(outcome, Accepted) and outcome.value.error == 0x02
+
+
+def test_echoes_other_meters_and_other_identifiers_are_rejected() -> None:
+    request = frames.read_request(ADDRESS, 0x00010000)
+    parse = frames.reply_parser(request)
+    assert parse(frames.encode(request)) == Rejected(Rejection.ECHO, 20)
+    other = frames.encode(Frame(address_bytes("000000000001"), 0x91, bytes.fromhex("0000010026000000")))
+    assert parse(other) == Rejected(Rejection.FOREIGN, len(other))
+    other_id = frames.encode(Frame(ADDRESS, 0x91, bytes.fromhex("0001010226000000")))
+    assert parse(other_id).kind is Rejection.MALFORMED  # type: ignore[union-attr]
+
+
+def test_a_wildcard_request_accepts_the_lone_meters_address() -> None:
+    request = frames.read_address_request()
+    assert frames.encode(request).hex(" ").startswith("fe fe fe fe 68 aa aa aa aa aa aa 68 13 00")
+    reply = frames.encode(Frame(ADDRESS, 0x93, ADDRESS))
+    outcome = frames.reply_parser(request)(reply)
+    assert isinstance(outcome, Accepted) and outcome.value.data == ADDRESS
+
+
+frames_strategy = st.builds(Frame, st.binary(min_size=6, max_size=6), st.integers(0, 255),
+                            st.binary(max_size=64))
+
+
+@given(frames_strategy, st.integers(0, 4))
+def test_decode_of_encode_is_identity(frame: Frame, wake_up: int) -> None:
+    wire = frames.encode(frame, wake_up)
+    assert frames.parse(wire) == Accepted(frame, len(wire))
+
+
+@given(frames_strategy, st.data())
+def test_a_truncated_frame_is_never_accepted(frame: Frame, data: st.DataObject) -> None:
+    wire = frames.encode(frame)
+    cut = data.draw(st.integers(0, len(wire) - 1))
+    assert frames.parse(wire[:cut]) == NEED_MORE or isinstance(frames.parse(wire[:cut]), Rejected)
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_never_raise_and_never_yield_a_reading(noise: bytes) -> None:
+    request = frames.read_request(ADDRESS, 0x00010000)
+    received = bytearray(noise)
+    counters = FrameCounters()
+    reply = _take_reply(received, frames.encode(request), frames.reply_parser(request), counters)
+    if reply is not None:  # only a frame with a valid checksum, from our meter, for our identifier
+        fmt = frames.common_format(0x00010000)
+        assert fmt is not None
+        with contextlib.suppress(frames.FormatError):
+            frames.decode_value(reply.value.data[4:], fmt)
+
+
+@given(st.binary(max_size=40).filter(lambda b: 0x68 not in b), st.floats(0, 999999.99))
+def test_the_valid_frame_after_noise_is_found(noise: bytes, value: float) -> None:
+    fmt = DataFormat(4, 2, "kWh")
+    request = frames.read_request(ADDRESS, 0x00010000)
+    reply = Frame(ADDRESS, 0x91, request.data + frames.encode_value(value, fmt))
+    received = bytearray(noise + frames.encode(reply))
+    counters = FrameCounters()
+    accepted = _take_reply(received, frames.encode(request), frames.reply_parser(request), counters)
+    assert accepted is not None
+    assert frames.decode_value(accepted.value.data[4:], fmt) == pytest.approx(round(value, 2))
+    assert counters.noise_bytes <= len(noise) and counters.replies == 0  # the bus counts replies, not _take_reply
+
+
+@given(st.sampled_from([DataFormat(4, 2, "kWh"), DataFormat(3, 3, "A", signed=True),
+                        DataFormat(2, 1, "V"), DataFormat(3, 4, "kW", signed=True)]), st.data())
+def test_values_round_trip_through_their_formats(fmt: DataFormat, data: st.DataObject) -> None:
+    low = -fmt.limit if fmt.signed else 0.0
+    units = data.draw(st.integers(round(low * 10 ** fmt.decimals), round(fmt.limit * 10 ** fmt.decimals)))
+    value = units / 10 ** fmt.decimals
+    assert frames.decode_value(frames.encode_value(value, fmt), fmt) == pytest.approx(value)
