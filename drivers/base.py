@@ -76,6 +76,10 @@ class Driver(abc.ABC):
     async def close(self) -> None:
         """Close the link. Never raises for a link that is already broken."""
 
+    def device_counters(self, device: DeviceBase) -> dict[str, int]:
+        """Protocol counters of one device (requests, exception replies, rejected frames ...) for its status."""
+        return {}
+
     def describe_requests(self, device: DeviceBase) -> list[str]:
         """Human-readable list of the requests one poll of `device` makes (for `municipal-gateway plan`)."""
         return [f"read {len(device.points)} points"]

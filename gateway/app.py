@@ -35,6 +35,9 @@ from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
 
+# Seconds between refreshes of the retained device status (state, polls, protocol counters).
+HEALTH_INTERVAL = 60.0
+
 
 def links(devices: Sequence[DeviceBase]) -> dict[str, list[DeviceBase]]:
     """Enabled devices grouped by the physical link they share."""
@@ -62,6 +65,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.publisher: Publisher | None = None
         self._registry: DeviceRegistry | None = None
+        self._drivers: dict[str, Driver] = {}  # by device id
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raise if any part fails unexpectedly."""
@@ -75,25 +79,25 @@ class Gateway:
                                  on_active_alarms=self.publisher.set_retained)
         self._announce_assets()
         self.pipeline.announce_alarm_states()
-        self.pollers = [
-            LinkPoller(link, make_driver(devices, config.state_dir),
-                       self._on_samples, self._on_failure, self._on_status)
-            for link, devices in links(config.devices).items()
-        ]
-        sinks = [asyncio.create_task(self.publisher.run(), name="publisher"),
-                 asyncio.create_task(self.pipeline.run(), name="pipeline"),
-                 asyncio.create_task(self.pipeline.run_clock(), name="processing-clock")]
+        for link, devices in links(config.devices).items():
+            driver = make_driver(devices, config.state_dir)
+            self._drivers.update((device.id, driver) for device in devices)
+            self.pollers.append(LinkPoller(link, driver, self._on_samples, self._on_failure, self._on_status))
+        publisher = asyncio.create_task(self.publisher.run(), name="publisher")
+        pipeline = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        timers = [asyncio.create_task(self.pipeline.run_clock(), name="processing-clock"),
+                  asyncio.create_task(self._report_health(), name="device-health")]
         sources = [asyncio.create_task(p.run(), name=f"link {p.name}") for p in self.pollers]
         log.info("gateway %s started: %d devices on %d links", self.gateway_id, len(mappers), len(self.pollers))
         notify("READY=1")
         try:
-            await _until_stopped_or_failed(stop, [*sinks, *sources])
+            await _until_stopped_or_failed(stop, [publisher, pipeline, *timers, *sources])
         finally:
             notify("STOPPING=1")
             await _cancel_all(sources)
-            await _cancel_all(sinks[2:])  # no more windows or alarm timers
-            await _cancel_all(sinks[1:2])  # the pipeline commits what the sources handed over
-            await _cancel_all(sinks[:1])  # the publisher announces offline and disconnects
+            await _cancel_all(timers)  # no more windows, alarm timers or health reports
+            await _cancel_all([pipeline])  # the pipeline commits what the sources handed over
+            await _cancel_all([publisher])  # the publisher announces offline and disconnects
             await buffer.close()
             self._registry.close()
             log.info("gateway %s stopped", self.gateway_id)
@@ -118,10 +122,24 @@ class Gateway:
         self.pipeline.submit_failure(device.id, reason, receive_time_ms)
 
     def _on_status(self, status: DeviceStatus) -> None:
-        assert self.publisher is not None and self._registry is not None
-        document = status.as_dict()
-        self.publisher.set_retained(self.topics.device_status(status.device.id), encode_json(document))
-        self._registry.record(document)
+        """A device changed state: publish it (retained) and remember it across restarts."""
+        assert self._registry is not None
+        self._registry.record(self._publish_status(status))
+
+    def _publish_status(self, status: DeviceStatus) -> dict[str, object]:
+        assert self.publisher is not None
+        device = status.device
+        document = status.as_dict(self._drivers[device.id].device_counters(device))
+        self.publisher.set_retained(self.topics.device_status(device.id), encode_json(document))
+        return document
+
+    async def _report_health(self) -> None:
+        """Refresh every device's retained status now and then, so its counters stay current."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL)
+            for poller in self.pollers:
+                for status in poller.statuses:
+                    self._publish_status(status)
 
 
 def _derived_by_asset(devices: Sequence[DeviceBase]) -> dict[str, list[DerivedIndicator]]:

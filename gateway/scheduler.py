@@ -57,11 +57,13 @@ class DeviceStatus:
     failures: int = 0
     next_due: float = 0.0  # monotonic seconds
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self, counters: dict[str, int] | None = None) -> dict[str, object]:
+        """The device's status document; `counters` are the driver's protocol counters for it."""
         return {
             "device": self.device.id, "state": self.state.value, "since": self.since_ms,
             "reason": self.reason, "message": self.message,
             "consecutive_failures": self.consecutive_failures, "polls": self.polls, "failures": self.failures,
+            "counters": counters or {},
         }
 
 

@@ -184,6 +184,8 @@ async def test_an_exception_from_one_unit_behind_a_modbus_gateway_leaves_the_oth
     assert {r["quality"] for r in readings(subscriber.messages)} == {"good"}
     reasons = {r["reason"] for r in readings(subscriber.messages, "city/water-supply/ps02/ps02-station/data")}
     assert reasons == {"device-exception:0B"}
+    status = json.loads(subscriber.on("city/gateway/test-gw/device/unit-7/status")[-1].payload)
+    assert status["counters"]["exception_replies"] >= 1, "the device's status counts the exception replies"
 
 
 def test_cli_read_polls_one_device_and_prints_a_table(tmp_path: Path) -> None:

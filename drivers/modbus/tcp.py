@@ -13,6 +13,7 @@ and timeouts per device, for the status report.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from drivers.base import Driver, DriverError
@@ -56,6 +57,9 @@ class ModbusTcpDriver(Driver):
 
     def describe_requests(self, device: DeviceBase) -> list[str]:
         return self._poller(device).describe()
+
+    def device_counters(self, device: DeviceBase) -> dict[str, int]:
+        return dataclasses.asdict(self.counters[device.id])
 
     async def read(self, device: DeviceBase) -> list[Sample]:
         poller = self._poller(device)

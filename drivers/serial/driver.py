@@ -13,6 +13,7 @@ protocol, imported only when configured (a bus without Modbus never imports pymo
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Sequence
 from typing import Any
@@ -89,6 +90,9 @@ class FieldBusDriver(Driver):
 
     def describe_requests(self, device: DeviceBase) -> list[str]:
         return self._device(device).describe()
+
+    def device_counters(self, device: DeviceBase) -> dict[str, int]:
+        return dataclasses.asdict(self.frame_counters[device.id])
 
     def _device(self, device: DeviceBase) -> BusDevice:
         found = self._devices.get(device.id)
