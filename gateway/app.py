@@ -12,6 +12,7 @@ committed, and the publisher goes last (announcing `offline`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,14 +20,13 @@ from pathlib import Path
 
 from drivers.base import Driver, protocols
 from gateway.buffer import Buffer
-from gateway.catalogue import DerivedIndicator
 from gateway.config.loader import GatewayConfig
 from gateway.config.models import DeviceBase
 from gateway.mapping import DeviceMapper, asset_of
 from gateway.model import Sample, now_ms
 from gateway.payload import encode_asset_description, encode_json
 from gateway.pipeline import Pipeline
-from gateway.processing import Processor
+from gateway.processing import Processor, derived_by_asset
 from gateway.publisher import Publisher
 from gateway.scheduler import DeviceStatus, LinkPoller
 from gateway.state import DeviceRegistry
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # Seconds between refreshes of the retained device status (state, polls, protocol counters).
 HEALTH_INTERVAL = 60.0
+# Seconds a stopping gateway waits for the broker to acknowledge what is still buffered.
+FLUSH_LIMIT = 5.0
 
 
 def links(devices: Sequence[DeviceBase]) -> dict[str, list[DeviceBase]]:
@@ -70,37 +72,45 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raise if any part fails unexpectedly."""
         config = self.config
-        buffer = await Buffer.open(config.buffer_path, config.main.buffer.max_bytes, config.main.buffer.synchronous)
-        self._registry = DeviceRegistry(config.state_dir / "devices.json")
-        mappers = {d.id: DeviceMapper(d, config.catalogue) for d in config.devices if d.enabled}
-        self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
-        processor = Processor(config.catalogue, config.devices, derived=_derived_by_asset(config.devices))
-        self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
-                                 on_active_alarms=self.publisher.set_retained)
-        self._announce_assets()
-        self.pipeline.announce_alarm_states()
-        for link, devices in links(config.devices).items():
-            driver = make_driver(devices, config.state_dir)
-            self._drivers.update((device.id, driver) for device in devices)
-            self.pollers.append(LinkPoller(link, driver, self._on_samples, self._on_failure, self._on_status))
-        publisher = asyncio.create_task(self.publisher.run(), name="publisher")
-        pipeline = asyncio.create_task(self.pipeline.run(), name="pipeline")
-        timers = [asyncio.create_task(self.pipeline.run_clock(), name="processing-clock"),
+        async with contextlib.AsyncExitStack() as resources:
+            buffer = await Buffer.open(config.buffer_path, config.main.buffer.max_bytes,
+                                       config.main.buffer.synchronous)
+            resources.push_async_callback(buffer.close)
+            self._registry = DeviceRegistry(config.state_dir / "devices.json")
+            resources.callback(self._registry.close)
+            mappers = {d.id: DeviceMapper(d, config.catalogue) for d in config.devices if d.enabled}
+            self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
+            processor = Processor(config.catalogue, config.devices, derived=derived_by_asset(config.devices))
+            self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
+                                     on_active_alarms=self.publisher.set_retained)
+            self._announce_assets()
+            self.pipeline.announce_alarm_states()
+            for link, devices in links(config.devices).items():
+                driver = make_driver(devices, config.state_dir)
+                self._drivers.update((device.id, driver) for device in devices)
+                self.pollers.append(LinkPoller(link, driver, self._on_samples, self._on_failure, self._on_status))
+            log.info("gateway %s starting: %d devices on %d links", self.gateway_id, len(mappers), len(self.pollers))
+            await self._run_tasks(stop, self.publisher, self.pipeline)
+            log.info("gateway %s stopped", self.gateway_id)
+
+    async def _run_tasks(self, stop: asyncio.Event, publisher: Publisher, pipeline: Pipeline) -> None:
+        """Sinks start before sources; on the way out sources stop first and the publisher last."""
+        sending = asyncio.create_task(publisher.run(), name="publisher")
+        committing = asyncio.create_task(pipeline.run(), name="pipeline")
+        timers = [asyncio.create_task(pipeline.run_clock(), name="processing-clock"),
                   asyncio.create_task(self._report_health(), name="device-health")]
         sources = [asyncio.create_task(p.run(), name=f"link {p.name}") for p in self.pollers]
-        log.info("gateway %s started: %d devices on %d links", self.gateway_id, len(mappers), len(self.pollers))
         notify("READY=1")
         try:
-            await _until_stopped_or_failed(stop, [publisher, pipeline, *timers, *sources])
+            await _until_stopped_or_failed(stop, [sending, committing, *timers, *sources])
         finally:
             notify("STOPPING=1")
             await _cancel_all(sources)
             await _cancel_all(timers)  # no more windows, alarm timers or health reports
-            await _cancel_all([pipeline])  # the pipeline commits what the sources handed over
-            await _cancel_all([publisher])  # the publisher announces offline and disconnects
-            await buffer.close()
-            self._registry.close()
-            log.info("gateway %s stopped", self.gateway_id)
+            await _cancel_all([committing])  # the pipeline commits what the sources handed over
+            if not sending.done() and not await publisher.flush(FLUSH_LIMIT):
+                log.info("stopping with readings still in the buffer; they are sent after the next start")
+            await _cancel_all([sending])  # the publisher announces offline and disconnects
 
     def _announce_assets(self) -> None:
         assert self.publisher is not None
@@ -140,14 +150,6 @@ class Gateway:
             for poller in self.pollers:
                 for status in poller.statuses:
                     self._publish_status(status)
-
-
-def _derived_by_asset(devices: Sequence[DeviceBase]) -> dict[str, list[DerivedIndicator]]:
-    by_asset: dict[str, list[DerivedIndicator]] = defaultdict(list)
-    for device in devices:
-        if device.enabled:
-            by_asset[device.asset.id].extend(device.derived)
-    return dict(by_asset)
 
 
 async def _until_stopped_or_failed(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:

@@ -90,7 +90,7 @@ class Buffer:
 
     @classmethod
     async def open(cls, path: Path, max_bytes: int,
-                   synchronous: Literal["full", "normal"] | str = "full") -> Buffer:
+                   synchronous: Literal["full", "normal"] = "full") -> Buffer:
         path.parent.mkdir(parents=True, exist_ok=True)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
 
@@ -150,7 +150,10 @@ class Buffer:
     # -- on the buffer thread ------------------------------------------------------------------------------
 
     async def _run(self, function: Callable[..., _T], *args: object) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        # Shielded: once handed to the buffer thread, a job always runs, even if the caller is cancelled.
+        # Otherwise a commit queued behind a fetch could be dropped at shutdown, losing what was read.
+        job = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        return await asyncio.shield(job)
 
     def _commit(self, messages: Sequence[Message]) -> None:
         created = now_ms()
@@ -162,27 +165,37 @@ class Buffer:
                 "INSERT INTO messages (priority, topic, body, first_seq, last_seq, created_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?)", rows)
             self._db.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = 'last_seq'", (last_seq,))
-            self._size += added
-            if self._size > self._max_bytes:
-                self._drop_oldest()
+            freed = self._drop_oldest(self._size + added - self._max_bytes)
+        self._size += added - freed  # only once the transaction has committed
 
-    def _drop_oldest(self) -> None:
-        """Delete the oldest messages of the lowest priority until the buffer fits its cap again."""
-        excess = self._size - self._max_bytes
-        victims = self._db.execute(
-            f"SELECT id, LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}, last_seq - first_seq + 1 "
-            "FROM messages ORDER BY priority, id").fetchmany(100_000)
-        dropped_ids, freed, readings = [], 0, 0
-        for row_id, size, count in victims:
+    def _drop_oldest(self, excess: int) -> int:
+        """Delete the oldest messages of the lowest priority until `excess` bytes are freed; return bytes freed.
+
+        Walks one priority at a time in id order, which the index serves directly, and stops
+        as soon as enough is freed, so a full buffer does not sort its whole table on every commit.
+        """
+        if excess <= 0:
+            return 0
+        dropped_ids: list[tuple[int]] = []
+        freed = readings = 0
+        priorities = [row[0] for row in self._db.execute("SELECT DISTINCT priority FROM messages ORDER BY priority")]
+        for priority in priorities:
+            rows = self._db.execute(
+                f"SELECT id, LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}, last_seq - first_seq + 1 "
+                "FROM messages WHERE priority = ? ORDER BY id", (priority,))
+            for row_id, size, count in rows:
+                dropped_ids.append((row_id,))
+                freed += size
+                readings += count
+                if freed >= excess:
+                    break
+            rows.close()
             if freed >= excess:
                 break
-            dropped_ids.append((row_id,))
-            freed += size
-            readings += count
         self._db.executemany("DELETE FROM messages WHERE id = ?", dropped_ids)
         self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped_messages'", (len(dropped_ids),))
         self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped_readings'", (readings,))
-        self._size -= freed
+        return freed
 
     def _fetch(self, limit: int, exclude: tuple[int, ...]) -> list[StoredMessage]:
         # Rows in flight are skipped in Python rather than with NOT IN, so the query stays a plain index scan.
@@ -201,15 +214,15 @@ class Buffer:
         return found
 
     def _ack(self, ids: tuple[int, ...]) -> None:
+        freed = 0
         with _transaction(self._db):
-            freed = 0
             for chunk in _chunks(ids, 500):
                 marks = ",".join("?" * len(chunk))
                 freed += self._db.execute(
                     f"SELECT COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) "
                     f"FROM messages WHERE id IN ({marks})", chunk).fetchone()[0]
                 self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
-            self._size -= freed
+        self._size -= freed
 
 
 @contextlib.contextmanager
@@ -217,10 +230,11 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        db.execute("COMMIT")  # inside: a failed COMMIT (a full disk) must roll back too
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 def _counter(db: sqlite3.Connection, name: str) -> int:

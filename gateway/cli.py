@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -128,8 +130,8 @@ async def _run(config: GatewayConfig) -> int:
         nonlocal signals
         signals += 1
         if signals > 1:  # a second signal: the operator does not want to wait for a clean stop
-            log.warning("second signal: exiting now")
-            raise SystemExit(EXIT_FAILURE)
+            log.warning("second signal: exiting now, without waiting for the clean stop")
+            os._exit(EXIT_FAILURE)  # even past a stop stuck in a thread (a disk sync, the MQTT thread)
         log.info("stopping (signal received)")
         stop.set()
 
@@ -142,6 +144,10 @@ async def _run(config: GatewayConfig) -> int:
         return EXIT_FAILURE
     except OSError as exc:
         log.error("cannot run: %s", exc)
+        return EXIT_FAILURE
+    except sqlite3.Error as exc:
+        log.error("the buffer %s cannot be used: %s. If the file is damaged, move it aside (its unsent "
+                  "readings are then not sent) and start again.", config.buffer_path, exc)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -12,7 +12,6 @@ outage and dropped last when the buffer is full.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -22,8 +21,6 @@ from gateway.model import AssetRef, Reading, Sample, now_ms
 from gateway.payload import encode_active_alarms, encode_alarm_events, encode_batch, encode_statistics
 from gateway.processing import Output, Processor
 from gateway.topics import Topics
-
-log = logging.getLogger(__name__)
 
 ALARM_PRIORITY = 10  # buffer priority of alarm events; readings and statistics have 0
 _T = TypeVar("_T")
@@ -44,7 +41,7 @@ class Pipeline:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.readings_committed = 0
+        self.entries_committed = 0  # readings, statistics and alarm events: each took one seq number
 
     def submit(self, device_id: str, samples: Sequence[Sample], receive_time_ms: int) -> None:
         mapper = self._mappers[device_id]
@@ -130,7 +127,7 @@ class Pipeline:
         batch, self._pending = self._pending, []
         if batch:
             await self._buffer.commit(batch)
-            self.readings_committed += sum(m.last_seq - m.first_seq + 1 for m in batch)
+            self.entries_committed += sum(m.last_seq - m.first_seq + 1 for m in batch)
         if not self._pending:
             self._idle.set()
 

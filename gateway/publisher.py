@@ -86,6 +86,7 @@ class Publisher:
         self._connected = asyncio.Event()
         # Set when the drain loop may have work: new rows in the buffer, room in the window, or a lost link.
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set when the buffer had nothing more to send and nothing is in flight
         # Rows whose PUBACK has arrived but whose deletion is not committed yet; never sent again meanwhile.
         self._acked: set[int] = set()
         self._acks_pending = asyncio.Event()
@@ -102,6 +103,22 @@ class Publisher:
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
+
+    async def flush(self, limit: float) -> bool:
+        """Wait up to `limit` seconds for everything in the buffer to be acknowledged (at shutdown).
+
+        Returns False when not connected or not done in time; what is left stays in the buffer.
+        """
+        if not self.connected:
+            return False
+        self._idle.clear()
+        self._wake.set()  # make the drain loop look at the buffer afresh
+        try:
+            async with asyncio.timeout(limit):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def set_retained(self, topic: str, body: bytes) -> None:
         """Publish `body` retained on `topic` now if connected, and again after every reconnect."""
@@ -204,6 +221,8 @@ class Publisher:
                     self._send(link, row)
             # Rows may be left over only when the window was the limit; then PUBACKs must wake us too.
             self._backlogged = room <= 0 or len(rows) == room
+            if not rows and not link.inflight:
+                self._idle.set()  # everything committed so far is acknowledged
             await self._wake.wait()
 
     def _send(self, link: _Link, row: StoredMessage) -> None:
@@ -227,7 +246,7 @@ class Publisher:
             return  # a status or retained message; not from the buffer
         self.stats.acked += 1
         self._delete_soon(row_id)
-        if self._backlogged and len(link.inflight) <= self._refill_at:
+        if (self._backlogged and len(link.inflight) <= self._refill_at) or not link.inflight:
             self._wake.set()
 
     def _delete_soon(self, row_id: int) -> None:

@@ -108,7 +108,7 @@ class LinkPoller:
         started = self._clock()
         try:
             # A safety net only: drivers enforce the per-request timeout themselves.
-            async with asyncio.timeout(device.timeout * _STUCK_POLL_FACTOR):
+            async with asyncio.timeout(device.timeout * _STUCK_POLL_FACTOR) as guard:
                 if not self._connected:
                     await self.driver.connect()
                     self._connected = True
@@ -119,6 +119,8 @@ class LinkPoller:
             await self._failed(status, exc, started)
             return
         except TimeoutError:
+            if not guard.expired():
+                raise  # not our safety net: a driver let its own timeout escape, which is a bug to surface
             stuck = DriverError(f"poll took longer than {device.timeout * _STUCK_POLL_FACTOR:g} s", "timeout")
             await self._failed(status, stuck, started)
             return

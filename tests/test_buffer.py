@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,20 @@ async def test_both_sync_modes_open(tmp_path: Path, synchronous: str) -> None:
     await buffer.commit([message(1)])
     assert (await buffer.stats()).messages == 1
     await buffer.close()
+
+
+async def test_a_commit_cancelled_while_waiting_for_the_buffer_thread_still_lands(tmp_path: Path) -> None:
+    """At shutdown the pipeline's commit may be cancelled while the thread is busy with a fetch: not a loss."""
+    path = tmp_path / "b.sqlite"
+    buffer = await Buffer.open(path, max_bytes=10**6)
+    release = threading.Event()
+    busy = asyncio.ensure_future(buffer._run(release.wait, 10))  # the thread is busy (as with a slow fetch)
+    commit = asyncio.create_task(buffer.commit([message(1)]))
+    await asyncio.sleep(0)  # let the commit queue up behind the busy job
+    commit.cancel()
+    release.set()
+    await busy
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    await buffer.close()
+    assert read_stats(path).messages == 1

@@ -73,10 +73,10 @@ async def test_every_reading_taken_while_the_broker_is_down_arrives_in_order(
         await subscriber.wait_count(2, DATA_TOPIC)
         broker.stop()
         assert gateway.pipeline is not None
-        during = gateway.pipeline.readings_committed
-        await eventually(lambda: gateway.pipeline is not None and gateway.pipeline.readings_committed >= during + 15,
+        during = gateway.pipeline.entries_committed
+        await eventually(lambda: gateway.pipeline is not None and gateway.pipeline.entries_committed >= during + 15,
                          "five polls committed while the broker is down")
-        taken_while_down = gateway.pipeline.readings_committed
+        taken_while_down = gateway.pipeline.entries_committed
         broker.start()
         await subscriber.wait_for(lambda messages: len(set(seqs(messages))) >= taken_while_down,
                                   "every reading taken so far")
@@ -93,7 +93,7 @@ async def test_gateway_starts_with_the_broker_down_and_delivers_once_it_is_up(
     broker = broker_factory(start=False)
     config = write_config(tmp_path, broker.port, [modbus_device("plc-1", station.port)])
     async with running(config) as gateway:
-        await eventually(lambda: gateway.pipeline is not None and gateway.pipeline.readings_committed >= 6,
+        await eventually(lambda: gateway.pipeline is not None and gateway.pipeline.entries_committed >= 6,
                          "polls buffered without a broker")
         broker.start()
         subscriber = await mqtt_subscriber(broker, DATA_TOPIC)
@@ -216,7 +216,7 @@ def test_cli_buffer_reports_depth_and_device_states(tmp_path: Path) -> None:
         config = write_config(tmp_path, 1, [modbus_device("plc-1", simulator.port)])  # nothing listens on port 1
         try:
             async with running(config) as gateway:
-                await eventually(lambda: gateway.pipeline is not None and gateway.pipeline.readings_committed >= 6)
+                await eventually(lambda: gateway.pipeline is not None and gateway.pipeline.entries_committed >= 6)
         finally:
             await simulator.stop()
 

@@ -63,6 +63,7 @@ class _Loader:
     _fed: dict[tuple[str, str], str] = field(default_factory=dict)
     # Where each valid device was written (its keys' locations and its path), for checks across devices.
     _written: dict[str, tuple[LocatedDict, str]] = field(default_factory=dict)
+    _derived_written: dict[str, Any] = field(default_factory=dict)  # device id -> its raw `derived:` list
 
     # -- small helpers ------------------------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ class _Loader:
             self.issue(raw.location, f"{path}.protocol",
                        f"required key missing; expected one of: {', '.join(sorted(known))}")
             return None, raw
-        if protocol not in known:
+        if not isinstance(protocol, str) or protocol not in known:
             self.issue(raw.where("protocol"), f"{path}.protocol",
                        f"unknown protocol {protocol!r}; expected one of: {', '.join(sorted(known))}"
                        + suggest(str(protocol), known))
@@ -187,9 +188,9 @@ class _Loader:
         if raw.get("profile") != file.stem:
             self.issue(raw.where("profile"), "profile",
                        f"expected the profile name {file.stem!r} (the file name), found {raw.get('profile')!r}")
-        if not isinstance(raw.get("points", []), LocatedList):
+        if "points" in raw and not isinstance(raw["points"], LocatedList):
             self.issue(raw.where("points"), "points", f"expected a list of points, found {_kind(raw['points'])}")
-        if not isinstance(raw.get("defaults", {}), LocatedDict):
+        if "defaults" in raw and not isinstance(raw["defaults"], LocatedDict):
             self.issue(raw.where("defaults"), "defaults", f"expected a mapping, found {_kind(raw['defaults'])}")
         return raw if len(self.issues) == problems else None
 
@@ -203,8 +204,45 @@ class _Loader:
                        f"first used at {self._device_ids[device.id]}")
         self._device_ids.setdefault(device.id, str(raw.where("id")))
         self._written.setdefault(device.id, (located_dict(raw.location, key_locations=raw.key_locations), path))
+        if device.derived:
+            self._derived_written[device.id] = raw.get("derived")
         self.check_asset(device, raw, path, catalogue)
         self.check_points(device, raw, path, catalogue)
+
+    def check_derived(self, devices: Sequence[DeviceBase], catalogue: Catalogue) -> None:
+        """Derived indicators must be in the catalogue and computed from indicators their asset has."""
+        available: dict[str, set[str]] = {}
+        for (asset_id, indicator_id) in self._fed:
+            available.setdefault(asset_id, set()).add(indicator_id)
+        for device in devices:
+            for rule in device.derived:
+                if catalogue.indicator(rule.indicator) is not None:
+                    available.setdefault(device.asset.id, set()).add(rule.indicator)
+        for device in devices:
+            written = self._derived_written.get(device.id)
+            _, path = self._written[device.id]
+            for index, rule in enumerate(device.derived):
+                entry = written[index] if isinstance(written, LocatedList) else None
+                where = entry.where("indicator") if isinstance(entry, LocatedDict) else None
+                rule_path = f"{path}.derived[{index}]"
+                if catalogue.indicator(rule.indicator) is None:
+                    self.issue(where, f"{rule_path}.indicator",
+                               f"unknown indicator {rule.indicator!r}; expected an indicator id from the catalogue"
+                               + suggest(rule.indicator, [i.id for i in catalogue.indicators]))
+                has = available.get(device.asset.id, set())
+                for name in sorted(rule.inputs() - has):
+                    self.issue(where, rule_path,
+                               f"input {name!r} is not an indicator of asset {device.asset.id!r}; expected one of: "
+                               f"{', '.join(sorted(has))}" + suggest(name, has))
+
+    def check_processing(self, devices: Sequence[DeviceBase], catalogue: Catalogue) -> None:
+        """Build the processing rules once, as the gateway will, so what fails there fails in `check`."""
+        from gateway.processing import Processor, derived_by_asset
+
+        try:
+            Processor(catalogue, devices, derived=derived_by_asset(devices))
+        except ValueError as exc:
+            self.issue(None, "processing", str(exc))
 
     def check_links(self, devices: Sequence[DeviceBase]) -> None:
         """Devices sharing a link (a serial port, a TCP gateway) must agree; their protocol says how."""
@@ -284,6 +322,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Gateway
                     loader.check_device(device, merged_raw, device_path, catalogue)
     if catalogue is not None:
         loader.check_links(devices)
+        loader.check_derived(devices, catalogue)
+    if not loader.issues and catalogue is not None:
+        loader.check_processing(devices, catalogue)
     if loader.issues or catalogue is None:
         raise ConfigError(loader.issues)
     return GatewayConfig(path.resolve(), main, catalogue, devices)
@@ -315,21 +356,20 @@ def _merge_profile(profile: LocatedDict, device: LocatedDict) -> LocatedDict:
     The device's own keys win over the profile's defaults; a device point whose
     name matches a profile point overrides that point's keys; other device
     points are added. Every key keeps the location of the file it came from.
+    Entries of the wrong shape are passed through untouched for validation to report.
     """
     defaults = profile.get("defaults") or located_dict(profile.location)
     merged = located_dict(device.location, {**defaults, **device}, {**defaults.key_locations, **device.key_locations})
-    own_points = device.get("points") or LocatedList()
-    own_by_name = {p.get("name"): p for p in own_points if isinstance(p, LocatedDict)}
+    own_points = device.get("points", LocatedList())
+    if not isinstance(own_points, LocatedList):
+        return merged  # not a list: validation says so, at the device's `points:`
+    own_by_name = {_point_name(p): p for p in own_points if _point_name(p) is not None}
     points = LocatedList()
     points.location = getattr(own_points, "location", profile.location)
     points.item_locations = []
     profile_points = profile.get("points") or LocatedList()
     for index, point in enumerate(profile_points):
-        if not isinstance(point, LocatedDict):
-            points.append(point)
-            points.item_locations.append(profile_points.where(index))
-            continue
-        override = own_by_name.pop(point.get("name"), None)
+        override = own_by_name.pop(_point_name(point) or "", None)
         if override is None:
             points.append(point)
             points.item_locations.append(profile_points.where(index))
@@ -338,11 +378,19 @@ def _merge_profile(profile: LocatedDict, device: LocatedDict) -> LocatedDict:
                                        {**point.key_locations, **override.key_locations}))
             points.item_locations.append(override.location)
     for index, point in enumerate(own_points):
-        if not isinstance(point, LocatedDict) or point.get("name") in own_by_name:
+        name = _point_name(point)
+        if name is None or name in own_by_name:  # added by the device (or malformed: validation reports it)
             points.append(point)
             points.item_locations.append(own_points.where(index))
     merged["points"] = points
     return merged
+
+
+def _point_name(point: Any) -> str | None:
+    """The name of a point mapping, or None when it is not a mapping with a string name."""
+    if isinstance(point, LocatedDict) and isinstance(point.get("name"), str):
+        return str(point["name"])
+    return None
 
 
 # -- pydantic errors, located -------------------------------------------------------------------------------

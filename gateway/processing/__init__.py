@@ -307,6 +307,15 @@ class Processor:
 _DEFAULT = object()
 
 
+def derived_by_asset(devices: Sequence[DeviceBase]) -> dict[str, list[DerivedIndicator]]:
+    """The `derived:` rules of enabled devices, gathered per asset (inputs may come from any of its devices)."""
+    by_asset: dict[str, list[DerivedIndicator]] = {}
+    for device in devices:
+        if device.enabled and device.derived:
+            by_asset.setdefault(device.asset.id, []).extend(device.derived)
+    return by_asset
+
+
 def _hold_ms(poll_interval: float) -> int:
     """How long a sample stands for in statistics: three polls, so one missed poll leaves no gap."""
     return max(1_000, round(3 * poll_interval * 1000))
