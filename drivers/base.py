@@ -37,6 +37,10 @@ class DriverError(Exception):
         self.link_lost = link_lost
 
 
+class ProtocolUnavailable(Exception):
+    """A configured protocol whose library is not installed (e.g. asyncua for OPC-UA)."""
+
+
 class WriteRefused(Exception):
     """A write to a point that is not declared writable, or that the protocol cannot write."""
 
@@ -93,7 +97,15 @@ class Protocol:
 
     def driver_class(self) -> type[Driver]:
         module_name, _, class_name = self.driver_path.partition(":")
-        driver: Any = getattr(importlib.import_module(module_name), class_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] in ("drivers", "gateway"):
+                raise  # our own module missing is a bug, not an installation choice
+            raise ProtocolUnavailable(
+                f"protocol {self.name!r} needs the Python package {exc.name!r}, which is not installed here "
+                f"(for OPC-UA: pip install 'municipal-gateway[opcua]')") from None
+        driver: Any = getattr(module, class_name)
         return driver  # type: ignore[no-any-return]
 
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from drivers.base import ProtocolUnavailable
 from gateway import __version__
 from gateway.config.errors import ConfigError
 from gateway.config.loader import GatewayConfig, load_config
@@ -37,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_CONFIG
+    except ProtocolUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
 
