@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -174,4 +175,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # Figures only: the expected disconnects of the restart scenario are reported by the driver already.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+    logging.getLogger("gateway.scheduler").setLevel(logging.ERROR)
     asyncio.run(main())
