@@ -1,10 +1,14 @@
 """`municipal-gateway demo`: simulated stations, a broker, the gateway and a live view, in one command.
 
 Everything runs on 127.0.0.1 with free ports and a throw-away state directory:
-- the example stations of config/demo/ (a water pumping station PLC and a
-  lighting-cabinet energy meter) as Modbus TCP simulators with moving values;
+- the example stations of config/demo/, simulated with moving values: a water pumping station PLC and a
+  lighting-cabinet energy meter on Modbus TCP; a gas pressure-regulating station on OPC-UA, in its own
+  process (drivers/opcua/simulator.py) so that its server never holds up the demo's event loop; and a
+  district metering station's RS-485 bus (a Modbus RTU controller, a CJ/T 188 water meter and a DL/T 645
+  electricity meter) on the far end of a pseudo-terminal, which the gateway opens as its serial port;
 - mosquitto when installed, otherwise amqtt, an embedded Python broker;
-- the gateway itself, with the demo configuration (ports and state directory overridden);
+- the gateway itself, with the demo configuration (ports, endpoint, serial port and state directory
+  overridden, all in `_demo_config`);
 - a subscriber showing what an operator at the centre receives.
 """
 
@@ -12,30 +16,56 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import functools
 import getpass
+import importlib.util
 import json
+import math
 import os
+import random
 import shutil
 import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from drivers.modbus.config import ModbusTcpDevice
+from drivers.cjt188.config import Cjt188Device, Cjt188Field
+from drivers.dlt645.config import Dlt645Device
+from drivers.modbus.config import ModbusDeviceBase, ModbusTcpDevice
+from drivers.modbus.rtu_config import ModbusRtuDevice
+from drivers.opcua.config import OpcUaDevice
+from drivers.serial.config import SerialDevice
+from drivers.serial.simulator import Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
 from gateway.app import Gateway
+from gateway.catalogue import Catalogue, IndicatorKind
 from gateway.config.loader import GatewayConfig, load_config
+from gateway.config.models import DeviceBase, PointBase
+from gateway.mapping import point_mapping
 from gateway.model import format_time_ms
 from gateway.publisher import Watcher
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "config" / "demo"
+if TYPE_CHECKING:
+    from drivers.modbus.fieldsim import FieldSimulator  # imported when needed: it imports pymodbus
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = ROOT / "config" / "demo"
+# Seconds a child process (broker, OPC-UA station) gets to start, and to stop before it is killed.
+CHILD_START_LIMIT = 20.0
+CHILD_STOP_LIMIT = 5.0
+Band = tuple[float, float]
+
+
+class DemoError(Exception):
+    """A part of the demo could not start; the message says which and why."""
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -44,30 +74,32 @@ def run_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     view = PlainView() if args.plain or not sys.stdout.isatty() else LiveView()
-    return asyncio.run(_demo(args.seconds, view, args.embedded_broker))
+    try:
+        return asyncio.run(_demo(args.seconds, view, args.embedded_broker))
+    except DemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _demo(seconds: float | None, view: View, embedded_broker: bool) -> int:
-    from drivers.modbus.fieldsim import FieldSimulator
-
     config = load_config(DEMO_DIR / "gateway.yaml")
-    typical = yaml.safe_load((DEMO_DIR / "simulation.yaml").read_text())
-    devices = [d for d in config.devices if isinstance(d, ModbusTcpDevice)]
-    simulator = FieldSimulator(devices, config.catalogue, typical={k: tuple(v) for k, v in typical.items()},
-                               free_ports=True)
+    typical = {key: (float(low), float(high))
+               for key, (low, high) in yaml.safe_load((DEMO_DIR / "simulation.yaml").read_text()).items()}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
-    with tempfile.TemporaryDirectory(prefix="municipal-gateway-demo-") as state_dir:
-        await simulator.start()
-        async with _broker(Path(state_dir), embedded_broker) as (broker_port, broker_name):
-            config = _demo_config(config, simulator.port_map, broker_port, Path(state_dir))
+    with tempfile.TemporaryDirectory(prefix="municipal-gateway-demo-") as workdir:
+        state_dir = Path(workdir)
+        # Leaving these blocks stops everything in reverse order: the gateway is already gone by then.
+        async with _simulated_field(config, typical, state_dir) as field, \
+                _broker(state_dir, embedded_broker) as (broker_port, broker_name):
+            config = _demo_config(config, field, broker_port, state_dir)
             watcher = Watcher("127.0.0.1", broker_port, f"{config.main.mqtt.topic_prefix}/#")
             await watcher.start()
-            view.started(broker_name, broker_port, config)
+            view.started(broker_name, broker_port, config, field.left_out)
             gateway_task = asyncio.create_task(Gateway(config).run(stop), name="gateway")
-            mover = asyncio.create_task(_move_values(simulator), name="simulated values")
+            mover = asyncio.create_task(_move_values(field), name="simulated values")
             viewer = asyncio.create_task(_show(watcher, view), name="view")
             if seconds is not None:
                 loop.call_later(seconds, stop.set)
@@ -85,13 +117,23 @@ async def _demo(seconds: float | None, view: View, embedded_broker: bool) -> int
                                            b'"offline"')
             view.update(watcher.take())
             watcher.close()
-        await simulator.stop()
     return view.finish()
 
 
-def _demo_config(config: GatewayConfig, ports: dict[int, int], broker_port: int, state_dir: Path) -> GatewayConfig:
-    devices = [d.model_copy(update={"port": ports[d.port]}) if isinstance(d, ModbusTcpDevice) else d
-               for d in config.devices]
+def _demo_config(config: GatewayConfig, field: SimulatedField, broker_port: int, state_dir: Path) -> GatewayConfig:
+    """The demo configuration pointed at what runs now: every setting only known at run time is set here."""
+    devices: list[DeviceBase] = []
+    for device in config.devices:
+        if device.protocol in field.left_out:
+            continue
+        update: dict[str, object] = {}
+        if isinstance(device, ModbusTcpDevice):
+            update = {"port": field.modbus_ports[device.port]}
+        elif isinstance(device, OpcUaDevice):
+            update = {"endpoint": field.opcua_endpoint}
+        elif isinstance(device, SerialDevice):
+            update = {"port": str(field.serial_paths[device.port])}
+        devices.append(device.model_copy(update=update))
     main = config.main.model_copy(update={
         "mqtt": config.main.mqtt.model_copy(update={"port": broker_port}),
         "gateway": config.main.gateway.model_copy(update={"state_dir": state_dir}),
@@ -100,10 +142,10 @@ def _demo_config(config: GatewayConfig, ports: dict[int, int], broker_port: int,
     return dataclasses.replace(config, main=main, devices=devices)
 
 
-async def _move_values(simulator: Any) -> None:
+async def _move_values(field: SimulatedField) -> None:
     started = time.monotonic()
     while True:
-        simulator.move(time.monotonic() - started)
+        field.move(time.monotonic() - started)
         await asyncio.sleep(0.5)
 
 
@@ -111,6 +153,180 @@ async def _show(watcher: Watcher, view: View) -> None:
     while True:
         await asyncio.sleep(1.0)
         view.update(watcher.take())
+
+
+# -- the simulated field ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SimulatedField:
+    """Where the demo's simulated devices can be reached, and how to move their values."""
+
+    modbus_ports: dict[int, int]  # configured TCP port -> the port served
+    serial_paths: dict[str, Path]  # configured serial port -> the pseudo-terminal standing in for it
+    opcua_endpoint: str | None  # the simulated station's endpoint (all OPC-UA devices of the demo use it)
+    move: Callable[[float], None]  # sets every value the demo itself simulates to `seconds` into the demo
+    left_out: dict[str, str]  # protocol -> why its devices are not part of this run
+
+
+@contextlib.asynccontextmanager
+async def _simulated_field(config: GatewayConfig, typical: Mapping[str, Band],
+                           workdir: Path) -> AsyncIterator[SimulatedField]:
+    """Every device of the demo configuration, simulated, until the block is left."""
+    from drivers.modbus.fieldsim import FieldSimulator
+
+    modbus = FieldSimulator([d for d in config.devices if isinstance(d, ModbusDeviceBase)], config.catalogue,
+                            typical=typical, free_ports=True)
+    buses = SerialBuses([d for d in config.devices if isinstance(d, SerialDevice)], modbus, config.catalogue,
+                        typical, workdir)
+    left_out: dict[str, str] = {}
+    wants_opcua = any(isinstance(d, OpcUaDevice) for d in config.devices)
+    if wants_opcua and importlib.util.find_spec("asyncua") is None:
+        left_out["opcua"] = "asyncua is not installed (pip install 'municipal-gateway[opcua]')"
+    async with contextlib.AsyncExitStack() as running:
+        endpoint = None
+        if wants_opcua and "opcua" not in left_out:
+            endpoint = await running.enter_async_context(_opcua_station(workdir))
+        await modbus.start()
+        running.push_async_callback(modbus.stop)
+        await buses.start()
+        running.push_async_callback(buses.stop)
+
+        def move(seconds: float) -> None:
+            modbus.move(seconds)
+            buses.move(seconds)
+
+        yield SimulatedField(modbus.port_map, buses.paths, endpoint, move, left_out)
+
+
+@contextlib.asynccontextmanager
+async def _opcua_station(workdir: Path) -> AsyncIterator[str]:
+    """The gas station's OPC-UA server in a process of its own; yields its endpoint once it accepts clients."""
+    log_file = workdir / "opcua-station.log"
+    with log_file.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "drivers.opcua.simulator", "--port", str(_free_port()), "--demo",
+            # stdin: the station also stops when the demo dies and the pipe closes.
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+            process_group=0)  # Ctrl-C goes to the demo alone, which stops the station after the gateway
+        try:
+            assert process.stdout is not None
+            try:
+                async with asyncio.timeout(CHILD_START_LIMIT):
+                    ready = await process.stdout.readline()
+            except TimeoutError:
+                ready = b""
+            if not ready.startswith(b"ready "):
+                raise DemoError("the simulated OPC-UA station did not start:\n"
+                                + log_file.read_text(errors="replace")[-2000:])
+            yield ready.split()[1].decode()
+        finally:
+            await _end(process)
+
+
+class SerialBuses:
+    """Each serial port of the configuration as a pseudo-terminal, with its devices simulated on the far end:
+    Modbus RTU units from the Modbus field simulator, CJ/T 188 and DL/T 645 meters with moving readings."""
+
+    def __init__(self, devices: Sequence[SerialDevice], modbus: FieldSimulator, catalogue: Catalogue,
+                 typical: Mapping[str, Band], workdir: Path) -> None:
+        self._catalogue, self._typical = catalogue, typical
+        self._random = random.Random(1)
+        self._movers: list[Callable[[float], None]] = []  # each sets one reading to `seconds` into the demo
+        on_port: dict[str, list[SerialDevice]] = collections.defaultdict(list)
+        for device in devices:
+            on_port[device.port].append(device)
+        self.paths = {port: workdir / f"ttyRS485-{index}" for index, port in enumerate(on_port)}
+        self.buses: list[SimulatedBus] = []
+        for port, these in on_port.items():
+            slaves = [slave for device in these if (slave := self._meter(device)) is not None]
+            if any(isinstance(device, ModbusRtuDevice) for device in these):
+                slaves.append(modbus.rtu_slaves(port))
+            settings = these[0].serial  # the loader has checked that every device on a port agrees
+            # Replies take as long as on a real line at the configured rate.
+            self.buses.append(SimulatedBus(self.paths[port], slaves, baud=settings.baud,
+                                           bits_per_char=round(settings.char_time * settings.baud)))
+
+    def _meter(self, device: SerialDevice) -> Slave | None:
+        if isinstance(device, Dlt645Device):
+            dlt645 = Dlt645MeterSim(device.address)
+            for dlt_point in device.points:
+                self._follow(device, dlt_point, functools.partial(dlt645.values.__setitem__, dlt_point.identifier))
+            return dlt645
+        if isinstance(device, Cjt188Device):
+            cjt188 = Cjt188MeterSim(device.address, device.meter_type_code, device.data_id_order)
+
+            # Volumes go in hundredths of m3 (the simulator's unit byte says m3); the status word stays at
+            # "valve open, battery fine".
+            def volume(value: float) -> None:
+                cjt188.volume_hundredths = round(value * 100)
+
+            def settlement_volume(value: float) -> None:
+                cjt188.settlement_hundredths = round(value * 100)
+
+            for cjt_point in device.points:
+                if cjt_point.field is Cjt188Field.VOLUME:
+                    self._follow(device, cjt_point, volume)
+                elif cjt_point.field is Cjt188Field.SETTLEMENT_VOLUME:
+                    self._follow(device, cjt_point, settlement_volume)
+            return cjt188
+        return None  # Modbus RTU units come from the Modbus field simulator
+
+    def _follow(self, device: SerialDevice, point: PointBase, set_value: Callable[[float], None]) -> None:
+        """Move `point` along its typical values, handing `set_value` the meter's own reading."""
+        indicator = self._catalogue.indicator(point.indicator)
+        assert indicator is not None, "devices come from a validated configuration"
+        mapping = point_mapping(point, self._catalogue)
+        band = (self._typical.get(f"{device.asset.id}/{point.indicator}") or self._typical.get(point.indicator)
+                or (mapping.low or 0.0, mapping.high or 100.0))
+        wander = _Wander(*band, counter=indicator.kind is IndicatorKind.COUNTER,
+                         phase=self._random.uniform(0, 2 * math.pi))
+        self._movers.append(lambda seconds: set_value((wander.at(seconds) - mapping.shift) / mapping.scale))
+
+    async def start(self) -> None:
+        self.move(0.0)
+        for bus in self.buses:
+            await bus.start()
+
+    async def stop(self) -> None:
+        for bus in self.buses:
+            await bus.stop()
+
+    def move(self, seconds: float) -> None:
+        for mover in self._movers:
+            mover(seconds)
+
+
+@dataclasses.dataclass
+class _Wander:
+    """A measurement along a slow wave between `low` and `high` (canonical unit); for a counter,
+    a reading that starts at `low` and grows by about `high` per hour."""
+
+    low: float
+    high: float
+    counter: bool
+    phase: float
+
+    def at(self, seconds: float) -> float:
+        if self.counter:
+            return self.low + self.high * seconds / 3600
+        return self.low + (self.high - self.low) * (0.5 + 0.4 * math.sin(seconds / 30 + self.phase))
+
+
+# -- child processes and the broker --------------------------------------------------------------------------
+
+async def _end(process: asyncio.subprocess.Process) -> None:
+    """Stop a child process (SIGTERM, then SIGKILL after CHILD_STOP_LIMIT) and wait for it."""
+    with contextlib.suppress(ProcessLookupError):  # it has already exited
+        process.terminate()
+    try:
+        async with asyncio.timeout(CHILD_STOP_LIMIT):
+            await process.wait()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+    if process.stdin is not None:
+        process.stdin.close()
 
 
 @contextlib.asynccontextmanager
@@ -122,15 +338,15 @@ async def _broker(workdir: Path, embedded: bool) -> AsyncIterator[tuple[int, str
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
                         "persistence false\nlog_dest none\n")
+        # Its own process group: Ctrl-C reaches the demo alone, which stops the broker after the gateway.
         process = await asyncio.create_subprocess_exec(mosquitto, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL,
-                                                       stderr=asyncio.subprocess.DEVNULL)
+                                                       stderr=asyncio.subprocess.DEVNULL, process_group=0)
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(CHILD_START_LIMIT):
                 await _wait_listening(port)
             yield port, "mosquitto"
         finally:
-            process.terminate()
-            await process.wait()
+            await _end(process)
         return
     from amqtt.broker import Broker
 
@@ -163,6 +379,20 @@ async def _wait_listening(port: int) -> None:
 
 # -- what the subscriber shows ------------------------------------------------------------------------------
 
+def _numbered(topic: str, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The entries of a data, stats or alarm message (readings, windows or events), each of which took one
+    sequence number, and their kind; ("", []) for other messages. Together they are everything the gateway
+    numbered, so their numbers have no gaps."""
+    if topic.endswith(("/data", "/stats", "/alarm")):
+        for kind in ("readings", "windows", "events"):
+            if kind in body:
+                return kind, body[kind]
+    return "", []
+
+
+_KIND_NAMES = {"readings": "readings", "windows": "statistics", "events": "alarm events"}
+
+
 @dataclasses.dataclass
 class _Latest:
     value: object
@@ -179,18 +409,26 @@ class View:
         self.bad = 0
         self.historical = 0
         self.seqs: set[int] = set()
+        self.numbered: collections.Counter[str] = collections.Counter()  # entries per kind (see _numbered)
         self.latest: dict[tuple[str, str], _Latest] = {}
         self.status: dict[str, str] = {}
         self.started_at = time.monotonic()
 
-    def started(self, broker: str, port: int, config: GatewayConfig) -> None:
-        print(f"demo: broker {broker} on 127.0.0.1:{port}; {len(config.devices)} simulated devices; "
+    def started(self, broker: str, port: int, config: GatewayConfig, left_out: Mapping[str, str]) -> None:
+        protocols = collections.Counter(d.protocol for d in config.devices)
+        print(f"demo: broker {broker} on 127.0.0.1:{port}; {len(config.devices)} simulated devices "
+              f"({', '.join(f'{n} {protocol}' for protocol, n in protocols.items())}); "
               f"gateway {config.main.gateway.id}. Subscribe with: mosquitto_sub -p {port} -t 'city/#' -v")
+        for protocol, why in left_out.items():
+            print(f"demo: the {protocol} devices are left out: {why}")
 
     def update(self, messages: list[tuple[str, bytes]]) -> None:
         for topic, payload in messages:
             self.messages += 1
             body = json.loads(payload) if payload else {}
+            kind, entries = _numbered(topic, body)
+            self.numbered[kind] += len(entries)
+            self.seqs.update(entry["seq"] for entry in entries)
             if topic.endswith("/data"):
                 self._data(topic, body)
             elif topic.endswith("/status"):
@@ -202,13 +440,13 @@ class View:
         for reading in body["readings"]:
             self.readings += 1
             self.bad += reading["quality"] != "good"
-            self.seqs.add(reading["seq"])
             self.latest[(asset, reading["indicator"])] = _Latest(
                 reading["value"], reading["unit"], reading["quality"], reading["seq"], reading["ts"])
 
     def finish(self) -> int:
         complete = bool(self.seqs) and len(self.seqs) == max(self.seqs) - min(self.seqs) + 1
-        print(f"\ndemo finished: {self.messages} messages, {self.readings} readings ({self.bad} not good); "
+        print(f"\ndemo finished: {self.messages} messages, {self.readings} readings ({self.bad} not good), "
+              f"{self.numbered['windows']} statistics, {self.numbered['events']} alarm events; "
               f"sequence numbers {min(self.seqs, default=0)}..{max(self.seqs, default=0)} "
               f"{'complete' if complete else 'with gaps'}")
         return 0 if self.readings else 1
@@ -220,35 +458,74 @@ class PlainView(View):
     def update(self, messages: list[tuple[str, bytes]]) -> None:
         for topic, payload in messages:
             body = json.loads(payload) if payload else {}
-            if topic.endswith("/data"):
-                readings = body["readings"]
-                bad = sum(r["quality"] != "good" for r in readings)
-                print(f"{topic}: {len(readings)} readings, seq {readings[0]['seq']}..{readings[-1]['seq']}"
-                      + (f", {bad} not good" if bad else ""))
-            else:
+            kind, entries = _numbered(topic, body)
+            if not entries:
                 print(f"{topic}: {payload[:100].decode(errors='replace')}")
+                continue
+            bad = sum(entry.get("quality", "good") != "good" for entry in entries)
+            print(f"{topic}: {len(entries)} {_KIND_NAMES[kind]}, seq {entries[0]['seq']}..{entries[-1]['seq']}"
+                  + (f", {bad} not good" if bad else ""))
         super().update(messages)
 
 
 class LiveView(View):
-    """A table of the latest value of every indicator, redrawn every second."""
+    """A table of the latest value of every indicator, redrawn every second to fit the terminal."""
 
     def update(self, messages: list[tuple[str, bytes]]) -> None:
         super().update(messages)
+        size = shutil.get_terminal_size()
         lines = [
-            f"municipal-gateway demo — {time.monotonic() - self.started_at:5.0f} s — {self.messages} messages, "
-            f"{self.readings} readings ({self.bad} not good) — Ctrl-C to stop",
-            *(f"  {topic.split('/', 1)[1]}: {state}" for topic, state in sorted(self.status.items())),
+            f"demo, {time.monotonic() - self.started_at:.0f} s: {self.messages} messages, {self.readings} readings "
+            f"({self.bad} not good). Ctrl-C stops it.",
+            *self._status_lines(),
             "",
-            f"  {'asset':<16} {'indicator':<24} {'value':>12} {'unit':<6} {'quality':<8} {'seq':>7}  time",
         ]
-        room = max(5, shutil.get_terminal_size().lines - len(lines) - 2)
-        rows = sorted(self.latest.items())
-        if len(rows) > room:
-            lines[0] += f" — showing {room} of {len(rows)} indicators"
-        for (asset, indicator), latest in rows[:room]:
-            value = f"{latest.value:.4g}" if isinstance(latest.value, float) else str(latest.value)
-            lines.append(f"  {asset:<16} {indicator:<24} {value:>12} {latest.unit:<6} {latest.quality:<8} "
-                         f"{latest.seq:>7}  {format_time_ms(latest.ts)[11:23]}")
-        sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+        # Room for the table's header, a line saying what does not fit, and the cursor's line.
+        room = max(5, size.lines - len(lines) - 3)
+        rows = _fair_share(sorted(self.latest.items()), room)
+        asset_width = max((len(asset) for (asset, _), _ in rows), default=5)
+        indicator_width = max((len(indicator) for (_, indicator), _ in rows), default=9)
+        lines.append(f"  {'asset':<{asset_width}} {'indicator':<{indicator_width}} {'value':>10} {'unit':<5} "
+                     f"{'quality':<7} {'seq':>7}  time")
+        for (asset, indicator), latest in rows:
+            lines.append(f"  {asset:<{asset_width}} {indicator:<{indicator_width}} {_shown(latest.value):>10} "
+                         f"{latest.unit:<5} {latest.quality:<7} {latest.seq:>7}  {format_time_ms(latest.ts)[11:19]}")
+        if len(rows) < len(self.latest):
+            lines.append(f"  … showing {len(rows)} of {len(self.latest)} indicators; a taller terminal shows more")
+        # Cut to the width too: a wrapped line would push the table past the bottom of the terminal.
+        sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(line[:size.columns] for line in lines) + "\n")
         sys.stdout.flush()
+
+    def _status_lines(self) -> list[str]:
+        """The gateway's own status, and its devices counted by state (one line, however many devices)."""
+        lines = [f"  {topic.split('/', 1)[1]}: {state}" for topic, state in sorted(self.status.items())
+                 if "/device/" not in topic]
+        by_state: dict[str, list[str]] = collections.defaultdict(list)
+        for topic, state in sorted(self.status.items()):
+            if "/device/" in topic:
+                by_state[state].append(topic.split("/")[-2])
+        if by_state:
+            lines.append("  devices: " + ", ".join(
+                f"{len(devices)} {state}" + ("" if state == "online" else f" ({', '.join(devices)})")
+                for state, devices in sorted(by_state.items())))
+        return lines
+
+
+def _shown(value: object) -> str:
+    """A value in at most 10 characters or so; totalisers keep their last digits, so they are seen counting."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.4g}" if abs(value) < 10_000 else f"{value:.1f}"
+
+
+def _fair_share(rows: Sequence[tuple[tuple[str, str], _Latest]],
+                room: int) -> list[tuple[tuple[str, str], _Latest]]:
+    """At most `room` of the (sorted) rows, taking every asset's first indicator, then every asset's second,
+    and so on, so that each asset stays on screen however many indicators the others have."""
+    rank: collections.Counter[str] = collections.Counter()
+    ranked = []
+    for row in rows:
+        ranked.append((rank[row[0][0]], row))
+        rank[row[0][0]] += 1
+    chosen = sorted(ranked, key=lambda item: item[0])[:room]  # a stable sort keeps the assets in order
+    return sorted((row for _, row in chosen), key=lambda row: row[0])

@@ -1,7 +1,8 @@
-"""Simulated Modbus TCP field devices, driven by the same configuration the gateway reads.
+"""Simulated Modbus field devices, driven by the same configuration the gateway reads.
 
 For the demo, the benchmark and end-to-end tests: one `ModbusSimulator` per
-configured port, serving every unit id configured on it, with values that move
+configured port, serving every unit id configured on it (a TCP port, or a serial
+port whose units `rtu_slaves()` puts on a simulated bus), with values that move
 plausibly inside each indicator's range (measurements drift along a slow wave,
 totalisers count up, states change now and then). Values are written in the
 device's own encoding (type, byte and word order, scale, offset and unit), so
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from drivers.modbus.codec import EncodeError, encode
 from drivers.modbus.config import DataType, ModbusDeviceBase, ModbusPoint, Table
-from drivers.modbus.transport import ModbusSimulator
+from drivers.modbus.transport import ModbusSimulator, RtuSlaves
 from gateway.catalogue import Catalogue, IndicatorKind
 from gateway.mapping import PointMapping, point_mapping
 
@@ -36,10 +37,11 @@ class _SimulatedPoint:
 
 
 class FieldSimulator:
-    """Every simulator the given Modbus TCP devices need, keyed by port.
+    """Every simulator the given Modbus devices need, keyed by port (a TCP port, or a serial port's path).
 
     `typical` gives, per indicator id, the band a measurement wanders in (canonical
-    unit), or for a counter its starting reading and increase per hour.
+    unit), or for a counter its starting reading and increase per hour; a key
+    `<asset id>/<indicator id>` gives it for one asset only.
     """
 
     def __init__(self, devices: Sequence[ModbusDeviceBase], catalogue: Catalogue, *,
@@ -47,19 +49,22 @@ class FieldSimulator:
                  seed: int = 1) -> None:
         self._random = random.Random(seed)
         self._typical = dict(typical or {})
-        ports: dict[int, set[int]] = {}
+        ports: dict[int | str, set[int]] = {}
         for device in devices:
             ports.setdefault(_port_of(device), set()).add(device.unit_id)
         # With free_ports, each configured port is served on a free one instead (see port_map).
-        self.servers = {port: ModbusSimulator(units, port=0 if free_ports else port) for port, units in ports.items()}
+        # Serial ports get tables only: the bus simulator answers from them (see rtu_slaves).
+        self.servers = {port: ModbusSimulator(units, port=0 if free_ports or isinstance(port, str) else port)
+                        for port, units in ports.items()}
         self._points = [self._simulated(d, p, catalogue) for d in devices for p in d.points]
 
     def _simulated(self, device: ModbusDeviceBase, point: ModbusPoint, catalogue: Catalogue) -> _SimulatedPoint:
         indicator = catalogue.indicator(point.indicator)
         assert indicator is not None, "devices come from a validated configuration"
         mapping = point_mapping(point, catalogue)
-        if point.indicator in self._typical:
-            low, high = self._typical[point.indicator]
+        typical = self._typical.get(f"{device.asset.id}/{point.indicator}") or self._typical.get(point.indicator)
+        if typical is not None:
+            low, high = typical
         elif mapping.low is not None and mapping.high is not None:
             low, high = mapping.low, mapping.high
         else:
@@ -68,8 +73,9 @@ class FieldSimulator:
                                phase=self._random.uniform(0, 2 * math.pi), total=low)
 
     async def start(self) -> None:
-        for server in self.servers.values():
-            await server.start()
+        for port, server in self.servers.items():
+            if isinstance(port, int):
+                await server.start()
         self.move(0.0)
 
     async def stop(self) -> None:
@@ -120,8 +126,12 @@ class FieldSimulator:
 
     @property
     def port_map(self) -> dict[int, int]:
-        """Configured port -> the port actually served (they differ with free_ports)."""
-        return {configured: server.port for configured, server in self.servers.items()}
+        """Configured TCP port -> the port actually served (they differ with free_ports)."""
+        return {configured: server.port for configured, server in self.servers.items() if isinstance(configured, int)}
+
+    def rtu_slaves(self, port: str) -> RtuSlaves:
+        """The Modbus RTU units configured on serial port `port`, to put on a simulated bus."""
+        return RtuSlaves(self.servers[port])
 
     @property
     def requests(self) -> int:
@@ -129,10 +139,10 @@ class FieldSimulator:
         return sum(sum(server.requests.values()) for server in self.servers.values())
 
 
-def _port_of(device: ModbusDeviceBase) -> int:
+def _port_of(device: ModbusDeviceBase) -> int | str:
     port = getattr(device, "port", None)
-    if not isinstance(port, int):
-        raise ValueError(f"device {device.id} is not a Modbus TCP device")
+    if not isinstance(port, int | str):
+        raise ValueError(f"device {device.id} is neither a Modbus TCP nor a Modbus RTU device")
     return port
 
 
