@@ -25,15 +25,16 @@ HISTORICAL_PREFIX = b'{"historical":true,'
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
+def _entries_message(gateway_id: str, asset: AssetRef, key: str, entries: list[dict[str, object]]) -> bytes:
+    """A buffered message: `{"historical":false,` first (see `mark_historical`), then the asset and entries."""
+    body = {"historical": False, "gateway": gateway_id, "asset": _asset(asset), key: entries}
+    return _compact(body).encode()
+
+
 def encode_batch(gateway_id: str, asset: AssetRef, readings: Sequence[Reading], first_seq: int) -> bytes:
     """One message for the readings of one asset from one poll; seq numbers first_seq, first_seq+1, ..."""
-    body = {
-        "historical": False,
-        "gateway": gateway_id,
-        "asset": {"domain": asset.domain, "site": asset.site, "id": asset.asset},
-        "readings": [r.as_payload(first_seq + i) for i, r in enumerate(readings)],
-    }
-    return _compact(body).encode()
+    return _entries_message(gateway_id, asset, "readings",
+                            [r.as_payload(first_seq + i) for i, r in enumerate(readings)])
 
 
 def mark_historical(body: bytes) -> bytes:
@@ -49,24 +50,14 @@ def _asset(asset: AssetRef) -> dict[str, str]:
 
 def encode_statistics(gateway_id: str, asset: AssetRef, windows: Sequence[Statistics], first_seq: int) -> bytes:
     """Closed windows (statistics or consumption) of one asset; seq numbers first_seq, first_seq+1, ..."""
-    body = {
-        "historical": False,
-        "gateway": gateway_id,
-        "asset": _asset(asset),
-        "windows": [w.as_payload(first_seq + i) for i, w in enumerate(windows)],
-    }
-    return _compact(body).encode()
+    return _entries_message(gateway_id, asset, "windows",
+                            [w.as_payload(first_seq + i) for i, w in enumerate(windows)])
 
 
 def encode_alarm_events(gateway_id: str, asset: AssetRef, events: Sequence[AlarmEvent], first_seq: int) -> bytes:
     """Alarm events (raised, cleared) of one asset, in the order they happened."""
-    body = {
-        "historical": False,
-        "gateway": gateway_id,
-        "asset": _asset(asset),
-        "events": [e.as_payload(first_seq + i) for i, e in enumerate(events)],
-    }
-    return _compact(body).encode()
+    return _entries_message(gateway_id, asset, "events",
+                            [e.as_payload(first_seq + i) for i, e in enumerate(events)])
 
 
 def encode_active_alarms(gateway_id: str, asset: AssetRef, active: Sequence[AlarmEvent], updated_ms: int) -> bytes:
@@ -107,39 +98,16 @@ def encode_asset_description(gateway_id: str, devices: Sequence[DeviceBase], cat
     for device in devices:
         for point in device.points:
             indicator = catalogue.indicator(point.indicator)
-            if indicator is None:
-                continue
-            indicators.append({
-                "id": indicator.id,
-                "name": indicator.name.model_dump(),
-                "kind": indicator.kind.value,
-                "unit": indicator.unit,
-                "unit_code": indicator.unit_code,
-                "range": list(indicator.range) if indicator.range else None,
-                "quantified": indicator.quantified.value,
-                "device": device.id,
-                "point": point.name,
-                "writable": point.writable,
-                **describe_processing(indicator, indicator.processing.overridden_by(point.processing)),
-            })
+            if indicator is not None:
+                indicators.append({**_describe_indicator(indicator, point.processing),
+                                   "device": device.id, "point": point.name, "writable": point.writable})
     for definition in derived:
         indicator = catalogue.indicator(definition.indicator)
-        if indicator is None:
-            continue
-        indicators.append({
-            "id": indicator.id,
-            "name": indicator.name.model_dump(),
-            "kind": indicator.kind.value,
-            "unit": indicator.unit,
-            "unit_code": indicator.unit_code,
-            "range": list(indicator.range) if indicator.range else None,
-            "quantified": indicator.quantified.value,
-            "device": "gateway",
-            "derived": definition.expression if definition.night_minimum is None
-            else {"night_minimum": definition.night_minimum.model_dump()},
-            "writable": False,
-            **describe_processing(indicator, indicator.processing.overridden_by(definition.processing)),
-        })
+        if indicator is not None:
+            formula: object = (definition.expression if definition.night_minimum is None
+                               else {"night_minimum": definition.night_minimum.model_dump()})
+            indicators.append({**_describe_indicator(indicator, definition.processing),
+                               "device": "gateway", "derived": formula, "writable": False})
     body = {
         "gateway": gateway_id,
         "asset": {
@@ -151,6 +119,20 @@ def encode_asset_description(gateway_id: str, devices: Sequence[DeviceBase], cat
         "version": __version__,
     }
     return _compact(body).encode()
+
+
+def _describe_indicator(indicator: Indicator, override: Processing | None) -> dict[str, object]:
+    """What a subscriber needs to read an indicator's values: meaning, unit, range and processing rules."""
+    return {
+        "id": indicator.id,
+        "name": indicator.name.model_dump(),
+        "kind": indicator.kind.value,
+        "unit": indicator.unit,
+        "unit_code": indicator.unit_code,
+        "range": list(indicator.range) if indicator.range else None,
+        "quantified": indicator.quantified.value,
+        **describe_processing(indicator, indicator.processing.overridden_by(override)),
+    }
 
 
 def encode_json(body: dict[str, object]) -> bytes:
