@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import getpass
@@ -340,7 +341,8 @@ async def _broker(workdir: Path, embedded: bool) -> AsyncIterator[tuple[int, str
                         "persistence false\nlog_dest none\n")
         # Its own process group: Ctrl-C reaches the demo alone, which stops the broker after the gateway.
         process = await asyncio.create_subprocess_exec(mosquitto, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL,
-                                                       stderr=asyncio.subprocess.DEVNULL, process_group=0)
+                                                       stderr=asyncio.subprocess.DEVNULL, process_group=0,
+                                                       preexec_fn=_die_with_parent)
         try:
             async with asyncio.timeout(CHILD_START_LIMIT):
                 await _wait_listening(port)
@@ -357,6 +359,15 @@ async def _broker(workdir: Path, embedded: bool) -> AsyncIterator[tuple[int, str
         yield port, "amqtt (embedded)"
     finally:
         await broker.shutdown()
+
+
+def _die_with_parent() -> None:
+    """Run in the broker's process before exec: Linux stops it when the demo dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _free_port() -> int:
