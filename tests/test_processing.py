@@ -286,6 +286,14 @@ def test_a_derived_reading_takes_the_worst_quality_and_the_newest_time() -> None
     assert out_of_range is not None and out_of_range.reason == "out-of-range"
 
 
+def test_a_comparison_on_a_missing_or_text_value_is_a_bad_reading_not_a_crash() -> None:
+    definition = DerivedIndicator(indicator="high-pressure", expression="outlet-pressure > 500")
+    rule = ExpressionRule(definition, ASSET, indicator("high-pressure", "state"))
+    for value in (None, "n/a"):
+        result = rule.compute({"outlet-pressure": reading("outlet-pressure", value, T0)}, T0)
+        assert result is not None and (result.quality, result.reason) == (Quality.BAD, "calculation-error")
+
+
 def test_a_derived_definition_is_checked_when_loaded() -> None:
     with pytest.raises(ValidationError, match="column"):
         DerivedIndicator(indicator="x", expression="a +* b")
@@ -463,6 +471,22 @@ def test_held_back_readings_still_feed_windows_and_alarms() -> None:
     ((_, stats),) = out.statistics
     assert isinstance(stats, WindowStats) and stats.count == 6 and stats.maximum == 104
     assert [e.event for e in processor.active_alarms("regulator-1")] == []  # raised at 103, cleared at 100
+
+
+def test_a_steady_value_with_an_old_source_time_is_still_counted_in_the_current_window() -> None:
+    # OPC-UA gives the time of the last change as source time: hours ago for a steady value.
+    clock = Clock()
+    processor = Processor(catalogue(windows=[60]), [device()], clock=clock)
+    hours_ago = T0 - 3 * 3_600_000
+    for second in range(0, 60, 10):
+        clock.now = T0 + second * 1_000
+        steady = Reading(ASSET, "outlet-pressure", 400.0, "kPa", "KPA", Quality.GOOD, None, hours_ago, clock.now,
+                         "plc", "p")
+        processor.process("plc", [steady])
+    clock.now = T0 + MINUTE + 2_000
+    ((_, stats),) = processor.tick().statistics  # one window closed, not a burst of old empty ones
+    assert isinstance(stats, WindowStats)
+    assert (stats.start_ms, stats.count, stats.minimum, stats.good) == (T0, 6, 400.0, 1.0)
 
 
 def test_a_point_override_replaces_whole_keys_of_the_catalogue_defaults() -> None:

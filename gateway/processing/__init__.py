@@ -67,8 +67,10 @@ class _Series:
 
     def feed(self, reading: Reading, now: int, out: Output) -> None:
         quality = reading.quality
+        # Windows place a sample by when the gateway got it: a device's source time may be that of the last
+        # change (OPC-UA), hours old for a steady value, which would file every sample into a closed window.
         for window in self.windows:
-            for closed in window.add(reading.source_time_ms, reading.value, quality is Quality.GOOD):
+            for closed in window.add(reading.receive_time_ms, reading.value, quality is Quality.GOOD):
                 out.statistics.append((self.asset, closed))  # type: ignore[arg-type]
         usable = quality is not Quality.BAD
         for alarm in self.alarms:

@@ -57,7 +57,7 @@ class ExpressionRule:
             value = int(value)
         if self._out_of_range(value):
             quality, reason = Quality.BAD, Reason.OUT_OF_RANGE.value
-        elif any(now_ms - r.source_time_ms > self._max_age_ms for r in present):
+        elif any(now_ms - r.receive_time_ms > self._max_age_ms for r in present):  # how long since it was read
             quality, reason = Quality.UNCERTAIN, Reason.STALE.value
         return self._reading(value, quality, reason, newest, now_ms)
 
@@ -88,7 +88,7 @@ class NightMinimumRule:
         self._missing = 0  # intervals of this night without a mean
 
     def feed(self, reading: Reading) -> list[Reading]:
-        closed = self._intervals.add(reading.source_time_ms, reading.value, reading.quality is not Quality.BAD)
+        closed = self._intervals.add(reading.receive_time_ms, reading.value, reading.quality is not Quality.BAD)
         return self._consume(closed, reading.receive_time_ms)
 
     def tick(self, now_ms: int) -> list[Reading]:

@@ -37,8 +37,15 @@ _TOKEN = re.compile(r"""
 """, re.VERBOSE)
 
 _KEYWORDS = {"and", "or", "not", "true", "false"}
+def _ordering(compare: Callable[[float, float], bool], what: str) -> Callable[[Number, Number], bool]:
+    # Ordering needs numbers (a missing or text value must not crash the processor); equality takes anything.
+    return lambda a, b: compare(_number(a, what), _number(b, what))
+
+
 _COMPARISONS: dict[str, Callable[[Number, Number], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+    "<": _ordering(operator.lt, "<"), "<=": _ordering(operator.le, "<="),
+    ">": _ordering(operator.gt, ">"), ">=": _ordering(operator.ge, ">="),
+    "==": operator.eq, "!=": operator.ne}
 
 
 class EvaluationError(ValueError):
