@@ -8,7 +8,9 @@ import datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from drivers.base import protocols
 from drivers.cjt188 import frames
 from drivers.cjt188.frames import DiOrder, Frame, MeterReading
 from drivers.serial.bus import _take_reply
@@ -108,3 +110,23 @@ def test_the_valid_frame_after_noise_is_found(noise: bytes, reading: MeterReadin
     accepted = _take_reply(received, frames.encode(request), frames.reply_parser(request, DiOrder.LOW_FIRST),
                            FrameCounters())
     assert accepted is not None and frames.decode_reading(accepted.value.payload) == reading
+
+
+def meter_config(meter_type: str) -> object:
+    return protocols()["cjt188"].config_model.model_validate({
+        "id": "m", "protocol": "cjt188", "port": "/dev/ttyUSB0", "serial": {"baud": 2400},
+        "asset": {"domain": "district-heating", "site": "s", "id": "m", "type": "heat-meter"},
+        "address": "00000000001234", "meter_type": meter_type,
+        "points": [{"name": "volume", "indicator": "volume", "field": "volume"}]})
+
+
+@pytest.mark.parametrize("meter_type", ["20", "21", "22"])
+def test_heat_meters_are_refused_at_config_load(meter_type: str) -> None:
+    # Their 901F reply is laid out differently: decoding it as a water meter's would fail on every read.
+    with pytest.raises(ValidationError, match=f"meter type {meter_type} .*heat meters are not supported yet"):
+        meter_config(meter_type)
+
+
+@pytest.mark.parametrize("meter_type", ["10", "13", "30", "AA"])
+def test_water_and_gas_meters_load(meter_type: str) -> None:
+    assert meter_config(meter_type) is not None

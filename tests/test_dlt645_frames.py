@@ -7,8 +7,10 @@ import contextlib
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from drivers.dlt645 import frames
+from drivers.dlt645.config import Dlt645Point
 from drivers.dlt645.frames import DataFormat, Frame
 from drivers.serial.bus import _take_reply
 from drivers.serial.frames import NEED_MORE, Accepted, FrameCounters, Rejected, Rejection, address_bytes
@@ -43,10 +45,43 @@ def test_a_reply_on_the_wire_parses_with_the_offset_removed() -> None:
     (0x00020000, DataFormat(4, 2, "kWh")), (0x02010300, DataFormat(2, 1, "V")),
     (0x02020200, DataFormat(3, 3, "A", signed=True)), (0x02030000, DataFormat(3, 4, "kW", signed=True)),
     (0x02060000, DataFormat(2, 3, "1", signed=True)), (0x02800002, DataFormat(2, 2, "Hz")),
-    (0x00030000, DataFormat(4, 2, "kvarh")),
+    (0x00000000, DataFormat(4, 2, "kWh", signed=True)),  # combined active energy may be negative
+    (0x00030000, DataFormat(4, 2, "kvarh", signed=True)), (0x00040200, DataFormat(4, 2, "kvarh", signed=True)),
+    (0x00050000, DataFormat(4, 2, "kvarh")), (0x00080100, DataFormat(4, 2, "kvarh")),  # quadrants I and IV
 ])
 def test_common_identifiers_have_their_formats(data_id: int, fmt: DataFormat) -> None:
     assert frames.common_format(data_id) == fmt
+
+
+@pytest.mark.parametrize("data_id", [0x00090000, 0x000A0000, 0x000B0000, 0x0001FF00, 0x02010100 | 0xFF00])
+def test_apparent_energy_blocks_and_unknown_identifiers_have_no_built_in_format(data_id: int) -> None:
+    # Apparent energy is in kVAh, which the unit table lacks: better no format than a kWh label.
+    assert frames.common_format(data_id) is None
+
+
+def point(**raw: object) -> Dlt645Point:
+    return Dlt645Point.model_validate({"name": "p", "indicator": "active-energy-import", **raw})
+
+
+def test_a_built_in_identifier_converts_to_the_points_unit_of_the_same_quantity() -> None:
+    assert point(data_id="00050000").unit == "kvarh"
+    wh = point(data_id="00010000", unit="Wh")
+    assert wh.data_format() == DataFormat(4, 2, "kWh")  # the meter still counts in kWh
+    assert wh.conversion().apply(0.26) == pytest.approx(260.0)
+    assert point(data_id="00010000").conversion().is_identity
+
+
+@pytest.mark.parametrize("unit", ["V", "kvarh", "furlong"])
+def test_a_unit_the_identifiers_value_cannot_be_given_in_is_a_config_error(unit: str) -> None:
+    with pytest.raises(ValidationError, match="identifier 00010000 is read in kWh"):
+        point(data_id="00010000", unit=unit)
+
+
+def test_apparent_energy_points_give_their_own_format() -> None:
+    with pytest.raises(ValidationError, match="give its size and decimals"):
+        point(data_id="00090000")
+    custom = point(data_id="00090000", size=4, decimals=2)
+    assert custom.data_format() == DataFormat(4, 2, "1") and custom.conversion().is_identity
 
 
 def test_negative_values_use_the_sign_bit_and_non_bcd_is_an_error() -> None:
@@ -129,7 +164,7 @@ def test_the_valid_frame_after_noise_is_found(noise: bytes, value: float) -> Non
 @given(st.sampled_from([DataFormat(4, 2, "kWh"), DataFormat(3, 3, "A", signed=True),
                         DataFormat(2, 1, "V"), DataFormat(3, 4, "kW", signed=True)]), st.data())
 def test_values_round_trip_through_their_formats(fmt: DataFormat, data: st.DataObject) -> None:
-    low = -fmt.limit if fmt.signed else 0.0
-    units = data.draw(st.integers(round(low * 10 ** fmt.decimals), round(fmt.limit * 10 ** fmt.decimals)))
+    largest = 10 ** (fmt.size * 2 - (1 if fmt.signed else 0)) - 1  # in units of the last decimal
+    units = data.draw(st.integers(-largest if fmt.signed else 0, largest))
     value = units / 10 ** fmt.decimals
     assert frames.decode_value(frames.encode_value(value, fmt), fmt) == pytest.approx(value)

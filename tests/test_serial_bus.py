@@ -21,10 +21,19 @@ from drivers.base import DriverError, protocols
 from drivers.cjt188 import frames as cjt188
 from drivers.dlt645 import frames as dlt645
 from drivers.modbus.config import Table
-from drivers.modbus.transport import ModbusSimulator, RtuSlaves
+from drivers.modbus.transport import (
+    ModbusSimulator,
+    RtuAnswer,
+    RtuSlaves,
+    rtu_read_request,
+    rtu_write_coil_request,
+    rtu_write_registers_request,
+)
 from drivers.serial.bus import NoReply
-from drivers.serial.config import port_conflicts
+from drivers.serial.config import SerialSettings, port_conflicts
 from drivers.serial.driver import FieldBusDriver
+from drivers.serial.frames import Accepted, Rejected, Rejection
+from drivers.serial.scan import scan_port
 from drivers.serial.simulator import AsciiSensorSim, Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
 from gateway.config.models import DeviceBase
 from gateway.model import Quality, Sample
@@ -163,6 +172,48 @@ async def test_meter_errors_become_bad_samples_carrying_the_meters_code(make_bus
     assert values(dlt) == {"energy": 12.5}
     assert bad(dlt) == {name: "device-exception:02" for name in ("voltage-a", "current-a", "frequency")}
     assert bad(await driver.read(water)) == {p.name: "device-exception:11" for p in water.points}
+    # The device status counts the refusals, not only the frames.
+    assert driver.device_counters(meter)["exception_replies"] == 3
+    assert driver.device_counters(water)["exception_replies"] == 1
+    await driver.close()
+
+
+async def test_device_status_counts_decode_errors_and_modbus_refusals(make_bus: BusFactory) -> None:
+    slaves, tables = modbus_slaves(1)
+    tables.set_registers(1, IR, 2, [0x7FC0, 0x0000])  # a NaN float
+    tables.refuse(IR, 4, 4)
+    bus = await make_bus([slaves, Dlt645MeterSim(METER_ADDRESS, {0x00010000: 1.5}),
+                          Cjt188MeterSim(WATER_ADDRESS, volume_unit=0x00)])  # 00: no unit byte we know
+    unit1 = rtu(bus, 1, [{"name": "nan", "indicator": "voltage-l1", "table": "input_register", "address": 2,
+                          "type": "float32"},
+                         {"name": "refused", "indicator": "voltage-l2", "table": "input_register", "address": 4}])
+    # A size that disagrees with the meter's 4 bytes: the value cannot be decoded.
+    meter = device("dlt645", "dlt-meter", bus, [{"name": "energy", "indicator": "active-energy-import",
+                                                 "data_id": "00010000", "size": 3}], address=METER_ADDRESS)
+    water = water_meter(bus)
+    driver = await connected(unit1, meter, water)
+    for target in (unit1, meter, water):
+        await driver.read(target)
+    rtu_counts, dlt_counts, cjt_counts = (driver.device_counters(d) for d in (unit1, meter, water))
+    # Refused twice: the request covering both points, then the refused point's own after the split.
+    assert (rtu_counts["exception_replies"], rtu_counts["decode_errors"]) == (2, 1)
+    assert rtu_counts["requests"] == rtu_counts["replies"] == 3  # the bus's frame counters come along
+    assert (dlt_counts["exception_replies"], dlt_counts["decode_errors"]) == (0, 1)
+    assert (cjt_counts["exception_replies"], cjt_counts["decode_errors"]) == (0, 1)  # the volume
+    await driver.close()
+
+
+async def test_built_in_identifiers_are_converted_to_the_points_unit(make_bus: BusFactory) -> None:
+    bus = await make_bus([Dlt645MeterSim(METER_ADDRESS, {0x00010000: 0.26, 0x00050000: 12.34})])
+    meter = device("dlt645", "dlt-meter", bus, [
+        {"name": "energy-wh", "indicator": "active-energy-import", "data_id": "00010000", "unit": "Wh"},
+        {"name": "reactive-q1", "indicator": "reactive-energy-q1", "data_id": "00050000"}],
+        address=METER_ADDRESS)
+    assert [point.unit for point in meter.points] == ["Wh", "kvarh"]
+    driver = await connected(meter)
+    got = values(await driver.read(meter))
+    assert got["energy-wh"] == pytest.approx(260.0)  # 0.26 kWh, published in the point's Wh
+    assert got["reactive-q1"] == 12.34
     await driver.close()
 
 
@@ -208,6 +259,59 @@ async def test_modbus_rtu_splits_a_refused_request_like_tcp_and_writes(make_bus:
     await driver.write(meter, "c", 44)  # function 06: the reply repeats the request and is not an echo
     assert tables.get_registers(1, HR, 2, 1) == [44]
     await driver.close()
+
+
+def rtu_frame(hex_text: str) -> bytes:
+    data = bytes.fromhex(hex_text)
+    return data + _modbus_crc(data)
+
+
+def test_rtu_replies_must_answer_the_request_asked() -> None:
+    write_two = rtu_write_registers_request(0, [1, 2], 1)
+    assert isinstance(write_two.parse(rtu_frame("01 10 00 00 00 02")), Accepted)
+    for other in ("01 10 34 26 9c bf", "01 10 00 01 00 02", "01 10 00 00 00 03"):  # address or count differ
+        assert write_two.parse(rtu_frame(other)) == Rejected(Rejection.MALFORMED, 8), other
+    write_one = rtu_write_registers_request(3, [7], 1)
+    assert isinstance(write_one.parse(rtu_frame("01 06 00 03 00 07")), Accepted)
+    assert write_one.parse(rtu_frame("01 06 00 03 00 08")) == Rejected(Rejection.MALFORMED, 8)  # another value
+    assert rtu_write_coil_request(4, True, 1).parse(rtu_frame("01 05 00 04 00 00")) == \
+        Rejected(Rejection.MALFORMED, 8)
+    read_two = rtu_read_request(HR, 0, 2, 1)
+    assert read_two.parse(rtu_frame("01 03 04 00 0b 00 21")) == Accepted(RtuAnswer(registers=(11, 33)), 9)
+    assert read_two.parse(rtu_frame("01 03 05 00 0b 00 21 00")) == Rejected(Rejection.MALFORMED, 10)  # odd
+    assert rtu_read_request(HR, 0, 1, 1).parse(rtu_frame("01 03 00")) == Rejected(Rejection.MALFORMED, 5)
+    assert rtu_read_request(Table.COIL, 0, 10, 1).parse(rtu_frame("01 01 01 ff")) == \
+        Rejected(Rejection.MALFORMED, 6)  # 10 coils take 2 bytes
+    assert read_two.parse(rtu_frame("01 83 02")) == Accepted(RtuAnswer(exception_code=2), 5)
+
+
+async def test_a_write_reply_naming_another_address_is_not_taken_for_success(make_bus: BusFactory) -> None:
+    slaves, _ = modbus_slaves(1)
+
+    def other_address(request: bytes, reply: bytes) -> bytes:
+        return rtu_frame("01 10 34 26 00 02") if request[1] == 0x10 else reply
+
+    bus = await make_bus([slaves], reply_mangler=other_address)
+    meter = rtu(bus, 1, [{"name": "setpoint", "indicator": "voltage-l1", "table": "holding_register",
+                          "address": 0, "type": "float32", "writable": True}])
+    driver = await connected(meter)
+    with pytest.raises(DriverError) as failure:
+        await driver.write(meter, "setpoint", 230.0)
+    assert failure.value.reason == "timeout"  # no reply answered the write asked
+    assert driver.frame_counters["em-1"].malformed == 1
+    await driver.close()
+
+
+async def test_scan_skips_a_unit_answering_no_registers(make_bus: BusFactory) -> None:
+    slaves, _ = modbus_slaves(1, 2)
+
+    def empty_reply_from_unit_1(request: bytes, reply: bytes) -> bytes:
+        return rtu_frame("01 03 00") if request[0] == 1 else reply  # valid CRC, zero registers
+
+    bus = await make_bus([slaves], reply_mangler=empty_reply_from_unit_1)
+    found, counters = await scan_port(str(bus.path), SerialSettings(baud=9600, parity="none"), range(1, 3), 0.05)
+    assert [item.address for item in found if item.protocol == "modbus-rtu"] == ["unit 2"]
+    assert counters.malformed == 1
 
 
 # --- failures -------------------------------------------------------------------------------------------
@@ -376,10 +480,39 @@ async def test_ascii_sensor_pushing_lines_delivers_samples(make_bus: BusFactory)
     assert [s.value for s in received] == [12.5, 13.0]
     assert driver.frame_counters["level"].malformed == 1  # the boot banner
     assert await driver.read(sensor) == []  # pushed samples go to the sink, a read only checks the port
+    assert driver.device_counters(sensor)["malformed"] == 1
     await bus.stop()
     await wait_for(lambda: driver._devices["level"]._push_failure is not None)  # type: ignore[attr-defined]
     with pytest.raises(DriverError):
         await driver.read(sensor)
+    await driver.close()
+
+
+async def test_a_push_listener_that_stops_makes_reads_fail_until_the_link_is_reopened(
+        make_bus: BusFactory) -> None:
+    bus = await make_bus([])
+    sensor = device("ascii-line", "level", bus, [{"name": "level", "indicator": "level", "unit": "cm"}],
+                    pattern=r"^L=(?P<level>\d+(\.\d+)?)cm$")
+    driver = await connected(sensor)
+
+    def broken_sink(device: DeviceBase, samples: Sequence[Sample]) -> None:
+        raise RuntimeError("sink bug")
+
+    assert await driver.subscribe(sensor, broken_sink)
+    bus.push(b"L=12.5cm\r\n")
+    with pytest.raises(DriverError, match="sink bug"):
+        async with asyncio.timeout(5):
+            # Poll as the scheduler does: reads return nothing until the listener's end is known.
+            while await driver.read(sensor) == []:  # noqa: ASYNC110 - the read is what is under test
+                await asyncio.sleep(0.01)
+    # What the scheduler does next: close, reopen, subscribe again; lines arrive again.
+    await driver.close()
+    await driver.connect()
+    received: list[Sample] = []
+    assert await driver.subscribe(sensor, lambda d, samples: received.extend(samples))
+    bus.push(b"L=13cm\r\n")
+    await wait_for(lambda: len(received) == 1)
+    assert await driver.read(sensor) == []
     await driver.close()
 
 

@@ -4,6 +4,11 @@ Lines that do not match the pattern, or are not text in the configured
 encoding, are counted as malformed and skipped; a polled device still has its
 timeout to send a matching one. A group that did not take part in the match, or
 a number that does not parse, makes that point bad (decode-error).
+
+A pushing device is served by a listener task; the scheduler's reads only check
+it. Whatever stops the listener (the port failing, or the sink raising) is
+raised by the next read as a DriverError, so the scheduler reopens the link and
+subscribes again instead of waiting forever for lines nobody listens to.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ import logging
 import re
 
 from drivers.asciiline.config import AsciiLineDevice
+from drivers.base import DriverError
 from drivers.serial.bus import Bus
 from drivers.serial.device import BusDevice, PushSink
 from drivers.serial.frames import NEED_MORE, Accepted, NeedMore, Outcome, Rejected, Rejection
-from drivers.serial.stream import LinkLost
 from gateway.config.models import DeviceBase
 from gateway.model import Quality, Reason, Sample, Value
 
@@ -35,7 +40,7 @@ class AsciiLineSensor(BusDevice):
         self._pattern = re.compile(device.pattern)
         self._terminator = device.terminator.encode(device.encoding)
         self._pusher: asyncio.Task[None] | None = None
-        self._push_failure: LinkLost | None = None
+        self._push_failure: DriverError | None = None  # why the listener stopped
 
     def describe(self) -> list[str]:
         if self.device.pushes:
@@ -92,6 +97,7 @@ class AsciiLineSensor(BusDevice):
         self.unsubscribe()
         self._push_failure = None
         self._pusher = asyncio.create_task(self._listen(bus, sink), name=f"ascii push {self.device.id}")
+        self._pusher.add_done_callback(self._listener_ended)
         return True
 
     def unsubscribe(self) -> None:
@@ -99,14 +105,23 @@ class AsciiLineSensor(BusDevice):
             self._pusher.cancel()
             self._pusher = None
 
+    def _listener_ended(self, listener: asyncio.Task[None]) -> None:
+        """Keep why the listener stopped for the next read (retrieving it, so asyncio does not log it)."""
+        if listener.cancelled() or listener is not self._pusher:
+            return  # unsubscribed: nothing failed
+        failure = listener.exception()
+        if isinstance(failure, DriverError):
+            self._push_failure = failure  # the port failed (LinkLost)
+            return
+        # A bug behind the sink, not the device's doing: log it in full, then reconnect like any failure.
+        log.error("device %s: the listener for pushed lines stopped", self.device.id, exc_info=failure)
+        self._push_failure = DriverError(f"listener for pushed lines stopped: {failure!r}")
+
     async def _listen(self, bus: Bus, sink: PushSink) -> None:
+        """Runs until cancelled or until reading or the sink raises (see `_listener_ended`)."""
         received = bytearray()
         while True:
-            try:
-                received += await bus.stream.read_some(_PUSH_READ_WAIT)
-            except LinkLost as exc:
-                self._push_failure = exc
-                return
+            received += await bus.stream.read_some(_PUSH_READ_WAIT)
             while received:
                 outcome = self.parse_line(bytes(received))
                 if isinstance(outcome, NeedMore):

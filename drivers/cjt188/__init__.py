@@ -1,1 +1,1 @@
-"""CJ/T 188 household meters (water, gas, heat) on a shared serial bus."""
+"""CJ/T 188 household water and gas meters on a shared serial bus (heat meters not yet)."""

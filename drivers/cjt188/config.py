@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from drivers.cjt188.frames import DiOrder
 from drivers.serial.config import SerialDevice
@@ -30,6 +30,9 @@ DEFAULT_UNITS = {Cjt188Field.VOLUME: "m3", Cjt188Field.SETTLEMENT_VOLUME: "m3", 
                  Cjt188Field.BATTERY_LOW: "state", Cjt188Field.CLOCK_OFFSET: "s"}
 
 WILDCARD_ADDRESS = "A" * 14
+# Heat (20H), cooling (21H) and heat + cooling (22H) meters answer 901F with energies, powers,
+# temperatures and hours: a layout unlike the water and gas reply decoded here.
+HEAT_METER_TYPES = range(0x20, 0x23)
 
 
 class Cjt188Point(PointBase):
@@ -57,6 +60,15 @@ class Cjt188Device(SerialDevice):
     valve_closed: int = Field(0x0001, ge=0, le=0xFFFF, description="Any other valve value reads as abnormal.")
     battery_low_mask: int = Field(0x0004, ge=0, le=0xFFFF)
     points: list[Cjt188Point]  # type: ignore[assignment]
+
+    @field_validator("meter_type")
+    @classmethod
+    def _not_a_heat_meter(cls, meter_type: str) -> str:
+        if int(meter_type, 16) in HEAT_METER_TYPES:
+            raise ValueError(f"meter type {meter_type.upper()} is a heat or cooling meter; heat meters are not "
+                             "supported yet (their 901F reply differs from water and gas meters'); supported: "
+                             "water meters 10-13 and gas meters 30")
+        return meter_type
 
     @property
     def meter_type_code(self) -> int:

@@ -18,19 +18,22 @@ import enum
 from dataclasses import dataclass
 
 from drivers.serial.frames import (
-    NEED_MORE,
+    METER_START,
+    METER_WILDCARD,
     Accepted,
     BcdError,
     Outcome,
     Rejected,
     Rejection,
     ReplyParser,
+    address_matches,
     bcd_to_int,
-    checksum,
+    find_meter_frame,
     int_to_bcd,
+    meter_frame_bytes,
 )
 
-START, END, WAKE_UP, WILDCARD = 0x68, 0x16, 0xFE, 0xAA
+START, WILDCARD = METER_START, METER_WILDCARD
 HEADER = 11  # 68 T A0..A6 C L
 ADDRESS_SIZE = 7
 
@@ -92,7 +95,7 @@ def encode(frame: Frame, wake_up: int = 2) -> bytes:
     if len(frame.data) > 255:
         raise ValueError("DATA is longer than 255 bytes")
     body = bytes([START, frame.meter_type, *frame.address, frame.control, len(frame.data), *frame.data])
-    return bytes([WAKE_UP] * wake_up) + body + bytes([checksum(body), END])
+    return meter_frame_bytes(body, wake_up)
 
 
 def data_field(data_id: int, sequence: int, payload: bytes, order: DiOrder) -> bytes:
@@ -111,25 +114,11 @@ def read_address_request(sequence: int, order: DiOrder, meter_type: int = WILDCA
 
 def parse(data: bytes) -> Outcome[Frame]:
     """The frame at the start of `data` (wake-up bytes before it belong to it), or what to drop."""
-    start = 0
-    while start < len(data) and data[start] == WAKE_UP:
-        start += 1
-    if start == len(data):
-        return NEED_MORE
-    if data[start] != START:
-        return Rejected(Rejection.NOISE, start + 1)
-    if len(data) - start < HEADER:
-        return NEED_MORE
-    end = start + HEADER + data[start + 10] + 2
-    if len(data) < end:
-        return NEED_MORE
-    if data[end - 1] != END:
-        return Rejected(Rejection.PARTIAL, start + 1)
-    if checksum(data[start:end - 2]) != data[end - 2]:
-        return Rejected(Rejection.BAD_CHECKSUM, start + 1)
-    frame = Frame(data[start + 1], bytes(data[start + 2:start + 9]), data[start + 9],
-                  bytes(data[start + 11:end - 2]))
-    return Accepted(frame, end)
+    found = find_meter_frame(data, HEADER)
+    if not isinstance(found, Accepted):
+        return found
+    raw = found.value  # 68 T A0..A6 C L DATA
+    return Accepted(Frame(raw[1], raw[2:9], raw[9], raw[HEADER:]), found.consumed)
 
 
 def reply_parser(request: Frame, order: DiOrder) -> ReplyParser[Frame]:
@@ -144,8 +133,8 @@ def reply_parser(request: Frame, order: DiOrder) -> ReplyParser[Frame]:
         frame = outcome.value
         if not frame.is_reply:
             return Rejected(Rejection.ECHO, outcome.consumed)  # a request on the bus: ours, read back
-        if not (_matches(request.address, frame.address) and _matches(bytes([request.meter_type]),
-                                                                      bytes([frame.meter_type]))):
+        if not (address_matches(request.address, frame.address)
+                and address_matches(bytes([request.meter_type]), bytes([frame.meter_type]))):
             return Rejected(Rejection.FOREIGN, outcome.consumed)
         if frame.function != request.function:
             return Rejected(Rejection.MALFORMED, outcome.consumed)
@@ -154,10 +143,6 @@ def reply_parser(request: Frame, order: DiOrder) -> ReplyParser[Frame]:
         return outcome
 
     return parse_reply
-
-
-def _matches(wanted: bytes, actual: bytes) -> bool:
-    return all(w in (WILDCARD, a) for w, a in zip(wanted, actual, strict=True))
 
 
 # --- the 901F payload of water and gas meters -------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Abnormal replies (control bit 6) make every point bad with reason
 ``device-exception:XX``, XX the meter's first status byte, as Modbus exception
-replies do. A reply whose payload cannot be decoded makes every point bad
-(decode-error) and is counted as malformed.
+replies do, and are counted as exception replies. A reply whose payload cannot
+be decoded makes every point bad (decode-error), counted as decode errors.
 """
 
 from __future__ import annotations
@@ -46,14 +46,17 @@ class Cjt188Meter(BusDevice):
         if reply.abnormal:
             code = reply.payload[0] if reply.payload else 0
             log.debug("meter %s answered abnormally (status %02X)", device.id, code)
+            self.replies.exception_replies += 1
             return self._all_bad(f"{Reason.DEVICE_EXCEPTION.value}:{code:02X}")
         try:
             reading = frames.decode_reading(reply.payload)
         except frames.PayloadError as exc:
             log.debug("meter %s: %s", device.id, exc)
-            self.frames.malformed += 1
+            self.replies.decode_errors += len(device.points)
             return self._all_bad(Reason.DECODE_ERROR.value)
-        return [self._sample(point, reading) for point in device.points]
+        samples = [self._sample(point, reading) for point in device.points]
+        self.replies.decode_errors += sum(1 for sample in samples if sample.reason == Reason.DECODE_ERROR.value)
+        return samples
 
     def _sample(self, point: Cjt188Point, reading: frames.MeterReading) -> Sample:
         device = self.device

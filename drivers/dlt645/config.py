@@ -1,7 +1,9 @@
 """Configuration of DL/T 645-2007 electricity meters. Imports no vendor library.
 
 A point names a 4-byte data identifier (e.g. 00010000 forward active energy).
-The common identifiers bring their own BCD format and unit; any other needs
+The common identifiers bring their own BCD format and unit; a point's `unit`
+then defaults to the identifier's, and another unit of the same quantity (Wh
+for kWh) makes the meter convert the value to it. Any other identifier needs
 `size` and `decimals` (and `signed`, `unit`) from the meter's documentation.
 """
 
@@ -13,6 +15,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from drivers.dlt645.frames import DataFormat, common_format
 from drivers.serial.config import SerialDevice
+from gateway import units
 from gateway.config.models import PointBase
 
 WILDCARD_ADDRESS = "A" * 12
@@ -38,23 +41,41 @@ class Dlt645Point(PointBase):
 
     @model_validator(mode="after")
     def _format_known(self) -> Self:
-        if common_format(self.identifier) is None and (self.size is None or self.decimals is None):
-            raise ValueError(f"identifier {self.data_id} is not one of the built-in common identifiers; "
-                             "give its size and decimals")
+        known = common_format(self.identifier)
+        if known is None:
+            if self.size is None or self.decimals is None:
+                raise ValueError(f"identifier {self.data_id} is not one of the built-in common identifiers; "
+                                 "give its size and decimals")
+            return self
+        if self.unit is not None:
+            try:
+                units.conversion(known.unit, self.unit)
+            except units.UnitError as exc:
+                raise ValueError(f"identifier {self.data_id} is read in {known.unit}, which cannot be given in "
+                                 f"unit {self.unit!r} ({exc}); give a unit of the same quantity, or leave unit out"
+                                 ) from exc
         return self
 
     @property
     def identifier(self) -> int:
         return int(self.data_id, 16)
 
-    @property
-    def format(self) -> DataFormat:
+    def data_format(self) -> DataFormat:
+        """How the value travels: the built-in format of the identifier, with any size, decimals or
+        signed given here instead. Its unit is the one the meter counts in (not the point's)."""
         known = common_format(self.identifier)
         base = known or DataFormat(self.size or 4, self.decimals or 0, self.unit or "1")
         return DataFormat(self.size or base.size,
                           base.decimals if self.decimals is None else self.decimals,
-                          self.unit or base.unit,
+                          base.unit,
                           base.signed if self.signed is None else self.signed)
+
+    def conversion(self) -> units.Conversion:
+        """From the unit the meter counts in to the point's unit (identity for identifiers not built in)."""
+        known = common_format(self.identifier)
+        if known is None or self.unit is None:
+            return units.Conversion()
+        return units.conversion(known.unit, self.unit)
 
 
 class Dlt645Device(SerialDevice):

@@ -14,23 +14,25 @@ Pure: no I/O. Parsers never raise on bad bytes.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from drivers.serial.frames import (
-    NEED_MORE,
+    METER_START,
+    METER_WILDCARD,
     Accepted,
     BcdError,
     Outcome,
     Rejected,
     Rejection,
     ReplyParser,
+    address_matches,
     bcd_to_int,
-    checksum,
+    find_meter_frame,
     int_to_bcd,
+    meter_frame_bytes,
 )
 
-START, END, WAKE_UP, WILDCARD, OFFSET = 0x68, 0x16, 0xFE, 0xAA, 0x33
+START, WILDCARD, OFFSET = METER_START, METER_WILDCARD, 0x33
 HEADER = 10  # 68 A0..A5 68 C L
 ADDRESS_SIZE = 6
 
@@ -77,7 +79,7 @@ def encode(frame: Frame, wake_up: int = 4) -> bytes:
         raise ValueError("DATA is longer than 255 bytes")
     shifted = bytes((byte + OFFSET) & 0xFF for byte in frame.data)
     body = bytes([START, *frame.address, START, frame.control, len(shifted), *shifted])
-    return bytes([WAKE_UP] * wake_up) + body + bytes([checksum(body), END])
+    return meter_frame_bytes(body, wake_up)
 
 
 def read_request(address: bytes, data_id: int) -> Frame:
@@ -90,26 +92,12 @@ def read_address_request() -> Frame:
 
 def parse(data: bytes) -> Outcome[Frame]:
     """The frame at the start of `data` (wake-up bytes before it belong to it), or what to drop."""
-    start = 0
-    while start < len(data) and data[start] == WAKE_UP:
-        start += 1
-    if start == len(data):
-        return NEED_MORE
-    if data[start] != START:
-        return Rejected(Rejection.NOISE, start + 1)
-    if len(data) - start < HEADER:
-        return NEED_MORE
-    if data[start + 7] != START:
-        return Rejected(Rejection.NOISE, start + 1)  # a stray 68, not a frame header
-    end = start + HEADER + data[start + 9] + 2
-    if len(data) < end:
-        return NEED_MORE
-    if data[end - 1] != END:
-        return Rejected(Rejection.PARTIAL, start + 1)
-    if checksum(data[start:end - 2]) != data[end - 2]:
-        return Rejected(Rejection.BAD_CHECKSUM, start + 1)
-    unshifted = bytes((byte - OFFSET) & 0xFF for byte in data[start + 10:end - 2])
-    return Accepted(Frame(bytes(data[start + 1:start + 7]), data[start + 8], unshifted), end)
+    found = find_meter_frame(data, HEADER, second_start=7)
+    if not isinstance(found, Accepted):
+        return found
+    raw = found.value  # 68 A0..A5 68 C L DATA
+    unshifted = bytes((byte - OFFSET) & 0xFF for byte in raw[HEADER:])
+    return Accepted(Frame(raw[1:7], raw[8], unshifted), found.consumed)
 
 
 def reply_parser(request: Frame) -> ReplyParser[Frame]:
@@ -123,7 +111,7 @@ def reply_parser(request: Frame) -> ReplyParser[Frame]:
         frame = outcome.value
         if not frame.is_reply:
             return Rejected(Rejection.ECHO, outcome.consumed)
-        if not all(w in (WILDCARD, a) for w, a in zip(request.address, frame.address, strict=True)):
+        if not address_matches(request.address, frame.address):
             return Rejected(Rejection.FOREIGN, outcome.consumed)
         if frame.function != request.function:
             return Rejected(Rejection.MALFORMED, outcome.consumed)
@@ -150,37 +138,50 @@ class DataFormat:
     unit: str
     signed: bool = False
 
-    @property
-    def limit(self) -> float:
-        """The largest magnitude the format can hold."""
-        digits = self.size * 2 - (1 if self.signed else 0)
-        return (10.0 ** digits - 1) / 10.0 ** self.decimals
 
+_ENERGY = DataFormat(4, 2, "kWh")
+_REACTIVE_ENERGY = DataFormat(4, 2, "kvarh")
 
+# Energy identifiers 00 DI2 DI1 00: DI2 the kind of energy, DI1 00 the total or 01-3F a tariff.
+# The combined energies (a sum of directions the meter is programmed with) may be negative;
+# apparent energy (09, 0A) is in kVAh, which gateway/units.py lacks: such points give size and decimals.
+_ENERGY_FORMATS: dict[int, DataFormat] = {
+    0x00: DataFormat(4, 2, "kWh", signed=True),  # combined active energy
+    0x01: _ENERGY,  # forward active energy
+    0x02: _ENERGY,  # reverse active energy
+    0x03: DataFormat(4, 2, "kvarh", signed=True),  # combined reactive energy 1
+    0x04: DataFormat(4, 2, "kvarh", signed=True),  # combined reactive energy 2
+    0x05: _REACTIVE_ENERGY,  # reactive energy of quadrant I
+    0x06: _REACTIVE_ENERGY,  # ... quadrant II
+    0x07: _REACTIVE_ENERGY,  # ... quadrant III
+    0x08: _REACTIVE_ENERGY,  # ... quadrant IV
+}
+_LAST_TARIFF = 0x3F
 
+# Instantaneous values 02 DI2 DI1 00: DI1 00 the total (powers, power factor), 01-03 phase A/B/C.
+_INSTANT_FORMATS: dict[int, DataFormat] = {
+    0x01: DataFormat(2, 1, "V"),  # phase voltage
+    0x02: DataFormat(3, 3, "A", signed=True),  # phase current
+    0x03: DataFormat(3, 4, "kW", signed=True),  # active power
+    0x04: DataFormat(3, 4, "kvar", signed=True),  # reactive power
+    0x05: DataFormat(3, 4, "kVA", signed=True),  # apparent power
+    0x06: DataFormat(2, 3, "1", signed=True),  # power factor
+}
+_LAST_PHASE = 0x03
 
-# Identifier patterns (hex digits, "x" any) of the common readings, first match wins.
-_COMMON_FORMATS: tuple[tuple[str, DataFormat], ...] = (
-    ("000xxx00", DataFormat(4, 2, "kWh")),  # active / reactive energy totals and tariffs (00010000, 00020000)
-    ("0201xx00", DataFormat(2, 1, "V")),  # phase voltage A/B/C
-    ("0202xx00", DataFormat(3, 3, "A", signed=True)),  # phase current A/B/C
-    ("0203xx00", DataFormat(3, 4, "kW", signed=True)),  # active power total / A / B / C
-    ("0204xx00", DataFormat(3, 4, "kvar", signed=True)),  # reactive power
-    ("0205xx00", DataFormat(3, 4, "kVA", signed=True)),  # apparent power
-    ("0206xx00", DataFormat(2, 3, "1", signed=True)),  # power factor
-    ("02800002", DataFormat(2, 2, "Hz")),  # grid frequency
-)
+_SINGLE_FORMATS: dict[int, DataFormat] = {
+    0x02800002: DataFormat(2, 2, "Hz"),  # grid frequency
+}
 
 
 def common_format(data_id: int) -> DataFormat | None:
     """The format of a common identifier, or None for one this table does not know."""
-    text = f"{data_id:08X}"
-    for pattern, fmt in _COMMON_FORMATS:
-        if re.fullmatch(pattern.replace("x", "[0-9A-F]"), text):
-            if pattern.startswith("000") and text[2:4] in ("03", "04"):
-                return DataFormat(4, 2, "kvarh")  # 0003/0004...: reactive energy
-            return fmt
-    return None
+    di3, di2, di1, di0 = data_id.to_bytes(4, "big")
+    if di3 == 0x00 and di1 <= _LAST_TARIFF and di0 == 0x00:
+        return _ENERGY_FORMATS.get(di2)
+    if di3 == 0x02 and di1 <= _LAST_PHASE and di0 == 0x00:
+        return _INSTANT_FORMATS.get(di2)
+    return _SINGLE_FORMATS.get(data_id)
 
 
 def decode_value(raw: bytes, fmt: DataFormat) -> float:

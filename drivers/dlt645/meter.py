@@ -3,23 +3,36 @@
 An abnormal reply (D1H) makes that identifier's points bad with reason
 ``device-exception:XX``, XX the meter's error byte (02 no requested data, 04
 unauthorised, ...), like Modbus exception replies. A reply whose value is not
-BCD of the expected length makes those points bad (decode-error).
+BCD of the expected length makes those points bad (decode-error). Values of the
+built-in identifiers are converted from the meter's unit (kWh, V ...) to the
+point's unit.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 
 from drivers.dlt645 import frames
-from drivers.dlt645.config import Dlt645Device, Dlt645Point
+from drivers.dlt645.config import Dlt645Device
 from drivers.serial.bus import Bus
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import address_bytes
+from gateway import units
 from gateway.config.models import DeviceBase
 from gateway.model import Quality, Reason, Sample
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _PointReader:
+    """One point's value: its name, how it travels, and the conversion to the point's unit."""
+
+    name: str
+    format: frames.DataFormat
+    conversion: units.Conversion
 
 
 class Dlt645Meter(BusDevice):
@@ -30,9 +43,10 @@ class Dlt645Meter(BusDevice):
         self.device = device
         self._address = address_bytes(device.address)
         # Points sharing one identifier (e.g. the same value feeding two indicators) share one request.
-        self._by_identifier: dict[int, list[Dlt645Point]] = defaultdict(list)
+        self._by_identifier: dict[int, list[_PointReader]] = defaultdict(list)
         for point in device.points:
-            self._by_identifier[point.identifier].append(point)
+            reader = _PointReader(point.name, point.data_format(), point.conversion())
+            self._by_identifier[point.identifier].append(reader)
 
     def describe(self) -> list[str]:
         return [f"read {identifier:08X} ({len(points)} point{'s' if len(points) > 1 else ''})"
@@ -45,7 +59,7 @@ class Dlt645Meter(BusDevice):
                 by_name[sample.point] = sample
         return [by_name[point.name] for point in self.device.points]
 
-    async def _read_identifier(self, bus: Bus, identifier: int, points: list[Dlt645Point]) -> list[Sample]:
+    async def _read_identifier(self, bus: Bus, identifier: int, points: list[_PointReader]) -> list[Sample]:
         device = self.device
         request = frames.read_request(self._address, identifier)
         what = f"read {identifier:08X} from meter {device.address}"
@@ -55,15 +69,18 @@ class Dlt645Meter(BusDevice):
             error = reply.error or 0
             log.debug("meter %s refused %08X: %s", device.id, identifier,
                       frames.ERROR_NAMES.get(error, f"error {error:02X}"))
+            self.replies.exception_replies += 1
             return [_bad(point.name, f"{Reason.DEVICE_EXCEPTION.value}:{error:02X}") for point in points]
         samples = []
         for point in points:
             try:
-                samples.append(Sample(point.name, frames.decode_value(reply.data[4:], point.format)))
+                value = frames.decode_value(reply.data[4:], point.format)
             except frames.FormatError as exc:
                 log.debug("meter %s, %08X: %s", device.id, identifier, exc)
-                self.frames.malformed += 1
+                self.replies.decode_errors += 1
                 samples.append(_bad(point.name, Reason.DECODE_ERROR.value))
+                continue
+            samples.append(Sample(point.name, point.conversion.apply(value)))
         return samples
 
 

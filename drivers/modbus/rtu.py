@@ -3,6 +3,7 @@ with frames built and recognised by pymodbus (transport.py) and carried by the b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from drivers.modbus.config import ModbusDeviceBase, Table
@@ -69,7 +70,6 @@ class ModbusRtuBusDevice(BusDevice):
             raise ValueError(f"device {device.id} ({device.protocol}) is not a Modbus device")
         self.device = device
         self.poller = ModbusDevicePoller(device)
-        self.counters = self.poller.counters
 
     async def read(self, bus: Bus) -> list[Sample]:
         return await self.poller.read(RtuLink(bus, self.device.timeout, self.frames))
@@ -79,3 +79,9 @@ class ModbusRtuBusDevice(BusDevice):
 
     def describe(self) -> list[str]:
         return self.poller.describe()
+
+    def counters(self) -> dict[str, int]:
+        # Requests and timeouts are the bus's (writes included); refusals and decode errors the poller's.
+        polled = self.poller.counters
+        return {**dataclasses.asdict(self.frames), "exception_replies": polled.exception_replies,
+                "decode_errors": polled.decode_errors}

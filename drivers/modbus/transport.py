@@ -384,7 +384,9 @@ class _Datastore(ModbusServerContext):
 # request frames and recognises reply frames (PDU classes, frame sizes, CRC).
 # `RtuRequest.parse` looks only at the front of what was received and says
 # whether it is the reply, still incomplete, or bytes to drop: noise, a frame
-# with a bad CRC, or a valid frame from another unit id.
+# with a bad CRC, a valid frame from another unit id, or a frame from our unit
+# that does not answer this request (a read reply with the wrong byte count, a
+# write reply naming another address, value or count).
 
 _RTU_FRAMER = FramerRTU(DecodePDU(is_server=False))
 _RTU_REPLY_DECODER = DecodePDU(is_server=False)
@@ -413,6 +415,9 @@ class RtuRequest:
     unit: int
     function_code: int
     what: str
+    # What a normal reply begins with: unit, function and byte count for a read; for a write the
+    # request's first six bytes (unit, function, address, and the value or count), which the reply repeats.
+    reply_start: bytes
 
     @property
     def reply_may_equal_request(self) -> bool:
@@ -420,18 +425,24 @@ class RtuRequest:
         return self.function_code in (_WRITE_COIL, _WRITE_REGISTER)
 
     def parse(self, data: bytes) -> Outcome[RtuAnswer]:
-        return _parse_rtu_reply(data, self.unit, self.function_code)
+        return _parse_rtu_reply(data, self)
 
 
 def rtu_read_request(table: Table, start: int, count: int, unit: int) -> RtuRequest:
     pdu = _RTU_READ_REQUEST[table](address=start, count=count, dev_id=unit)
+    byte_count = (count + 7) // 8 if table.is_bits else 2 * count
     return RtuRequest(_RTU_FRAMER.buildFrame(pdu), unit, pdu.function_code,
-                      f"read {table} {start}+{count} unit {unit}")
+                      f"read {table} {start}+{count} unit {unit}", bytes([unit, pdu.function_code, byte_count]))
+
+
+def _write_request(pdu: ModbusPDU, unit: int, what: str) -> RtuRequest:
+    frame = _RTU_FRAMER.buildFrame(pdu)
+    return RtuRequest(frame, unit, pdu.function_code, what, frame[:6])
 
 
 def rtu_write_coil_request(address: int, value: bool, unit: int) -> RtuRequest:
     pdu = WriteSingleCoilRequest(address=address, bits=[value], dev_id=unit)
-    return RtuRequest(_RTU_FRAMER.buildFrame(pdu), unit, _WRITE_COIL, f"write coil {address} unit {unit}")
+    return _write_request(pdu, unit, f"write coil {address} unit {unit}")
 
 
 def rtu_write_registers_request(address: int, values: Sequence[int], unit: int) -> RtuRequest:
@@ -441,8 +452,7 @@ def rtu_write_registers_request(address: int, values: Sequence[int], unit: int) 
         pdu = WriteSingleRegisterRequest(address=address, registers=list(values), dev_id=unit)
     else:
         pdu = WriteMultipleRegistersRequest(address=address, registers=list(values), dev_id=unit)
-    return RtuRequest(_RTU_FRAMER.buildFrame(pdu), unit, pdu.function_code,
-                      f"write holding_register {address}+{len(values)} unit {unit}")
+    return _write_request(pdu, unit, f"write holding_register {address}+{len(values)} unit {unit}")
 
 
 def _rtu_frame_size(data: bytes, decoder: DecodePDU) -> int | None:
@@ -465,7 +475,8 @@ def _rtu_crc_ok(frame: bytes) -> bool:
     return bool(FramerRTU.check_CRC(frame[:-2], int.from_bytes(frame[-2:], "big")))
 
 
-def _parse_rtu_reply(data: bytes, unit: int, function_code: int) -> Outcome[RtuAnswer]:
+def _parse_rtu_reply(data: bytes, request: RtuRequest) -> Outcome[RtuAnswer]:
+    unit, function_code = request.unit, request.function_code
     ours = len(data) >= 2 and data[0] == unit and data[1] & 0x7F == function_code
     size = _rtu_frame_size(data, _RTU_REPLY_DECODER)
     if size is None:
@@ -483,6 +494,8 @@ def _parse_rtu_reply(data: bytes, unit: int, function_code: int) -> Outcome[RtuA
         return Rejected(Rejection.MALFORMED, size)
     if pdu.isError():
         return Accepted(RtuAnswer(exception_code=int(pdu.exception_code)), size)
+    if not frame.startswith(request.reply_start):
+        return Rejected(Rejection.MALFORMED, size)  # our unit, but not an answer to this request
     return Accepted(RtuAnswer(registers=tuple(pdu.registers), bits=tuple(bool(b) for b in pdu.bits)), size)
 
 

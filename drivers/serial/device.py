@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from drivers.base import WriteRefused
@@ -13,11 +14,20 @@ from gateway.model import Sample, Value
 PushSink = Callable[[Sequence[Sample]], None]
 
 
+@dataclasses.dataclass
+class ReplyCounters:
+    """Per device: accepted replies that still gave bad samples (named as Modbus TCP's counters are)."""
+
+    exception_replies: int = 0  # the device refused (Modbus exception, abnormal meter reply)
+    decode_errors: int = 0  # point values that could not be decoded from a reply
+
+
 class BusDevice(abc.ABC):
     """One device on a shared bus. Called by the bus driver only, one call at a time."""
 
     def __init__(self) -> None:
         self.frames = FrameCounters()
+        self.replies = ReplyCounters()
 
     @abc.abstractmethod
     async def read(self, bus: Bus) -> list[Sample]:
@@ -35,3 +45,7 @@ class BusDevice(abc.ABC):
 
     def describe(self) -> list[str]:
         return []
+
+    def counters(self) -> dict[str, int]:
+        """Everything counted for this device, for its status."""
+        return {**dataclasses.asdict(self.frames), **dataclasses.asdict(self.replies)}

@@ -13,7 +13,6 @@ protocol, imported only when configured (a bus without Modbus never imports pymo
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from collections.abc import Sequence
 from typing import Any
@@ -92,7 +91,7 @@ class FieldBusDriver(Driver):
         return self._device(device).describe()
 
     def device_counters(self, device: DeviceBase) -> dict[str, int]:
-        return dataclasses.asdict(self.frame_counters[device.id])
+        return self._device(device).counters()
 
     def _device(self, device: DeviceBase) -> BusDevice:
         found = self._devices.get(device.id)

@@ -135,3 +135,46 @@ def address_text(raw: bytes) -> str:
 def checksum(data: bytes) -> int:
     """Sum of the bytes modulo 256 (CJ/T 188 and DL/T 645)."""
     return sum(data) & 0xFF
+
+
+# --- the frame both meter protocols share: [FE ...] 68 ... L DATA CS 16 -----------------------------------
+
+METER_WAKE_UP, METER_START, METER_END, METER_WILDCARD = 0xFE, 0x68, 0x16, 0xAA
+
+
+def meter_frame_bytes(body: bytes, wake_up: int) -> bytes:
+    """`body` (68 through DATA) on the wire: wake-up bytes before it, checksum and end byte after it."""
+    return bytes([METER_WAKE_UP] * wake_up) + body + bytes([checksum(body), METER_END])
+
+
+def find_meter_frame(data: bytes, header: int, second_start: int | None = None) -> Outcome[bytes]:
+    """The frame at the start of `data` (wake-up bytes before it belong to it), or what to drop.
+
+    `header` counts the bytes from the 68 through L (L is the last of them); `second_start` is
+    where a protocol repeats 68 inside its header (DL/T 645). Accepts the frame's bytes from its
+    68 through DATA, checksum and end byte checked.
+    """
+    start = 0
+    while start < len(data) and data[start] == METER_WAKE_UP:
+        start += 1
+    if start == len(data):
+        return NEED_MORE
+    if data[start] != METER_START:
+        return Rejected(Rejection.NOISE, start + 1)
+    if len(data) - start < header:
+        return NEED_MORE
+    if second_start is not None and data[start + second_start] != METER_START:
+        return Rejected(Rejection.NOISE, start + 1)  # a stray 68, not a frame header
+    end = start + header + data[start + header - 1] + 2
+    if len(data) < end:
+        return NEED_MORE
+    if data[end - 1] != METER_END:
+        return Rejected(Rejection.PARTIAL, start + 1)
+    if checksum(data[start:end - 2]) != data[end - 2]:
+        return Rejected(Rejection.BAD_CHECKSUM, start + 1)
+    return Accepted(bytes(data[start:end - 2]), end)
+
+
+def address_matches(wanted: bytes, actual: bytes) -> bool:
+    """Whether `actual` is the address asked for: equal, byte for byte, wherever `wanted` is not AA."""
+    return len(wanted) == len(actual) and all(w in (METER_WILDCARD, a) for w, a in zip(wanted, actual, strict=True))

@@ -30,7 +30,7 @@ from typing import Protocol
 
 from drivers.cjt188 import frames as cjt188
 from drivers.dlt645 import frames as dlt645
-from drivers.serial.frames import Accepted, NeedMore, address_bytes
+from drivers.serial.frames import Accepted, NeedMore, address_bytes, address_matches
 
 # A request split over reads is put back together; after this long without bytes, leftovers are dropped.
 _RESYNC_GAP = 0.05
@@ -209,7 +209,7 @@ class Cjt188MeterSim:
             return None
         request = outcome.value
         mine = address_bytes(self.address)
-        if request.is_reply or not all(w in (cjt188.WILDCARD, a) for w, a in zip(request.address, mine, strict=True)):
+        if request.is_reply or not address_matches(request.address, mine):
             return None
         if request.meter_type not in (cjt188.WILDCARD, self.meter_type) or self.silent:
             return outcome.consumed, None
@@ -249,7 +249,7 @@ class Dlt645MeterSim:
             return None
         request = outcome.value
         mine = address_bytes(self.address)
-        if request.is_reply or not all(w in (dlt645.WILDCARD, a) for w, a in zip(request.address, mine, strict=True)):
+        if request.is_reply or not address_matches(request.address, mine):
             return None
         if self.silent:
             return outcome.consumed, None
