@@ -11,8 +11,10 @@ Push devices (OPC-UA subscriptions): after every successful connect the poller
 calls `driver.subscribe()` for each device; a device it accepts delivers its
 samples through the sink from then on and is no longer polled. Instead, every
 `PUSH_CHECK_INTERVAL` the poller awaits `driver.read()` on it, which for a
-subscribed device makes no request and returns no samples: it raises
-DriverError once the driver's keep-alive has found the link dead. That failure
+subscribed device makes no request: it returns the latest value of each point
+once per poll interval (so steady values still feed windows and heartbeats) and
+nothing in between, and raises DriverError once the driver's keep-alive has
+found the link dead. That failure
 is handled like a failed poll (bad readings, back-off, reconnect), and the next
 successful connect subscribes again.
 """

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from drivers.base import DriverError
 from drivers.opcua.browse import browse
@@ -21,7 +23,9 @@ from drivers.opcua.client import (
     STATION_NAMESPACE,
     ConnectOptions,
     OpcUaLink,
+    SimVariable,
     StationSimulator,
+    gas_station_variables,
     make_server_certificate,
 )
 from drivers.opcua.config import NodeRef, OpcUaDevice
@@ -82,6 +86,16 @@ async def station() -> AsyncIterator[StationSimulator]:
     await simulator.stop()
 
 
+@asynccontextmanager
+async def running_station(**options: Any) -> AsyncIterator[StationSimulator]:
+    simulator = StationSimulator(free_port(), **{"period": 0, **options})
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
 @pytest.fixture
 async def driver_factory(tmp_path: Path) -> AsyncIterator[Any]:
     drivers: list[OpcUaDriver] = []
@@ -130,6 +144,7 @@ async def test_polling_reads_every_point_split_by_max_nodes_per_read(driver_fact
         calls = station.read_calls
         samples = {s.point: s for s in await driver.read(device)}
         assert station.read_calls - calls == 2  # 6 nodes, at most 4 per call
+        assert driver.device_counters(device)["reads"] == 2
         assert [samples[n].value for n, _, _ in POINTS] == [350.0, 2.75, 12.5, 820.0, 1_254_300.0, False]
         assert all(s.quality is Quality.GOOD for s in samples.values())
         assert station.monitored_items() == 0
@@ -151,6 +166,8 @@ async def test_status_codes_become_quality_with_the_status_name_as_reason(
     assert (samples["flow"].quality, samples["flow"].reason, samples["flow"].value) == \
         (Quality.BAD, "BadSensorFailure", None)
     assert samples["inlet"].quality is Quality.GOOD
+    assert driver.device_counters(device) == {
+        "reads": 1, "notifications": 0, "decode_errors": 0, "bad_statuses": 1, "uncertain_statuses": 1}
 
 
 @pytest.mark.parametrize("mode", ["subscription", "polling"])
@@ -159,7 +176,10 @@ async def test_an_unknown_node_is_bad_with_its_status_name_and_the_others_work(
     points = [{"name": "inlet", "indicator": "inlet-pressure", "node": node("Station.InletPressure")},
               {"name": "ghost", "indicator": "outlet-pressure", "node": node("Station.NoSuchThing")},
               {"name": "elsewhere", "indicator": "gas-temperature", "node": "nsu=urn:nobody:here;s=X"},
-              {"name": "by-path", "indicator": "methane-lel", "browse_path": "Station/MethaneLel"}]
+              {"name": "by-path", "indicator": "methane-lel", "browse_path": "Station/MethaneLel"},
+              {"name": "by-guid", "indicator": "gas-standard-flow",
+               "node": f"nsu={STATION_NAMESPACE};g=09087e75-8e5e-499b-954f-f2a9603db28a"},
+              {"name": "opaque", "indicator": "gas-standard-volume", "node": f"nsu={STATION_NAMESPACE};b=AQID"}]
     device = make_device(station.port, mode=mode, points=points, namespace=STATION_NAMESPACE)
     driver = driver_factory(device)
     sink = Collector()
@@ -168,16 +188,135 @@ async def test_an_unknown_node_is_bad_with_its_status_name_and_the_others_work(
         await eventually(lambda: all(sink.latest(p["name"]) for p in points), "a sample of every point")
     else:
         sink(device, await driver.read(device))
-    ghost, elsewhere = sink.latest("ghost"), sink.latest("elsewhere")
-    assert ghost is not None and (ghost.quality, ghost.reason) == (Quality.BAD, "BadNodeIdUnknown")
-    assert elsewhere is not None and (elsewhere.quality, elsewhere.reason) == (Quality.BAD, "BadNodeIdUnknown")
+    for name in ("ghost", "elsewhere", "by-guid", "opaque"):
+        sample = sink.latest(name)
+        assert sample is not None and (sample.quality, sample.reason) == (Quality.BAD, "BadNodeIdUnknown"), name
     assert sink.has("inlet", 350.0) and sink.has("by-path", 0.0)
+
+
+@pytest.mark.parametrize("mode", ["subscription", "polling"])
+async def test_a_good_status_with_a_null_value_is_a_bad_sample_and_a_decode_error(
+        driver_factory: Any, mode: str) -> None:
+    # A variable the PLC program has never written: status Good, but a null Variant and so no value.
+    variables = [*gas_station_variables(), SimVariable("Station.Spare", None)]
+    async with running_station(variables=variables) as station:
+        points = [{"name": "inlet", "indicator": "inlet-pressure", "node": node("Station.InletPressure")},
+                  {"name": "spare", "indicator": "outlet-pressure", "node": node("Station.Spare")}]
+        device = make_device(station.port, mode=mode, points=points)
+        driver = driver_factory(device)
+        sink = Collector()
+        await driver.connect()
+        if await driver.subscribe(device, sink):
+            await eventually(lambda: sink.latest("spare") is not None and sink.latest("inlet") is not None,
+                             "the first notification")
+        else:
+            sink(device, await driver.read(device))
+        spare = sink.latest("spare")
+        assert spare is not None and (spare.value, spare.quality, spare.reason) == (None, Quality.BAD, "decode-error")
+        assert sink.has("inlet", 350.0)
+        assert driver.device_counters(device)["decode_errors"] == 1
+
+
+async def test_a_subscribed_device_repeats_its_latest_samples_once_per_poll_interval(
+        station: StationSimulator, driver_factory: Any) -> None:
+    # Steady values send no notifications; processing still needs to see the device is alive.
+    device = make_device(station.port, poll_interval=1.0)
+    driver = driver_factory(device)
+    sink = Collector()
+    await driver.connect()
+    assert await driver.subscribe(device, sink) is True
+    assert await driver.read(device) == []  # a liveness check only, until the poll interval has passed
+    await eventually(lambda: all(sink.latest(n) for n, _, _ in POINTS), "the first notification")
+    await station.set_value("Station.InletPressure", 377.0)
+    await eventually(lambda: sink.has("inlet", 377.0), "the change")
+    notified = {n: sink.latest(n) for n, _, _ in POINTS}
+    repeated: list[Sample] = []
+
+    async def repeats() -> bool:
+        repeated.extend(await driver.read(device))
+        return bool(repeated)
+
+    await eventually(repeats, "the latest samples repeated")
+    # Every point in configured order, exactly as last notified, with the server's source timestamp.
+    assert [s.point for s in repeated] == [n for n, _, _ in POINTS]
+    assert repeated == [notified[n] for n, _, _ in POINTS]
+    assert repeated[0].value == 377.0 and repeated[0].source_time_ms is not None
+    assert await driver.read(device) == []  # not again until the next poll interval
+    assert driver.device_counters(device)["notifications"] == len(POINTS) + 1  # repeats are not notifications
+
+    await station.stop()
+    failures: list[DriverError] = []
+
+    async def fails() -> bool:
+        try:
+            await driver.read(device)
+        except DriverError as exc:
+            failures.append(exc)
+        return bool(failures)
+
+    await eventually(fails, "keep-alive to find the server gone")
 
 
 async def test_node_ids_with_a_namespace_index_are_refused_with_the_reason() -> None:
     with pytest.raises(ValueError, match="namespace URI"):
         NodeRef.parse("ns=3;s=Station.InletPressure")
     assert str(NodeRef.parse("i=2258")) == "i=2258"
+
+
+@pytest.mark.parametrize("bad", ["g=not-a-uuid", "b=not base64!", "b=AQI", "i=4294967296"])
+def test_malformed_node_identifiers_are_refused_by_the_configuration(bad: str) -> None:
+    with pytest.raises(ValueError, match="identifier"):
+        NodeRef.parse(f"nsu={STATION_NAMESPACE};{bad}")
+    with pytest.raises(ValidationError, match="identifier"):
+        make_device(4840, points=[{"name": "x", "indicator": "inlet-pressure", "node": f"nsu=urn:x;{bad}"}])
+    NodeRef.parse("nsu=urn:x;g=09087e75-8e5e-499b-954f-f2a9603db28a")
+    NodeRef.parse("nsu=urn:x;b=AQID")
+
+
+# -- a misbehaving server -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault", ["refuse", "hang-up", "mute"])
+async def test_a_failure_while_resolving_is_a_driver_error_and_leaves_no_session_open(
+        station: StationSimulator, driver_factory: Any, fault: str) -> None:
+    points = [{"name": "inlet", "indicator": "inlet-pressure", "node": node("Station.InletPressure")},
+              {"name": "by-path", "indicator": "methane-lel", "browse_path": "Station/MethaneLel"}]
+    device = make_device(station.port, mode="polling", points=points, namespace=STATION_NAMESPACE, timeout=1.0)
+    driver = driver_factory(device)
+    station.translate_fault = fault
+    with pytest.raises(DriverError) as caught:
+        await driver.connect()
+    if fault == "refuse":
+        assert caught.value.reason == "BadTooManyOperations"
+    await eventually(lambda: station.connections() == 0, "the session to be closed")
+    with pytest.raises(DriverError, match="not connected"):
+        await driver.read(device)
+    station.translate_fault = None  # the next attempt (the scheduler's retry) works
+    await driver.connect()
+    assert [s.value for s in await driver.read(device)] == [350.0, 0.0]
+
+
+async def test_a_connect_cancelled_midway_leaves_no_session_open(
+        station: StationSimulator, driver_factory: Any) -> None:
+    # What the scheduler's stuck-poll guard does to a connect that hangs: cancel it.
+    device = make_device(station.port, mode="polling", namespace=STATION_NAMESPACE, timeout=1.0, points=[
+        {"name": "by-path", "indicator": "methane-lel", "browse_path": "Station/MethaneLel"}])
+    driver = driver_factory(device)
+    station.translate_fault = "mute"
+    connecting = asyncio.create_task(driver.connect())
+    await eventually(lambda: station.translate_calls > 0, "the connect to be resolving nodes")
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    await eventually(lambda: station.connections() == 0, "the session to be closed")
+
+
+async def test_a_read_answered_short_is_a_driver_error(station: StationSimulator, driver_factory: Any) -> None:
+    device = make_device(station.port, mode="polling")
+    driver = driver_factory(device)
+    await driver.connect()
+    station.short_reads = True
+    with pytest.raises(DriverError, match="5 results for 6"):
+        await driver.read(device)
 
 
 # -- security -----------------------------------------------------------------------------------------------
@@ -249,6 +388,18 @@ async def test_an_untrusted_server_certificate_is_refused_and_saved_for_review(
     assert caught.value.reason == "BadCertificateUntrusted"
     rejected = list((tmp_path / "state" / "opcua" / "rejected").iterdir())
     assert len(rejected) == 1 and rejected[0].read_bytes() == server_pki[0].read_bytes()
+
+
+async def test_a_malformed_server_certificate_is_a_clear_error(
+        secured_station: StationSimulator, server_pki: tuple[Path, Path], tmp_path: Path,
+        driver_factory: Any) -> None:
+    secured_station.advertise_certificate(b"\x30\x82\x00\x20" + b"not a certificate at all")
+    device = secured_device(secured_station, tmp_path, "s3cret", server_pki[0])
+    driver = driver_factory(device)
+    with pytest.raises(DriverError, match=r"not a valid X\.509 certificate") as caught:
+        await driver.connect()
+    assert caught.value.reason == "BadCertificateInvalid"
+    await eventually(lambda: secured_station.connections() == 0, "no connection left open")
 
 
 async def test_a_policy_the_endpoint_does_not_offer_lists_what_it_offers(

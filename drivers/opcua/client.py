@@ -20,6 +20,7 @@ realistic address space, for tests, the demo and the benchmark only.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import hashlib
 import logging
@@ -27,6 +28,7 @@ import math
 import os
 import random
 import socket
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +151,9 @@ def node_value(data: ua.DataValue) -> NodeValue:
         return NodeValue(None, Quality.BAD, Reason.DECODE_ERROR.value, stamp)
     if quality is Quality.BAD:
         return NodeValue(None, quality, reason, stamp)
+    if value is None:
+        # A null Variant (a variable the PLC never wrote) is no value; only bad samples may lack one.
+        return NodeValue(None, Quality.BAD, reason or Reason.DECODE_ERROR.value, stamp)
     return NodeValue(value, quality, reason, stamp)
 
 
@@ -189,6 +194,7 @@ class OpcUaLink:
         self.lost: str | None = None  # why the session is gone, once it is
         self.namespaces: list[str] = []
         self.max_nodes_per_read = 0  # 0: no limit
+        self.read_requests = 0  # Read service calls on this session
         self._subscriptions: list[_Subscription] = []
         client.connection_lost_callback = self._connection_lost
 
@@ -212,6 +218,9 @@ class OpcUaLink:
         except (UaStatusCodeError, UaError, OSError, TimeoutError, ConnectionError) as exc:
             await _disconnect_quietly(client)
             raise _explain_connect_error(exc, options) from exc
+        except BaseException:
+            await _disconnect_quietly(client)  # a bug or a cancellation: still no session left open
+            raise
         link = cls(client, options)
         try:
             await link._read_server_facts()
@@ -219,6 +228,9 @@ class OpcUaLink:
             await link.close()
             raise OpcUaError(f"connected to {options.endpoint} but could not read the namespace array: "
                              f"{exc!r}") from exc
+        except BaseException:
+            await link.close()
+            raise
         return link
 
     async def _read_server_facts(self) -> None:
@@ -226,6 +238,7 @@ class OpcUaLink:
             [ua.NodeId(ua.ObjectIds.Server_NamespaceArray),
              ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)],
             ua.AttributeIds.Value)
+        _expect_results("Read", values, 2)
         self.namespaces = list(values[0].Value.Value or []) if values[0].Value is not None else []
         limit = values[1].Value.Value if values[1].Value is not None else None
         self.max_nodes_per_read = int(limit) if isinstance(limit, int) and limit > 0 else 0
@@ -257,19 +270,12 @@ class OpcUaLink:
             if ref.namespace_uri not in self.namespaces:
                 return "BadNodeIdUnknown"
             index = self.namespaces.index(ref.namespace_uri)
-        ident: Any = ref.identifier
         kind = {"i": ua.NodeIdType.Numeric, "s": ua.NodeIdType.String, "g": ua.NodeIdType.Guid,
                 "b": ua.NodeIdType.ByteString}[ref.kind]
-        if ref.kind == "i":
-            ident = int(ref.identifier)
-        elif ref.kind == "g":
-            import uuid
-
-            ident = uuid.UUID(ref.identifier)
-        elif ref.kind == "b":
-            import base64
-
-            ident = base64.b64decode(ref.identifier)
+        try:
+            ident = _identifier(ref)
+        except ValueError:  # NodeRef.parse rejects these; a NodeRef built some other way may still hold one
+            return "BadNodeIdInvalid"
         return ua.NodeId(ident, index, kind)
 
     async def resolve(self, points: Sequence[OpcUaPoint], namespace: str | None) -> list[ua.NodeId | str]:
@@ -287,7 +293,11 @@ class OpcUaLink:
             if path is not None:
                 by_path.append((index, ua.BrowsePath(ua.NodeId(ua.ObjectIds.ObjectsFolder), path)))
         if by_path:
-            results = await self._client.uaclient.translate_browsepaths_to_nodeids([p for _, p in by_path])
+            try:
+                results = await self._client.uaclient.translate_browsepaths_to_nodeids([p for _, p in by_path])
+            except (UaError, OSError, TimeoutError, ConnectionError) as exc:
+                raise self._service_failed("TranslateBrowsePaths", exc) from exc
+            _expect_results("TranslateBrowsePaths", results, len(by_path))
             for (index, _), result in zip(by_path, results, strict=True):
                 if result.StatusCode.is_good() and result.Targets:
                     resolved[index] = _plain_node_id(result.Targets[0].TargetId)
@@ -313,11 +323,15 @@ class OpcUaLink:
         """Values of `nodes` with one Read call per `limit` nodes (0: the server's limit, else one call)."""
         try:
             return [node_value(d) for d in await self._read_values(nodes, limit)]
-        except UaStatusCodeError as exc:
-            raise OpcUaError(f"Read failed: {exc}", status_name(exc.code)) from exc
         except (UaError, OSError, TimeoutError, ConnectionError) as exc:
-            self.lost = self.lost or f"Read failed: {exc!r}"
-            raise OpcUaError(self.lost) from exc
+            raise self._service_failed("Read", exc) from exc
+
+    def _service_failed(self, service: str, exc: BaseException) -> OpcUaError:
+        """A refused service keeps the session; anything else (timeout, closed socket) means it is gone."""
+        if isinstance(exc, UaStatusCodeError):
+            return OpcUaError(f"{service} failed: {exc}", status_name(exc.code))
+        self.lost = self.lost or f"{service} failed: {exc!r}"
+        return OpcUaError(self.lost)
 
     async def _read_values(self, nodes: Sequence[ua.NodeId], limit: int = 0) -> list[ua.DataValue]:
         chunk = limit or self.max_nodes_per_read or len(nodes) or 1
@@ -327,7 +341,10 @@ class OpcUaLink:
             params.TimestampsToReturn = ua.TimestampsToReturn.Both
             params.NodesToRead = [ua.ReadValueId(NodeId=n, AttributeId=ua.AttributeIds.Value)
                                   for n in nodes[start:start + chunk]]
-            values.extend(await self._client.uaclient.read(params))
+            self.read_requests += 1
+            answer = await self._client.uaclient.read(params)
+            _expect_results("Read", answer, len(params.NodesToRead))
+            values.extend(answer)
         return values
 
     async def engineering_units(self, nodes: Sequence[ua.NodeId]) -> list[str | None]:
@@ -339,6 +356,7 @@ class OpcUaLink:
             return []
         try:
             results = await self._client.uaclient.translate_browsepaths_to_nodeids(paths)
+            _expect_results("TranslateBrowsePaths", results, len(paths))
             found = [(i, _plain_node_id(r.Targets[0].TargetId)) for i, r in enumerate(results)
                      if r.StatusCode.is_good() and r.Targets]
             data = await self._read_values([n for _, n in found]) if found else []
@@ -363,11 +381,8 @@ class OpcUaLink:
         subscription = _Subscription(self._client, publishing_interval, self._options.keepalive, on_values)
         try:
             statuses = await subscription.create(items)
-        except UaStatusCodeError as exc:
-            raise OpcUaError(f"creating the subscription failed: {exc}", status_name(exc.code)) from exc
         except (UaError, OSError, TimeoutError, ConnectionError) as exc:
-            self.lost = self.lost or f"creating the subscription failed: {exc!r}"
-            raise OpcUaError(self.lost) from exc
+            raise self._service_failed("creating the subscription", exc) from exc
         self._subscriptions.append(subscription)
         return statuses
 
@@ -411,6 +426,22 @@ class OpcUaLink:
         uri = self.namespaces[nodeid.NamespaceIndex]
         text = nodeid.to_string().split(";", 1)[-1] if nodeid.NamespaceIndex else nodeid.to_string()
         return BrowsedVariable(f"nsu={uri};{text}", path, display, data_type, codes[0], writable)
+
+
+def _identifier(ref: NodeRef) -> int | str | uuid.UUID | bytes:
+    if ref.kind == "i":
+        return int(ref.identifier)
+    if ref.kind == "g":
+        return uuid.UUID(ref.identifier)
+    if ref.kind == "b":
+        return base64.b64decode(ref.identifier, validate=True)
+    return ref.identifier
+
+
+def _expect_results(service: str, results: Sequence[object], asked: int) -> None:
+    """A server must answer one result per operation; pairing a short answer up would misplace values."""
+    if len(results) != asked:
+        raise OpcUaError(f"{service}: the server answered {len(results)} results for {asked} operations")
 
 
 def _plain_node_id(target: Any) -> ua.NodeId:
@@ -464,6 +495,7 @@ class _Subscription:
             SubscriptionId=subscription_id, TimestampsToReturn=ua.TimestampsToReturn.Both,
             ItemsToCreate=[_item_request(index + 1, spec, with_filter) for index, spec in batch])
         results = await self._client.uaclient.create_monitored_items(params)
+        _expect_results("CreateMonitoredItems", results, len(batch))
         statuses = [None if r.StatusCode.is_good() else r.StatusCode.name for r in results]
         retry = [(i, (index, spec)) for i, ((index, spec), status) in enumerate(zip(batch, statuses, strict=True))
                  if with_filter and spec.deadband is not None and status in _FILTER_REJECTED]
@@ -531,7 +563,7 @@ async def _secure(client: Client, options: ConnectOptions) -> None:
                           for e in endpoints})
         raise OpcUaError(f"endpoint {options.endpoint} does not offer security policy {options.policy} with mode "
                          f"{options.mode}; it offers: {', '.join(offered)}", "BadSecurityPolicyRejected")
-    server_der = _first_certificate(endpoint.ServerCertificate)
+    server_der = _first_certificate(endpoint.ServerCertificate or b"")
     await _check_server_trusted(server_der, options)
     certificate, key = await client_certificate(options)
     await client.set_security(policy, certificate, key, server_certificate=server_der, mode=mode)
@@ -569,7 +601,11 @@ def thumbprint(der: bytes) -> str:
 
 
 async def _check_server_trusted(server_der: bytes, options: ConnectOptions) -> None:
-    certificate = x509.load_der_x509_certificate(server_der)
+    try:
+        certificate = x509.load_der_x509_certificate(server_der)
+    except ValueError as exc:
+        raise OpcUaError(f"{options.endpoint} offers a certificate that is not a valid X.509 certificate ({exc}); "
+                         "the server's certificate store needs fixing", "BadCertificateInvalid") from exc
     trusted = await _trusted_certificates(options)
     if certificate.fingerprint(hashes.SHA256()) not in {c.fingerprint(hashes.SHA256()) for c in trusted}:
         saved = options.pki_dir / "rejected" / f"{thumbprint(server_der)}.der"
@@ -637,7 +673,7 @@ STATION_NAMESPACE = "urn:municipal-gateway:sim:gas-station"
 @dataclass
 class SimVariable:
     name: str  # browse name and string node id
-    value: float | int | bool
+    value: float | int | bool | None  # None: a variable the PLC has never written (a null Variant)
     unit_code: str | None = None  # UN/CEFACT
     display_name: str = ""
     drift: float = 0.0  # each tick adds up to ± this (numbers) or flips with this probability (booleans)
@@ -672,6 +708,11 @@ class StationSimulator:
     max_nodes_per_read: int = 0
     decoy_namespaces: int = 0  # registered before ours, to move our namespace index
     read_calls: int = 0
+    # Faults of a misbehaving server, for tests: answer Reads one result short; on TranslateBrowsePaths, refuse
+    # the service ("refuse"), drop every client connection ("hang-up") or never answer anything again ("mute").
+    short_reads: bool = False
+    translate_fault: str | None = None
+    translate_calls: int = 0
     _server: Server | None = None
     _ticker: asyncio.Task[None] | None = None
     _total: Any = None
@@ -708,6 +749,7 @@ class StationSimulator:
                                         DisplayName=ua.LocalizedText(variable.unit_code))
                 await variable.node.add_property(0, "EngineeringUnits", info)
         self._count_reads(server)
+        self._break_translate(server)
         if self.max_nodes_per_read:
             await server.write_attribute_value(
                 ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead),
@@ -728,9 +770,41 @@ class StationSimulator:
             self.read_calls += 1
             if self.max_nodes_per_read and len(params.NodesToRead) > self.max_nodes_per_read:
                 raise UaStatusCodeError(ua.StatusCodes.BadTooManyOperations)  # type: ignore[no-untyped-call]
-            return plain_read(params)
+            results = plain_read(params)
+            return results[:-1] if self.short_reads else results
 
         service.read = read  # type: ignore[method-assign]
+
+    def _break_translate(self, server: Server) -> None:
+        service = server.iserver.view_service
+        plain_translate = service.translate_browsepaths_to_nodeids
+
+        def translate(browsepaths: list[ua.BrowsePath]) -> list[ua.BrowsePathResult]:
+            self.translate_calls += 1
+            if self.translate_fault == "refuse":
+                raise UaStatusCodeError(ua.StatusCodes.BadTooManyOperations)  # type: ignore[no-untyped-call]
+            assert server.bserver is not None
+            for client in list(server.bserver.clients):
+                if client.transport is None:
+                    continue
+                if self.translate_fault == "hang-up":
+                    client.transport.close()
+                elif self.translate_fault == "mute":
+                    client.transport.write = _discard  # type: ignore[method-assign]
+            return plain_translate(browsepaths)
+
+        service.translate_browsepaths_to_nodeids = translate  # type: ignore[method-assign]
+
+    def connections(self) -> int:
+        """Client connections the server holds open (to prove that a failed connect leaves none behind)."""
+        assert self._server is not None and self._server.bserver is not None
+        return len(self._server.bserver.clients)
+
+    def advertise_certificate(self, der: bytes) -> None:
+        """Offer `der` as the server's certificate from now on, as a server with a damaged store might."""
+        assert self._server is not None
+        for endpoint in self._server.iserver.endpoints:
+            endpoint.ServerCertificate = der
 
     def monitored_items(self) -> int:
         """Monitored items the server holds, over all sessions (to prove no duplicates)."""
@@ -754,6 +828,8 @@ class StationSimulator:
             await self._total.write_value(self.monitored_items())
 
     async def _tick(self, variable: SimVariable, rng: random.Random) -> None:
+        if variable.value is None:
+            return  # never written: stays null
         if isinstance(variable.value, bool):
             if variable.drift and rng.random() < variable.drift:
                 await self.set_value(variable.name, not variable.value)
@@ -769,6 +845,10 @@ class StationSimulator:
             await asyncio.gather(self._ticker, return_exceptions=True)
         if self._server is not None:
             await self._server.stop()
+
+
+def _discard(data: bytes | bytearray | memoryview) -> None:
+    """A transport's write that sends nothing: a server that hangs without closing the connection."""
 
 
 class _SimUsers:

@@ -8,8 +8,11 @@ NodeId (`i=2258`), or by a browse path from the Objects folder.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import re
+import uuid
 from typing import Literal, Self
 
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, model_validator
@@ -38,13 +41,32 @@ class NodeRef(StrictModel):
         if index is not None and index != "0":
             raise ValueError(f"node id {text!r} uses namespace index {index}; indexes can change when the server "
                              "restarts, so give the namespace URI instead (nsu=<uri>;...); `browse` prints them")
-        if match["kind"] == "i" and not match["ident"].isdigit():
-            raise ValueError(f"node id {text!r}: a numeric identifier (i=) must be digits")
+        _check_identifier(text, match["kind"], match["ident"])
         return cls(namespace_uri=match["uri"], kind=match["kind"], identifier=match["ident"])
 
     def __str__(self) -> str:
         prefix = f"nsu={self.namespace_uri};" if self.namespace_uri else ""
         return f"{prefix}{self.kind}={self.identifier}"
+
+
+_UINT32_MAX = 2**32 - 1
+
+
+def _check_identifier(text: str, kind: str, identifier: str) -> None:
+    """Reject identifiers the protocol cannot carry now, rather than fail on every connect later."""
+    if kind == "i" and not (identifier.isascii() and identifier.isdigit() and int(identifier) <= _UINT32_MAX):
+        raise ValueError(f"node id {text!r}: a numeric identifier (i=) must be digits, at most {_UINT32_MAX}")
+    if kind == "g":
+        try:
+            uuid.UUID(identifier)
+        except ValueError:
+            raise ValueError(f"node id {text!r}: a GUID identifier (g=) looks like "
+                             "09087e75-8e5e-499b-954f-f2a9603db28a") from None
+    if kind == "b":
+        try:
+            base64.b64decode(identifier, validate=True)
+        except binascii.Error:
+            raise ValueError(f"node id {text!r}: an opaque identifier (b=) must be base64") from None
 
 
 class Mode(enum.StrEnum):

@@ -11,12 +11,20 @@ no request: it is the scheduler's cheap liveness check, raising DriverError as
 soon as keep-alive monitoring has found the session or subscription dead, so
 the scheduler marks the readings bad, reconnects with back-off and subscribes
 again (on a new session, so monitored items are never duplicated).
+
+A value that does not change is never pushed, so to processing a steady
+subscription would look like a dead one (statistics windows without samples,
+stale-data alarms, no report-by-exception heartbeats). Once per the device's
+`poll_interval`, `read()` therefore also returns the latest sample of every
+point, with the server's source timestamp; in between it returns nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -26,11 +34,20 @@ from drivers.opcua.client import ConnectOptions, MonitorSpec, NodeId, NodeValue,
 from drivers.opcua.config import Mode, OpcUaDevice, OpcUaPoint
 from gateway import units
 from gateway.config.models import DeviceBase
-from gateway.model import Quality, Sample
+from gateway.model import Quality, Reason, Sample
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("/var/lib/municipal-gateway")
+
+
+@dataclasses.dataclass
+class DeviceCounters:
+    reads: int = 0  # Read requests sent (one poll may need several)
+    notifications: int = 0  # values pushed by the subscription
+    decode_errors: int = 0  # values that were no usable scalar (null, array, structure, NaN)
+    bad_statuses: int = 0  # values the server itself marked Bad
+    uncertain_statuses: int = 0  # values the server marked Uncertain
 
 
 class OpcUaDriver(Driver):
@@ -41,27 +58,37 @@ class OpcUaDriver(Driver):
         self._link: OpcUaLink | None = None
         self._nodes: dict[str, list[NodeId | str]] = {}  # per device: node id, or why there is none
         self._subscribed: set[str] = set()
+        self._latest: dict[str, dict[str, Sample]] = {}  # subscribed devices: point → latest sample
+        self._repeat_due: dict[str, float] = {}  # subscribed devices: when read() next repeats the latest
         self._reported: dict[tuple[str, str], str] = {}  # (device, point) → last problem logged
         self._units_checked = False
-        self.decode_errors = 0
+        self.counters = {d.id: DeviceCounters() for d in self._devices}
 
     # -- the link ---------------------------------------------------------------------------------------------
 
     async def connect(self) -> None:
+        await self.close()  # never two sessions, even if a caller connects twice
         try:
-            self._link = await OpcUaLink.open(self.connect_options())
-            for device in self._devices:
-                self._nodes[device.id] = await self._link.resolve(device.points, device.namespace)
-                self._log_unresolved(device)
-            if not self._units_checked:
-                self._units_checked = True
-                try:
-                    await self._check_units()
-                except OpcUaError as exc:  # a diagnostic only; the data matters more
-                    log.warning("could not compare engineering units: %s", exc)
+            await self._open_and_resolve()
         except OpcUaError as exc:
             await self.close()
             raise DriverError(str(exc), exc.reason) from exc
+        except BaseException:
+            # The scheduler only closes links it saw connect; whatever failed here, leave no session behind.
+            await self.close()
+            raise
+
+    async def _open_and_resolve(self) -> None:
+        self._link = await OpcUaLink.open(self.connect_options())
+        for device in self._devices:
+            self._nodes[device.id] = await self._link.resolve(device.points, device.namespace)
+            self._log_unresolved(device)
+        if not self._units_checked:
+            self._units_checked = True
+            try:
+                await self._check_units()
+            except OpcUaError as exc:  # a diagnostic only; the data matters more
+                log.warning("could not compare engineering units: %s", exc)
 
     def connect_options(self) -> ConnectOptions:
         # Devices sharing a link share the session; the first one's connection settings apply.
@@ -84,6 +111,8 @@ class OpcUaDriver(Driver):
 
     async def close(self) -> None:
         self._subscribed.clear()
+        self._latest.clear()
+        self._repeat_due.clear()
         self._nodes.clear()
         link, self._link = self._link, None
         if link is not None:
@@ -100,24 +129,53 @@ class OpcUaDriver(Driver):
         link = self._require_link()
         try:
             link.check_alive()
-            if device.id in self._subscribed:
-                return []  # the subscription delivers; this was the liveness check
-            opcua = cast(OpcUaDevice, device)
-            nodes = self._nodes[device.id]
-            wanted = [n for n in nodes if not isinstance(n, str)]
-            values = await link.read(wanted, opcua.max_nodes_per_read or 0)
         except OpcUaError as exc:
             raise DriverError(str(exc), exc.reason) from exc
-        by_node = iter(values)
-        return [self._sample(point, node if isinstance(node, str) else next(by_node))
-                for point, node in zip(opcua.points, nodes, strict=True)]
+        if device.id in self._subscribed:
+            return self._repeat_latest(device)
+        return await self._poll(link, cast(OpcUaDevice, device))
 
-    def _sample(self, point: OpcUaPoint, result: NodeValue | str) -> Sample:
+    async def _poll(self, link: OpcUaLink, device: OpcUaDevice) -> list[Sample]:
+        nodes = self._nodes[device.id]
+        wanted = [n for n in nodes if not isinstance(n, str)]
+        requests_before = link.read_requests
+        try:
+            values = await link.read(wanted, device.max_nodes_per_read or 0)
+        except OpcUaError as exc:
+            raise DriverError(str(exc), exc.reason) from exc
+        finally:
+            self.counters[device.id].reads += link.read_requests - requests_before
+        by_node = iter(values)  # the link checked that the server answered one value per node
+        return [self._sample(device.id, point, node if isinstance(node, str) else next(by_node))
+                for point, node in zip(device.points, nodes, strict=True)]
+
+    def _repeat_latest(self, device: DeviceBase) -> list[Sample]:
+        """Once per poll_interval, the latest sample of each point again, so a steady value still shows up."""
+        now = time.monotonic()
+        due = self._repeat_due[device.id]
+        if now < due:
+            return []
+        # Keep to the device's grid; after a long pause, start a new one rather than catch up.
+        next_due = due + device.poll_interval
+        self._repeat_due[device.id] = next_due if next_due > now else now + device.poll_interval
+        latest = self._latest[device.id]
+        return [latest[p.name] for p in device.points if p.name in latest]
+
+    def _sample(self, device_id: str, point: OpcUaPoint, result: NodeValue | str) -> Sample:
+        """A value from the server as a sample, counted once (repeats of it are not counted again)."""
         if isinstance(result, str):  # never resolved: the status name says why
             return Sample(point.name, None, Quality.BAD, result)
-        if result.reason == "decode-error":
-            self.decode_errors += 1
+        counters = self.counters[device_id]
+        if result.reason == Reason.DECODE_ERROR.value:
+            counters.decode_errors += 1
+        elif result.quality is Quality.BAD:
+            counters.bad_statuses += 1
+        elif result.quality is Quality.UNCERTAIN:
+            counters.uncertain_statuses += 1
         return Sample(point.name, result.value, result.quality, result.reason, result.source_time_ms)
+
+    def device_counters(self, device: DeviceBase) -> dict[str, int]:
+        return dataclasses.asdict(self.counters[device.id])
 
     # -- subscriptions ----------------------------------------------------------------------------------------
 
@@ -131,8 +189,15 @@ class OpcUaDriver(Driver):
                      if not isinstance(node, str)]
         specs = [self._monitor_spec(opcua, point, node) for point, node in monitored]
 
+        latest = self._latest.setdefault(device.id, {})
+
+        def deliver(samples: list[Sample]) -> None:
+            latest.update((s.point, s) for s in samples)
+            sink(device, samples)
+
         def on_values(changes: list[tuple[int, NodeValue]]) -> None:
-            sink(device, [self._sample(monitored[index][0], value) for index, value in changes])
+            self.counters[device.id].notifications += len(changes)
+            deliver([self._sample(device.id, monitored[index][0], value) for index, value in changes])
 
         try:
             statuses = await link.subscribe(specs, opcua.publishing_interval, on_values) if specs else []
@@ -144,8 +209,9 @@ class OpcUaDriver(Driver):
         for name, status in refused.items():
             self._report(device.id, name, f"the server refused to monitor it ({status})")
         if problems:
-            sink(device, [Sample(name, None, Quality.BAD, status) for name, status in problems.items()])
+            deliver([Sample(name, None, Quality.BAD, status) for name, status in problems.items()])
         self._subscribed.add(device.id)
+        self._repeat_due[device.id] = time.monotonic() + device.poll_interval
         return True
 
     @staticmethod
@@ -191,7 +257,8 @@ class OpcUaDriver(Driver):
         count = len(opcua.points)
         if opcua.mode == Mode.SUBSCRIPTION:
             return [f"subscription at {opcua.endpoint}: {count} monitored items, publishing every "
-                    f"{opcua.publishing_interval:g} s (no requests per poll; liveness checked locally)"]
+                    f"{opcua.publishing_interval:g} s (no requests per poll; liveness checked locally; the latest "
+                    f"values repeated every {opcua.poll_interval:g} s)"]
         limit = opcua.max_nodes_per_read
         calls = math.ceil(count / limit) if limit else 1
         return [f"Read {count} nodes at {opcua.endpoint} in {calls} call{'s' if calls != 1 else ''}"

@@ -62,7 +62,7 @@ async def _like_a_station_in_service(simulator: StationSimulator) -> None:
     methane detector reading a background of a few %LEL. The valve stays open and the alarm quiet."""
     rng = random.Random(3)
     started = last = time.monotonic()
-    volume = float(next(v.value for v in simulator.variables if v.name == "Station.StandardVolume"))
+    volume = float(next(v.value for v in simulator.variables if v.name == "Station.StandardVolume") or 0.0)
     while True:
         await asyncio.sleep(1.0)  # a simulated process, not synchronisation
         now = time.monotonic()
