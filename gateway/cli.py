@@ -158,8 +158,6 @@ async def _run(config: GatewayConfig) -> int:
 
 def cmd_browse(args: argparse.Namespace) -> int:
     """Print a YAML device skeleton of an OPC-UA server's variables."""
-    import os
-
     from drivers.opcua.browse import browse
     from drivers.opcua.client import ConnectOptions, OpcUaError
     from drivers.opcua.config import SecurityMode, SecurityPolicy
