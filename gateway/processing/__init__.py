@@ -171,25 +171,19 @@ class Processor:
 
     def process(self, device_id: str, readings: Sequence[Reading]) -> Output:
         """Readings of one successful poll."""
-        now = self._clock()
-        device = self._devices[device_id]
-        out = Output()
-        if device.supervisor is not None:
-            out.events.extend(device.supervisor.answered(now))
-        if device.passthrough:
-            out.readings = list(readings)
-        else:
-            self._feed(device, readings, now, out)
-        self._track(out.events)
-        return out
+        return self._handle(device_id, readings, lambda supervisor, now: supervisor.answered(now))
 
     def failed(self, device_id: str, reason: str, readings: Sequence[Reading]) -> Output:
         """The bad readings of a poll that got no answer."""
+        return self._handle(device_id, readings, lambda supervisor, now: supervisor.failed(reason, now))
+
+    def _handle(self, device_id: str, readings: Sequence[Reading],
+                supervise: Callable[[DeviceSupervisor, int], list[AlarmEvent]]) -> Output:
         now = self._clock()
         device = self._devices[device_id]
         out = Output()
         if device.supervisor is not None:
-            out.events.extend(device.supervisor.failed(reason, now))
+            out.events.extend(supervise(device.supervisor, now))
         if device.passthrough:
             out.readings = list(readings)
         else:
