@@ -102,6 +102,7 @@ class LinkPoller:
                 if delay > 0:
                     await asyncio.sleep(delay)  # waiting for a schedule, not for an event
                 await self._poll(status)
+                _honour_cancellation()
         finally:
             await self._close()
 
@@ -197,6 +198,18 @@ class LinkPoller:
             self._connected = False
             self._pushing.clear()
             await self.driver.close()
+
+
+def _honour_cancellation() -> None:
+    """Raise CancelledError if this task was cancelled but a library swallowed it.
+
+    pymodbus and asyncua catch the CancelledError of a connect in progress and
+    report a failed connect instead; without this check a stopping gateway
+    would go on polling and never stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _next_slot(previous_due: float, interval: float, now: float) -> float:

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,15 @@ from gateway.buffer import read_stats
 from gateway.config.loader import load_config
 from tests.brokers import WAIT, Broker, eventually
 from tests.conftest import BrokerFactory, SubscriberFactory
-from tests.e2e import DATA_TOPIC, first_arrivals_in_order, modbus_device, readings, running, seqs, write_config
+from tests.e2e import (
+    DATA_TOPIC,
+    first_arrivals_in_order,
+    modbus_device,
+    readings,
+    running,
+    seqs,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -243,3 +252,21 @@ async def test_a_derived_indicator_declared_in_yaml_is_computed_at_the_edge(
     assert (derived["unit"], derived["quality"], derived["point"]) == ("kPa", "good", "derived:pressure-margin")
     meta = json.loads(subscriber.on("city/water-supply/ps01/ps01-station/meta")[0].payload)
     assert "pressure-margin" in {i["id"] for i in meta["indicators"]}, "the self-description lists it"
+
+
+async def test_systemd_is_told_when_the_gateway_is_ready_and_when_it_stops(
+        tmp_path: Path, broker: Broker, station: ModbusSimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stopping right after READY also catches the first connects in progress: pymodbus swallows the
+    # cancellation of a connect, and the gateway must stop all the same (it hung here once).
+    socket_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(socket_path))
+        listener.setblocking(False)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(socket_path))
+        config = write_config(tmp_path, broker.port, [modbus_device("plc-1", station.port)])
+        loop = asyncio.get_running_loop()
+        async with running(config):
+            ready = await asyncio.wait_for(loop.sock_recv(listener, 64), WAIT)
+        stopping = await asyncio.wait_for(loop.sock_recv(listener, 64), WAIT)
+    assert (ready, stopping) == (b"READY=1", b"STOPPING=1")
+
