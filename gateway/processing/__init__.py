@@ -25,8 +25,7 @@ from gateway.processing.derived import ExpressionRule, NightMinimumRule
 from gateway.processing.exception import ReportByException
 from gateway.processing.windows import AlignedWindow, SeriesInfo, StatisticsWindow, WindowStats
 
-__all__ = ["AlarmEvent", "ConsumptionStats", "Output", "Processor", "Supervision", "WindowStats",
-           "effective_processing"]
+__all__ = ["AlarmEvent", "ConsumptionStats", "Output", "Processor", "Supervision", "WindowStats"]
 
 Statistics = WindowStats | ConsumptionStats
 # A window is closed by the clock this long after its end, so a poll answered just after the boundary still counts.
@@ -43,11 +42,6 @@ class Output:
 
     def __bool__(self) -> bool:
         return bool(self.readings or self.statistics or self.events)
-
-
-def effective_processing(indicator: Indicator, override: Processing | None) -> Processing:
-    """The catalogue's rules for the indicator with a point's (or derived indicator's) overrides applied."""
-    return indicator.processing.overridden_by(override)
 
 
 class _Series:
@@ -254,7 +248,7 @@ class Processor:
             indicator = self._catalogue.indicator(point.indicator)
             if indicator is None:
                 continue
-            rules = effective_processing(indicator, getattr(point, "processing", None))
+            rules = indicator.processing.overridden_by(point.processing)
             if not rules.is_empty:
                 series[point.name] = _Series(asset.asset, device.id, indicator, rules, hold_ms)
         if supervision is _DEFAULT:
@@ -275,7 +269,7 @@ class Processor:
             if indicator is None:
                 raise ValueError(f"derived indicator {definition.indicator!r} of asset {asset_id!r} "
                                  "is not in the catalogue")
-            rules = effective_processing(indicator, definition.processing)
+            rules = indicator.processing.overridden_by(definition.processing)
             series = None if rules.is_empty else _Series(asset.asset, "gateway", indicator, rules, hold_ms)
             if definition.night_minimum is not None:
                 night = NightMinimumRule(definition.night_minimum, asset.asset, indicator, hold_ms)
