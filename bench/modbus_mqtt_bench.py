@@ -41,7 +41,7 @@ BASE_PORT = 21000
 def serve(devices: int, registers: int, base_port: int) -> None:
     """The simulator process: one pymodbus server per device, values changing every second."""
     from drivers.modbus.config import Table
-    from drivers.modbus.transport import ModbusSimulator
+    from simulators.modbus import ModbusSimulator
 
     async def main() -> None:
         servers = [ModbusSimulator([1], port=base_port + i, size=max(registers, 16)) for i in range(devices)]

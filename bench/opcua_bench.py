@@ -32,12 +32,12 @@ import psutil  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drivers.opcua.client import STATION_NAMESPACE  # noqa: E402
 from drivers.opcua.config import OpcUaDevice  # noqa: E402
 from drivers.opcua.driver import OpcUaDriver  # noqa: E402
 from gateway.config.models import DeviceBase  # noqa: E402
 from gateway.model import Quality, Sample  # noqa: E402
 from gateway.scheduler import DeviceStatus, LinkPoller  # noqa: E402
+from simulators.opcua import STATION_NAMESPACE  # noqa: E402
 
 
 def free_port() -> int:
@@ -53,7 +53,7 @@ class Server:
     def __init__(self, port: int, extra: int) -> None:
         self.port = port
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "drivers.opcua.simulator", "--port", str(port), "--extra", str(extra),
+            [sys.executable, "-m", "simulators.opcua", "--port", str(port), "--extra", str(extra),
              "--period", "1"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
 

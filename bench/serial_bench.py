@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from drivers.base import protocols  # noqa: E402
 from drivers.modbus.config import Table  # noqa: E402
-from drivers.serial.simulator import Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, modbus_rtu_slaves  # noqa: E402
 from gateway.config.models import DeviceBase  # noqa: E402
 from gateway.model import Sample  # noqa: E402
 from gateway.scheduler import DeviceStatus, LinkPoller  # noqa: E402
+from simulators.serial import Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, modbus_rtu_slaves  # noqa: E402
 
 BITS_PER_CHAR = 11
 METER_UNITS = (1, 2, 3)

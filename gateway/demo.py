@@ -3,7 +3,7 @@
 Everything runs on 127.0.0.1 with free ports and a throw-away state directory:
 - the example stations of config/demo/, simulated with moving values: a water pumping station PLC and a
   lighting-cabinet energy meter on Modbus TCP; a gas pressure-regulating station on OPC-UA, in its own
-  process (drivers/opcua/simulator.py) so that its server never holds up the demo's event loop; and a
+  process (simulators/opcua.py) so that its server never holds up the demo's event loop; and a
   district metering station's RS-485 bus (a Modbus RTU controller, a CJ/T 188 water meter and a DL/T 645
   electricity meter) on the far end of a pseudo-terminal, which the gateway opens as its serial port;
 - mosquitto when installed, otherwise amqtt, an embedded Python broker;
@@ -45,17 +45,17 @@ from drivers.modbus.config import ModbusDeviceBase, ModbusTcpDevice
 from drivers.modbus.rtu_config import ModbusRtuDevice
 from drivers.opcua.config import OpcUaDevice
 from drivers.serial.config import SerialDevice
-from drivers.serial.simulator import Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
 from gateway.app import Gateway
 from gateway.catalogue import Catalogue, IndicatorKind
 from gateway.config.loader import GatewayConfig, load_config
 from gateway.config.models import DeviceBase, PointBase
 from gateway.mapping import point_mapping
 from gateway.model import format_time_ms
-from gateway.publisher import Watcher
+from simulators.mqtt import Watcher
+from simulators.serial import Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
 
 if TYPE_CHECKING:
-    from drivers.modbus.fieldsim import FieldSimulator  # imported when needed: it imports pymodbus
+    from simulators.fieldsim import FieldSimulator  # imported when needed: it imports pymodbus
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / "config" / "demo"
@@ -173,7 +173,7 @@ class SimulatedField:
 async def _simulated_field(config: GatewayConfig, typical: Mapping[str, Band],
                            workdir: Path) -> AsyncIterator[SimulatedField]:
     """Every device of the demo configuration, simulated, until the block is left."""
-    from drivers.modbus.fieldsim import FieldSimulator
+    from simulators.fieldsim import FieldSimulator
 
     modbus = FieldSimulator([d for d in config.devices if isinstance(d, ModbusDeviceBase)], config.catalogue,
                             typical=typical, free_ports=True)
@@ -205,7 +205,7 @@ async def _opcua_station(workdir: Path) -> AsyncIterator[str]:
     log_file = workdir / "opcua-station.log"
     with log_file.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "drivers.opcua.simulator", "--port", str(_free_port()), "--demo",
+            sys.executable, "-m", "simulators.opcua", "--port", str(_free_port()), "--demo",
             # stdin: the station also stops when the demo dies and the pipe closes.
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, cwd=ROOT,
             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},

@@ -18,6 +18,6 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[dev,opcua,demo]"
 
-.venv/bin/ruff check gateway drivers tests bench
+.venv/bin/ruff check gateway drivers simulators tests bench
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

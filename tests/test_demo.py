@@ -122,7 +122,7 @@ def test_a_demo_run_delivers_every_asset_and_ends_cleanly(runs: dict[str, DemoRu
     assert not missing, f"no good readings from {sorted(missing)}\n{run.stdout[-3000:]}"
 
     commands = [command for _, command in run.children.values()]
-    assert any("drivers.opcua.simulator" in command for command in commands), commands
+    assert any("simulators.opcua" in command for command in commands), commands
     if broker == "mosquitto":
         assert any("mosquitto" in command for command in commands), commands
     assert run.left_behind() == []

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from drivers.modbus.config import Table
-from drivers.modbus.transport import ModbusSimulator
 from gateway.buffer import read_stats
 from gateway.config.loader import load_config
+from simulators.modbus import ModbusSimulator
 from tests.brokers import WAIT, Broker, eventually
 from tests.conftest import BrokerFactory, SubscriberFactory
 from tests.e2e import (

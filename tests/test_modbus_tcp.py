@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from drivers.base import DriverError, WriteRefused
+from drivers.modbus.client import ReplyTimeout
 from drivers.modbus.config import ModbusTcpDevice, Table
 from drivers.modbus.tcp import ModbusTcpDriver
-from drivers.modbus.transport import ModbusSimulator, ReplyTimeout
 from gateway.model import Quality, Sample
+from simulators.modbus import ModbusSimulator
 
 HR, IR, COIL, DI = Table.HOLDING_REGISTER, Table.INPUT_REGISTER, Table.COIL, Table.DISCRETE_INPUT
 

@@ -19,20 +19,19 @@ from pydantic import ValidationError
 
 from drivers.base import DriverError
 from drivers.opcua.browse import browse
-from drivers.opcua.client import (
-    STATION_NAMESPACE,
-    ConnectOptions,
-    OpcUaLink,
-    SimVariable,
-    StationSimulator,
-    gas_station_variables,
-    make_server_certificate,
-)
+from drivers.opcua.client import ConnectOptions, OpcUaLink
 from drivers.opcua.config import NodeRef, OpcUaDevice
 from drivers.opcua.driver import OpcUaDriver
 from gateway.config.models import DeviceBase
 from gateway.model import Quality, Sample, now_ms
 from gateway.scheduler import LinkPoller
+from simulators.opcua import (
+    STATION_NAMESPACE,
+    SimVariable,
+    StationSimulator,
+    gas_station_variables,
+    make_server_certificate,
+)
 from tests.brokers import eventually, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -418,7 +417,7 @@ async def test_a_policy_the_endpoint_does_not_offer_lists_what_it_offers(
 class ServerProcess:
     def __init__(self, port: int, decoy: int) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "drivers.opcua.simulator", "--port", str(port), "--period", "0.2",
+            [sys.executable, "-m", "simulators.opcua", "--port", str(port), "--period", "0.2",
              "--decoy", str(decoy)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
 

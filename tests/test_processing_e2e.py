@@ -18,7 +18,6 @@ import pytest
 
 from drivers.base import Driver
 from drivers.modbus.config import ModbusTcpDevice, Table
-from drivers.modbus.transport import ModbusSimulator
 from gateway.app import make_driver
 from gateway.buffer import Buffer
 from gateway.config.loader import load_catalogue
@@ -29,6 +28,7 @@ from gateway.pipeline import Pipeline
 from gateway.processing import Processor, Supervision
 from gateway.publisher import Publisher
 from gateway.topics import Topics
+from simulators.modbus import ModbusSimulator
 from tests.brokers import Broker, eventually
 from tests.conftest import BrokerFactory, SubscriberFactory
 

@@ -20,24 +20,23 @@ import pytest
 from drivers.base import DriverError, protocols
 from drivers.cjt188 import frames as cjt188
 from drivers.dlt645 import frames as dlt645
-from drivers.modbus.config import Table
-from drivers.modbus.transport import (
-    ModbusSimulator,
+from drivers.modbus.client import (
     RtuAnswer,
-    RtuSlaves,
     rtu_read_request,
     rtu_write_coil_request,
     rtu_write_registers_request,
 )
+from drivers.modbus.config import Table
 from drivers.serial.bus import NoReply
 from drivers.serial.config import SerialSettings, port_conflicts
 from drivers.serial.driver import FieldBusDriver
 from drivers.serial.frames import Accepted, Rejected, Rejection
 from drivers.serial.scan import scan_port
-from drivers.serial.simulator import AsciiSensorSim, Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
 from gateway.config.models import DeviceBase
 from gateway.model import Quality, Sample
 from gateway.scheduler import LinkPoller
+from simulators.modbus import ModbusSimulator, RtuSlaves
+from simulators.serial import AsciiSensorSim, Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from drivers.modbus.config import ModbusDeviceBase, Table
-from drivers.modbus.polling import ModbusDevicePoller
-from drivers.modbus.transport import (
+from drivers.modbus.client import (
     MalformedReply,
     ModbusExceptionReply,
     ReplyTimeout,
@@ -18,6 +16,8 @@ from drivers.modbus.transport import (
     rtu_write_coil_request,
     rtu_write_registers_request,
 )
+from drivers.modbus.config import ModbusDeviceBase, Table
+from drivers.modbus.polling import ModbusDevicePoller
 from drivers.serial.bus import Bus, NoReply
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import FrameCounters

@@ -17,9 +17,9 @@ import dataclasses
 from collections.abc import Sequence
 
 from drivers.base import Driver, DriverError
+from drivers.modbus.client import TcpLink
 from drivers.modbus.config import ModbusTcpDevice
 from drivers.modbus.polling import DeviceCounters, ModbusDevicePoller, exception_reason
-from drivers.modbus.transport import TcpLink
 from gateway.config.models import DeviceBase
 from gateway.model import Sample, Value
 

@@ -13,8 +13,7 @@ asyncua's own auto-reconnect is off: the gateway's scheduler owns reconnects
 (with back-off) and re-creates the subscriptions itself, which is the one way
 to be sure no monitored item is ever created twice.
 
-At the end of the file, `StationSimulator` is an OPC-UA server with a small
-realistic address space, for tests, the demo and the benchmark only.
+The simulated station server used by tests, the demo and the benchmark lives in simulators/opcua.py.
 """
 
 from __future__ import annotations
@@ -26,17 +25,15 @@ import hashlib
 import logging
 import math
 import os
-import random
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asyncua import Client, Server, ua
+from asyncua import Client, ua
 from asyncua.crypto import cert_gen, security_policies, uacrypto
-from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -661,213 +658,3 @@ async def _disconnect_quietly(client: Client) -> None:
         await client.disconnect()
     except (UaError, OSError, TimeoutError, ConnectionError, AttributeError) as exc:
         log.debug("disconnect from a broken session: %r", exc)
-
-
-# ============================================================================================================
-# Simulated server: tests, demo and benchmark only.
-# ============================================================================================================
-
-STATION_NAMESPACE = "urn:municipal-gateway:sim:gas-station"
-
-
-@dataclass
-class SimVariable:
-    name: str  # browse name and string node id
-    value: float | int | bool | None  # None: a variable the PLC has never written (a null Variant)
-    unit_code: str | None = None  # UN/CEFACT
-    display_name: str = ""
-    drift: float = 0.0  # each tick adds up to ± this (numbers) or flips with this probability (booleans)
-    node: Any = None
-
-
-def gas_station_variables() -> list[SimVariable]:
-    """A gas pressure-regulating station as its PLC might expose it."""
-    return [
-        SimVariable("Station.InletPressure", 350.0, "KPA", "Inlet pressure", 2.0),
-        SimVariable("Station.OutletPressure", 2.6, "KPA", "Outlet pressure", 0.02),
-        SimVariable("Station.GasTemperature", 12.5, "CEL", "Gas temperature", 0.1),
-        SimVariable("Station.StandardFlow", 820.0, "MQH", "Standard flow", 15.0),
-        SimVariable("Station.StandardVolume", 1_254_300.0, "MTQ", "Standard volume totaliser", 0.0),
-        SimVariable("Station.SlamShutClosed", False, None, "Slam-shut valve closed", 0.0),
-        SimVariable("Station.MethaneLel", 0.0, None, "Methane concentration (%LEL)", 0.0),
-        SimVariable("Station.MethaneAlarm", False, None, "Methane alarm", 0.0),
-    ]
-
-
-@dataclass
-class StationSimulator:
-    """An asyncua server bound to 127.0.0.1 with a `Station` object whose variables change on a timer."""
-
-    port: int
-    variables: list[SimVariable] = field(default_factory=gas_station_variables)
-    period: float = 1.0  # seconds between value changes; 0: values never change by themselves
-    namespace: str = STATION_NAMESPACE
-    users: dict[str, str] | None = None  # username → password; None: anonymous allowed
-    certificate: Path | None = None  # with private_key: secured endpoints (Basic256Sha256 + Aes*), no None
-    private_key: Path | None = None
-    max_nodes_per_read: int = 0
-    decoy_namespaces: int = 0  # registered before ours, to move our namespace index
-    read_calls: int = 0
-    # Faults of a misbehaving server, for tests: answer Reads one result short; on TranslateBrowsePaths, refuse
-    # the service ("refuse"), drop every client connection ("hang-up") or never answer anything again ("mute").
-    short_reads: bool = False
-    translate_fault: str | None = None
-    translate_calls: int = 0
-    _server: Server | None = None
-    _ticker: asyncio.Task[None] | None = None
-    _total: Any = None
-
-    async def start(self) -> None:
-        server = Server(user_manager=_SimUsers(self.users) if self.users is not None else None)
-        await server.init()
-        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/station")
-        server.set_server_name("municipal-gateway simulated station")
-        if self.certificate is not None and self.private_key is not None:
-            await server.load_certificate(str(self.certificate))
-            await server.load_private_key(str(self.private_key))
-            server.set_security_policy([
-                ua.SecurityPolicyType.Basic256Sha256_Sign, ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
-                ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
-                ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt])
-        else:
-            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        if self.users is not None:
-            server.set_identity_tokens([ua.UserNameIdentityToken])
-        for index in range(self.decoy_namespaces):
-            await server.register_namespace(f"urn:municipal-gateway:sim:decoy-{index}")
-        ns = await server.register_namespace(self.namespace)
-        station = await server.nodes.objects.add_object(ua.NodeId("Station", ns), ua.QualifiedName("Station", ns))
-        for variable in self.variables:
-            variable.node = await station.add_variable(
-                ua.NodeId(variable.name, ns), ua.QualifiedName(variable.name.rpartition(".")[2], ns), variable.value)
-            if variable.display_name:
-                await variable.node.write_attribute(
-                    ua.AttributeIds.DisplayName, ua.DataValue(ua.Variant(ua.LocalizedText(variable.display_name))))
-            if variable.unit_code is not None:
-                info = ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
-                                        UnitId=pack_unit_code(variable.unit_code),
-                                        DisplayName=ua.LocalizedText(variable.unit_code))
-                await variable.node.add_property(0, "EngineeringUnits", info)
-        self._count_reads(server)
-        self._break_translate(server)
-        if self.max_nodes_per_read:
-            await server.write_attribute_value(
-                ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead),
-                ua.DataValue(ua.Variant(self.max_nodes_per_read, ua.VariantType.UInt32)))
-        self._total = await station.add_variable(ua.NodeId("Diagnostics.MonitoredItems", ns),
-                                                 ua.QualifiedName("MonitoredItems", ns), 0)
-        self._server = server
-        await server.start()
-        if self.period > 0:
-            self._ticker = asyncio.create_task(self._tick_forever())
-
-    def _count_reads(self, server: Server) -> None:
-        """Count Read calls and refuse those over MaxNodesPerRead, as a strict real server does."""
-        service = server.iserver.attribute_service
-        plain_read = service.read
-
-        def read(params: ua.ReadParameters) -> list[ua.DataValue]:
-            self.read_calls += 1
-            if self.max_nodes_per_read and len(params.NodesToRead) > self.max_nodes_per_read:
-                raise UaStatusCodeError(ua.StatusCodes.BadTooManyOperations)  # type: ignore[no-untyped-call]
-            results = plain_read(params)
-            return results[:-1] if self.short_reads else results
-
-        service.read = read  # type: ignore[method-assign]
-
-    def _break_translate(self, server: Server) -> None:
-        service = server.iserver.view_service
-        plain_translate = service.translate_browsepaths_to_nodeids
-
-        def translate(browsepaths: list[ua.BrowsePath]) -> list[ua.BrowsePathResult]:
-            self.translate_calls += 1
-            if self.translate_fault == "refuse":
-                raise UaStatusCodeError(ua.StatusCodes.BadTooManyOperations)  # type: ignore[no-untyped-call]
-            assert server.bserver is not None
-            for client in list(server.bserver.clients):
-                if client.transport is None:
-                    continue
-                if self.translate_fault == "hang-up":
-                    client.transport.close()
-                elif self.translate_fault == "mute":
-                    client.transport.write = _discard  # type: ignore[method-assign]
-            return plain_translate(browsepaths)
-
-        service.translate_browsepaths_to_nodeids = translate  # type: ignore[method-assign]
-
-    def connections(self) -> int:
-        """Client connections the server holds open (to prove that a failed connect leaves none behind)."""
-        assert self._server is not None and self._server.bserver is not None
-        return len(self._server.bserver.clients)
-
-    def advertise_certificate(self, der: bytes) -> None:
-        """Offer `der` as the server's certificate from now on, as a server with a damaged store might."""
-        assert self._server is not None
-        for endpoint in self._server.iserver.endpoints:
-            endpoint.ServerCertificate = der
-
-    def monitored_items(self) -> int:
-        """Monitored items the server holds, over all sessions (to prove no duplicates)."""
-        assert self._server is not None
-        service = self._server.iserver.subscription_service
-        return sum(len(s.monitored_item_srv._monitored_items) for s in service.subscriptions.values())
-
-    async def set_value(self, name: str, value: float | int | bool, status: int = 0) -> None:
-        variable = next(v for v in self.variables if v.name == name)
-        variable.value = value
-        await variable.node.write_value(ua.DataValue(ua.Variant(value), ua.StatusCode(status),
-                                                     SourceTimestamp=datetime.datetime.now(datetime.UTC)))
-
-    async def _tick_forever(self) -> None:
-        rng = random.Random(7)
-        while True:
-            await asyncio.sleep(self.period)  # a simulated process, not synchronisation
-            for variable in self.variables:
-                await self._tick(variable, rng)
-            assert self._total is not None
-            await self._total.write_value(self.monitored_items())
-
-    async def _tick(self, variable: SimVariable, rng: random.Random) -> None:
-        if variable.value is None:
-            return  # never written: stays null
-        if isinstance(variable.value, bool):
-            if variable.drift and rng.random() < variable.drift:
-                await self.set_value(variable.name, not variable.value)
-            return
-        if variable.name.endswith("Volume"):  # a totaliser only grows
-            await self.set_value(variable.name, round(float(variable.value) + rng.uniform(0.1, 0.3), 3))
-        elif variable.drift:
-            await self.set_value(variable.name, round(float(variable.value) + rng.uniform(-1, 1) * variable.drift, 4))
-
-    async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
-        if self._server is not None:
-            await self._server.stop()
-
-
-def _discard(data: bytes | bytearray | memoryview) -> None:
-    """A transport's write that sends nothing: a server that hangs without closing the connection."""
-
-
-class _SimUsers:
-    def __init__(self, users: dict[str, str]) -> None:
-        self._users = users
-
-    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
-                 certificate: Any = None) -> User | None:
-        if username is not None and self._users.get(username) == password:
-            return User(role=UserRole.User)
-        return None
-
-
-async def make_server_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A self-signed server certificate and key (for the simulator and the tests)."""
-    _make_dir(directory)
-    cert_file, key_file = directory / "server-cert.der", directory / "server-key.pem"
-    await cert_gen.setup_self_signed_certificate(
-        key_file, cert_file, "urn:municipal-gateway:sim:server", host,
-        [ExtendedKeyUsageOID.SERVER_AUTH], {"commonName": "simulated station"})
-    return cert_file, key_file
-

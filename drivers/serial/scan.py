@@ -43,8 +43,8 @@ async def scan_bus(bus: Bus, units: Iterable[int], reply_timeout: float, counter
 
 async def _modbus_units(bus: Bus, units: Iterable[int], reply_timeout: float, counters: FrameCounters,
                         progress: Callable[[str], None]) -> list[Found]:
+    from drivers.modbus.client import EXCEPTION_NAMES, rtu_read_request
     from drivers.modbus.config import Table
-    from drivers.modbus.transport import EXCEPTION_NAMES, rtu_read_request
 
     found = []
     for unit in units:

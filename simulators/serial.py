@@ -177,7 +177,7 @@ class SimulatedBus:
 
 def modbus_rtu_slaves(unit_ids: Sequence[int]) -> tuple[Slave, object]:
     """Simulated Modbus RTU units (imports pymodbus) and the `ModbusSimulator` holding their tables."""
-    from drivers.modbus.transport import ModbusSimulator, RtuSlaves
+    from simulators.modbus import ModbusSimulator, RtuSlaves
 
     tables = ModbusSimulator(unit_ids)
     return RtuSlaves(tables), tables

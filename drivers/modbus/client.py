@@ -1,5 +1,5 @@
-"""The only module that talks to pymodbus: a Modbus TCP client link and a simulator server,
-and Modbus RTU frames for shared serial buses (with simulated RTU slaves).
+"""The only module of the daemon that talks to pymodbus: a Modbus TCP client link, and Modbus RTU frames
+for shared serial buses (built and recognised by pymodbus, carried by drivers/serial/bus.py).
 
 `TcpLink` wraps `pymodbus.client.AsyncModbusTcpClient` behind a few typed calls
 and turns every way a request can go wrong into one of our exceptions:
@@ -15,26 +15,18 @@ back-off, and a retry hidden in here would only stretch a poll. A lost
 connection is noticed at once (through pymodbus's connect/disconnect trace
 hook) instead of after a timeout.
 
-`ModbusSimulator` is a real pymodbus TCP server on 127.0.0.1 for tests, the
-demo and the benchmark. Its datastore is ours (a `ModbusServerContext`
-subclass answering `async_getValues` / `async_setValues`, the two calls the
-pymodbus server makes), so values can be changed while it runs, address ranges
-can be made to answer exceptions, and replies can be mangled to test garbage.
+Simulated devices (a pymodbus server, RTU slaves) live in simulators/modbus.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-from array import array
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusServerContext
-from pymodbus.exceptions import ModbusException, NoSuchIdException
+from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU, ModbusPDU
 from pymodbus.pdu.bit_message import ReadCoilsRequest, ReadDiscreteInputsRequest, WriteSingleCoilRequest
@@ -44,7 +36,6 @@ from pymodbus.pdu.register_message import (
     WriteMultipleRegistersRequest,
     WriteSingleRegisterRequest,
 )
-from pymodbus.server import ModbusTcpServer
 
 from drivers.base import DriverError
 from drivers.modbus.config import Table
@@ -215,169 +206,6 @@ def _consume_result(task: asyncio.Future[ModbusPDU]) -> None:
         task.exception()
 
 
-# --- simulator --------------------------------------------------------------------------------------------
-
-_FUNCTION_TABLE = {1: Table.COIL, 5: Table.COIL, 15: Table.COIL, 2: Table.DISCRETE_INPUT,
-                   3: Table.HOLDING_REGISTER, 6: Table.HOLDING_REGISTER, 16: Table.HOLDING_REGISTER,
-                   22: Table.HOLDING_REGISTER, 23: Table.HOLDING_REGISTER, 4: Table.INPUT_REGISTER}
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Requests touching `table` `start`-`end` (inclusive) answer exception `code`."""
-
-    table: Table
-    start: int
-    end: int
-    code: int = ILLEGAL_DATA_ADDRESS
-    unit: int | None = None  # None: every unit
-
-
-class _Unit:
-    """The four tables of one simulated device."""
-
-    def __init__(self, size: int) -> None:
-        self.registers = {Table.HOLDING_REGISTER: array("H", bytes(2 * size)),
-                          Table.INPUT_REGISTER: array("H", bytes(2 * size))}
-        self.bits = {Table.COIL: bytearray(size), Table.DISCRETE_INPUT: bytearray(size)}
-
-
-class ModbusSimulator:
-    """A Modbus TCP server on 127.0.0.1 serving several unit ids, each with four tables of `size` addresses.
-
-    Addresses at or past `size` answer exception 02, like a real device's limited map.
-    A unit id not served answers exception 0B (gateway target failed to respond).
-    """
-
-    def __init__(self, unit_ids: Iterable[int] = (1,), *, port: int = 0, size: int = 10_000,
-                 refusals: Iterable[Refusal] = ()) -> None:
-        self.size = size
-        self.units = {unit: _Unit(size) for unit in unit_ids}
-        self.refusals = list(refusals)
-        self.requests: collections.Counter[int] = collections.Counter()  # requests received per unit id
-        self.reply_mangler: Callable[[bytes], bytes] | None = None  # rewrites each reply frame (tests)
-        self._port = port
-        self._server: ModbusTcpServer | None = None
-
-    @property
-    def port(self) -> int:
-        """The port listened on (the one picked by the system once started with port 0)."""
-        return self._port
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    async def start(self) -> None:
-        if self._server is not None:
-            return
-        server = ModbusTcpServer(_Datastore(self), address=("127.0.0.1", self._port),
-                                 trace_pdu=self._on_pdu, trace_packet=self._on_packet)
-        await server.serve_forever(background=True)
-        sockets = getattr(server.transport, "sockets", None) or ()
-        if sockets:
-            self._port = int(sockets[0].getsockname()[1])
-        self._server = server
-
-    async def stop(self) -> None:
-        """Stop listening and drop every client connection."""
-        if self._server is not None:
-            server, self._server = self._server, None
-            await server.shutdown()  # type: ignore[no-untyped-call]
-
-    # --- values ---
-
-    def set_registers(self, unit: int, table: Table, address: int, values: Sequence[int]) -> None:
-        self.units[unit].registers[table][address:address + len(values)] = array("H", values)
-
-    def get_registers(self, unit: int, table: Table, address: int, count: int) -> list[int]:
-        return list(self.units[unit].registers[table][address:address + count])
-
-    def set_bits(self, unit: int, table: Table, address: int, values: Sequence[bool]) -> None:
-        self.units[unit].bits[table][address:address + len(values)] = bytes(bool(v) for v in values)
-
-    def get_bits(self, unit: int, table: Table, address: int, count: int) -> list[bool]:
-        return [bool(b) for b in self.units[unit].bits[table][address:address + count]]
-
-    def refuse(self, table: Table, start: int, end: int, code: int = ILLEGAL_DATA_ADDRESS,
-               unit: int | None = None) -> None:
-        self.refusals.append(Refusal(table, start, end, code, unit))
-
-    # --- the datastore behind the pymodbus server ---
-
-    def _on_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
-        if not sending:
-            self.requests[pdu.dev_id] += 1
-        return pdu
-
-    def _on_packet(self, sending: bool, data: bytes) -> bytes:
-        if sending and self.reply_mangler is not None:
-            return self.reply_mangler(data)
-        return data
-
-    def _check(self, unit_id: int, function_code: int, address: int, count: int) -> tuple[_Unit, Table] | ExcCodes:
-        unit = self.units.get(unit_id)
-        if unit is None:
-            raise NoSuchIdException(f"unit {unit_id} is not simulated")
-        table = _FUNCTION_TABLE.get(function_code)
-        if table is None:
-            return ExcCodes.ILLEGAL_FUNCTION
-        last = address + count - 1
-        for refusal in self.refusals:
-            if (refusal.table is table and refusal.unit in (None, unit_id)
-                    and address <= refusal.end and refusal.start <= last):
-                return ExcCodes(refusal.code)
-        if last >= self.size:
-            return ExcCodes.ILLEGAL_ADDRESS
-        return unit, table
-
-    def _get(self, unit_id: int, function_code: int, address: int, count: int) -> list[int] | list[bool] | ExcCodes:
-        checked = self._check(unit_id, function_code, address, count)
-        if isinstance(checked, ExcCodes):
-            return checked
-        unit, table = checked
-        if table.is_bits:
-            return [bool(b) for b in unit.bits[table][address:address + count]]
-        return list(unit.registers[table][address:address + count])
-
-    def _set(self, unit_id: int, function_code: int, address: int,
-             values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:
-        checked = self._check(unit_id, function_code, address, len(values))
-        if isinstance(checked, ExcCodes):
-            return checked
-        unit, table = checked
-        if table.is_bits:
-            unit.bits[table][address:address + len(values)] = bytes(bool(v) for v in values)
-        else:
-            unit.registers[table][address:address + len(values)] = array("H", values)
-        return None
-
-
-class _Datastore(ModbusServerContext):
-    """Hands the pymodbus server's datastore calls to the simulator.
-
-    Deliberately skips ModbusServerContext.__init__ (which builds its own
-    device blocks); the server only reads `simdevices`/`old_simulator` to pick
-    this object as its datastore, then calls the three methods below.
-    """
-
-    def __init__(self, simulator: ModbusSimulator) -> None:  # pylint: disable=super-init-not-called
-        self._simulator = simulator
-        self.old_simulator = True
-        self.simdevices = []
-
-    async def async_getValues(self, device_id: int, func_code: int, address: int,
-                              count: int = 1) -> list[int] | list[bool] | ExcCodes:
-        return self._simulator._get(device_id, func_code, address, count)
-
-    async def async_setValues(self, device_id: int, func_code: int, address: int,
-                              values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:
-        return self._simulator._set(device_id, func_code, address, values)
-
-    def device_ids(self) -> list[int]:
-        return sorted(self._simulator.units)
-
-
 # --- Modbus RTU: frames for a shared serial bus (or a serial device server over TCP) --------------------
 #
 # The bus (drivers/serial/bus.py) sends and receives; here pymodbus builds the
@@ -390,7 +218,6 @@ class _Datastore(ModbusServerContext):
 
 _RTU_FRAMER = FramerRTU(DecodePDU(is_server=False))
 _RTU_REPLY_DECODER = DecodePDU(is_server=False)
-_RTU_REQUEST_DECODER = DecodePDU(is_server=True)
 _RTU_MIN_FRAME = 4  # unit, function, CRC
 _RTU_MAX_FRAME = 256
 
@@ -455,7 +282,7 @@ def rtu_write_registers_request(address: int, values: Sequence[int], unit: int) 
     return _write_request(pdu, unit, f"write holding_register {address}+{len(values)} unit {unit}")
 
 
-def _rtu_frame_size(data: bytes, decoder: DecodePDU) -> int | None:
+def rtu_frame_size(data: bytes, decoder: DecodePDU) -> int | None:
     """Size of the RTU frame starting at data[0] (0: not known yet), or None when no frame starts there."""
     if len(data) < 2:
         return 0
@@ -471,21 +298,21 @@ def _rtu_frame_size(data: bytes, decoder: DecodePDU) -> int | None:
     return size
 
 
-def _rtu_crc_ok(frame: bytes) -> bool:
+def rtu_crc_ok(frame: bytes) -> bool:
     return bool(FramerRTU.check_CRC(frame[:-2], int.from_bytes(frame[-2:], "big")))
 
 
 def _parse_rtu_reply(data: bytes, request: RtuRequest) -> Outcome[RtuAnswer]:
     unit, function_code = request.unit, request.function_code
     ours = len(data) >= 2 and data[0] == unit and data[1] & 0x7F == function_code
-    size = _rtu_frame_size(data, _RTU_REPLY_DECODER)
+    size = rtu_frame_size(data, _RTU_REPLY_DECODER)
     if size is None:
         return Rejected(Rejection.NOISE, 1)
     if size == 0 or len(data) < size:
         # Wait only for what looks like our reply; anything else is dropped byte by byte.
         return NEED_MORE if ours or len(data) < 2 else Rejected(Rejection.NOISE, 1)
     frame = data[:size]
-    if not _rtu_crc_ok(frame):
+    if not rtu_crc_ok(frame):
         return Rejected(Rejection.BAD_CHECKSUM if ours else Rejection.NOISE, 1)
     if data[0] != unit:
         return Rejected(Rejection.FOREIGN, size)
@@ -497,36 +324,3 @@ def _parse_rtu_reply(data: bytes, request: RtuRequest) -> Outcome[RtuAnswer]:
     if not frame.startswith(request.reply_start):
         return Rejected(Rejection.MALFORMED, size)  # our unit, but not an answer to this request
     return Accepted(RtuAnswer(registers=tuple(pdu.registers), bits=tuple(bool(b) for b in pdu.bits)), size)
-
-
-class RtuSlaves:
-    """Simulated Modbus RTU units on one serial line, answering from a `ModbusSimulator`'s tables
-    (which need not be started as a TCP server). A unit id the simulator does not have stays
-    silent, like a dead slave. For tests, the demo and the benchmark."""
-
-    def __init__(self, simulator: ModbusSimulator) -> None:
-        self.simulator = simulator
-        self._datastore = _Datastore(simulator)
-
-    async def answer(self, data: bytes) -> tuple[int, bytes | None] | None:
-        """(bytes consumed, reply or None) for a request frame at the start of `data`;
-        (0, None) when more bytes are needed; None when no Modbus request starts there."""
-        size = _rtu_frame_size(data, _RTU_REQUEST_DECODER)
-        if size is None:
-            return None
-        if size == 0 or len(data) < size:
-            return (0, None) if data[0] in self.simulator.units else None
-        frame = data[:size]
-        if not _rtu_crc_ok(frame):
-            return None
-        unit = frame[0]
-        if unit not in self.simulator.units:
-            return size, None
-        request = _RTU_REQUEST_DECODER.decode(frame[1:-2])
-        if request is None:
-            return size, None
-        request.dev_id = unit
-        self.simulator.requests[unit] += 1
-        response = await request.datastore_update(self._datastore, unit)
-        response.dev_id = unit
-        return size, bytes(_RTU_FRAMER.buildFrame(response))

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from drivers.modbus.codec import EncodeError, encode
 from drivers.modbus.config import DataType, ModbusDeviceBase, ModbusPoint, Table
-from drivers.modbus.transport import ModbusSimulator, RtuSlaves
 from gateway.catalogue import Catalogue, IndicatorKind
 from gateway.mapping import PointMapping, point_mapping
+from simulators.modbus import ModbusSimulator, RtuSlaves
 
 
 @dataclass
