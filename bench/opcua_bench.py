@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from drivers.opcua.config import OpcUaDevice  # noqa: E402
 from drivers.opcua.driver import OpcUaDriver  # noqa: E402
-from gateway.config.models import DeviceBase  # noqa: E402
-from gateway.model import Quality, Sample  # noqa: E402
+from gateway.model.devices import DeviceBase  # noqa: E402
+from gateway.model.readings import Quality, Sample  # noqa: E402
 from gateway.scheduler import DeviceStatus, LinkPoller  # noqa: E402
 from simulators.opcua import STATION_NAMESPACE  # noqa: E402
 

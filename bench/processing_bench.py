@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.catalogue import Catalogue
 from gateway.config.loader import load_catalogue
-from gateway.config.models import DeviceBase
 from gateway.mapping import DeviceMapper
-from gateway.model import Sample
+from gateway.model.catalogue import Catalogue
+from gateway.model.devices import DeviceBase
+from gateway.model.readings import Sample
 from gateway.payload import encode_alarm_events, encode_batch, encode_statistics
 from gateway.processing import Output, Processor
 from gateway.topics import Topics

@@ -39,10 +39,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drivers.base import protocols  # noqa: E402
 from drivers.modbus.config import Table  # noqa: E402
-from gateway.config.models import DeviceBase  # noqa: E402
-from gateway.model import Sample  # noqa: E402
+from drivers.registry import protocols  # noqa: E402
+from gateway.model.devices import DeviceBase  # noqa: E402
+from gateway.model.readings import Sample  # noqa: E402
 from gateway.scheduler import DeviceStatus, LinkPoller  # noqa: E402
 from simulators.serial import Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, modbus_rtu_slaves  # noqa: E402
 

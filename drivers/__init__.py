@@ -2,12 +2,12 @@
 class itself, and the vendor library behind it, are imported only when a device uses it."""
 
 from drivers.asciiline.config import AsciiLineDevice
-from drivers.base import register
 from drivers.cjt188.config import Cjt188Device
 from drivers.dlt645.config import Dlt645Device
 from drivers.modbus.config import ModbusTcpDevice
 from drivers.modbus.rtu_config import ModbusRtuDevice, ModbusRtuOverTcpDevice
 from drivers.opcua.config import OpcUaDevice
+from drivers.registry import register
 
 register("modbus-tcp", ModbusTcpDevice, "drivers.modbus.tcp:ModbusTcpDriver")
 register("opcua", OpcUaDevice, "drivers.opcua.driver:OpcUaDriver")

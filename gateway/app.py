@@ -18,12 +18,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from drivers.base import Driver, protocols
+from drivers.registry import protocols
 from gateway.buffer import Buffer
 from gateway.config.loader import GatewayConfig
-from gateway.config.models import DeviceBase
 from gateway.mapping import DeviceMapper, asset_of
-from gateway.model import Sample, now_ms
+from gateway.model.devices import DeviceBase
+from gateway.model.driver import Driver
+from gateway.model.readings import Sample, now_ms
 from gateway.payload import encode_asset_description, encode_json
 from gateway.pipeline import Pipeline
 from gateway.processing import Processor, derived_by_asset

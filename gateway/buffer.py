@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from gateway.model import now_ms
+from gateway.model.readings import now_ms
 
 _T = TypeVar("_T")
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from drivers.base import ProtocolUnavailable
+from drivers.registry import ProtocolUnavailable
 from gateway import __version__
 from gateway.config.errors import ConfigError
 from gateway.config.loader import GatewayConfig, load_config
@@ -96,7 +96,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 def cmd_buffer(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from gateway.buffer import read_stats
-    from gateway.model import format_time_ms
+    from gateway.model.readings import format_time_ms
     from gateway.state import read_registry
 
     if not config.buffer_path.exists():

@@ -46,11 +46,11 @@ from drivers.modbus.rtu_config import ModbusRtuDevice
 from drivers.opcua.config import OpcUaDevice
 from drivers.serial.config import SerialDevice
 from gateway.app import Gateway
-from gateway.catalogue import Catalogue, IndicatorKind
 from gateway.config.loader import GatewayConfig, load_config
-from gateway.config.models import DeviceBase, PointBase
 from gateway.mapping import point_mapping
-from gateway.model import format_time_ms
+from gateway.model.catalogue import Catalogue, IndicatorKind
+from gateway.model.devices import DeviceBase, PointBase
+from gateway.model.readings import format_time_ms
 from simulators.mqtt import Watcher
 from simulators.serial import Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
 

@@ -11,10 +11,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway import units
-from gateway.catalogue import Catalogue
-from gateway.config.models import DeviceBase, PointBase
-from gateway.model import AssetRef, Quality, Reading, Reason, Sample, Value
+from gateway.model import units
+from gateway.model.catalogue import Catalogue
+from gateway.model.devices import DeviceBase, PointBase
+from gateway.model.readings import AssetRef, Quality, Reading, Reason, Sample, Value
 
 
 @dataclass(frozen=True, slots=True)

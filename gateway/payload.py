@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.catalogue import Catalogue, DerivedIndicator, Indicator, Processing
-from gateway.config.models import DeviceBase
-from gateway.model import AssetRef, Reading
+from gateway.model.catalogue import Catalogue, Indicator
+from gateway.model.devices import DeviceBase
+from gateway.model.readings import AssetRef, Reading
+from gateway.model.rules import DerivedIndicator, Processing
 
 if TYPE_CHECKING:
     from gateway.processing import AlarmEvent, Statistics

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from gateway.buffer import Buffer, Message
 from gateway.mapping import DeviceMapper
-from gateway.model import AssetRef, Reading, Sample, now_ms
+from gateway.model.readings import AssetRef, Reading, Sample, now_ms
 from gateway.payload import encode_active_alarms, encode_alarm_events, encode_batch, encode_statistics
 from gateway.processing import Output, Processor
 from gateway.topics import Topics

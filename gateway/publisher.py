@@ -38,8 +38,8 @@ from pydantic import SecretStr
 
 from gateway import __version__
 from gateway.buffer import Buffer, StoredMessage
-from gateway.config.models import MqttSettings, TlsSettings
-from gateway.model import now_ms
+from gateway.model.readings import now_ms
+from gateway.model.settings import MqttSettings, TlsSettings
 from gateway.payload import mark_historical
 
 log = logging.getLogger(__name__)

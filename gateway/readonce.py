@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from drivers.base import DriverError
 from gateway.app import make_driver
 from gateway.config.loader import GatewayConfig
-from gateway.config.models import DeviceBase
 from gateway.mapping import DeviceMapper
-from gateway.model import Reading, now_ms
+from gateway.model.devices import DeviceBase
+from gateway.model.driver import DriverError
+from gateway.model.readings import Reading, now_ms
 
 
 async def read_once(config: GatewayConfig, device: DeviceBase) -> int:

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from drivers.base import Driver, DriverError
-from gateway.config.models import DeviceBase
-from gateway.model import Sample, now_ms
+from gateway.model.devices import DeviceBase
+from gateway.model.driver import Driver, DriverError
+from gateway.model.readings import Sample, now_ms
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.model import AssetRef
+from gateway.model.readings import AssetRef
 
 
 @dataclass(frozen=True, slots=True)

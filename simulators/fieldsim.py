@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from drivers.modbus.codec import EncodeError, encode
 from drivers.modbus.config import DataType, ModbusDeviceBase, ModbusPoint, Table
-from gateway.catalogue import Catalogue, IndicatorKind
 from gateway.mapping import PointMapping, point_mapping
+from gateway.model.catalogue import Catalogue, IndicatorKind
 from simulators.modbus import ModbusSimulator, RtuSlaves
 
 

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from drivers.base import protocols
 from drivers.modbus.config import DataType, ModbusPoint, ModbusTcpDevice, Table
-from gateway import units
-from gateway.catalogue import Catalogue, IndicatorKind, Quantification
+from drivers.registry import protocols
 from gateway.config.errors import ConfigError
 from gateway.config.loader import GatewayConfig, load_config
+from gateway.model import units
+from gateway.model.catalogue import Catalogue, IndicatorKind, Quantification
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 PROFILES = sorted((CONFIG / "profiles").glob("*.yaml"))

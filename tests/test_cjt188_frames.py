@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from drivers.base import protocols
 from drivers.cjt188 import frames
 from drivers.cjt188.frames import DiOrder, Frame, MeterReading
+from drivers.registry import protocols
 from drivers.serial.bus import _take_reply
 from drivers.serial.frames import NEED_MORE, Accepted, FrameCounters, Rejected, Rejection, address_bytes
 

@@ -20,7 +20,7 @@ from drivers.modbus.codec import (
     encode_bool,
 )
 from drivers.modbus.config import DataType, ModbusPoint, Order
-from gateway.model import Quality, Sample
+from gateway.model.readings import Quality, Sample
 
 BIG, LITTLE = Order.BIG, Order.LITTLE
 ORDERS = [(BIG, BIG), (LITTLE, LITTLE), (BIG, LITTLE), (LITTLE, BIG)]  # (byte order, word order)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from drivers.base import DriverError, WriteRefused
 from drivers.modbus.client import ReplyTimeout
 from drivers.modbus.config import ModbusTcpDevice, Table
 from drivers.modbus.tcp import ModbusTcpDriver
-from gateway.model import Quality, Sample
+from gateway.model.driver import DriverError, WriteRefused
+from gateway.model.readings import Quality, Sample
 from simulators.modbus import ModbusSimulator
 
 HR, IR, COIL, DI = Table.HOLDING_REGISTER, Table.INPUT_REGISTER, Table.COIL, Table.DISCRETE_INPUT

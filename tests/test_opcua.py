@@ -17,13 +17,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from drivers.base import DriverError
 from drivers.opcua.browse import browse
 from drivers.opcua.client import ConnectOptions, OpcUaLink
 from drivers.opcua.config import NodeRef, OpcUaDevice
 from drivers.opcua.driver import OpcUaDriver
-from gateway.config.models import DeviceBase
-from gateway.model import Quality, Sample, now_ms
+from gateway.model.devices import DeviceBase
+from gateway.model.driver import DriverError
+from gateway.model.readings import Quality, Sample, now_ms
 from gateway.scheduler import LinkPoller
 from simulators.opcua import (
     STATION_NAMESPACE,

@@ -14,21 +14,21 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.buffer import Buffer
-from gateway.catalogue import (
+from gateway.mapping import DeviceMapper
+from gateway.model.catalogue import Catalogue, Indicator
+from gateway.model.devices import DeviceBase, PointBase
+from gateway.model.expression import EvaluationError, parse
+from gateway.model.readings import AssetRef, Quality, Reading, Sample
+from gateway.model.rules import (
     AlarmLevel,
     AlarmRule,
-    Catalogue,
     Counter,
     DerivedIndicator,
-    Indicator,
     NightMinimum,
     Processing,
     Reporting,
     Severity,
 )
-from gateway.config.models import DeviceBase, PointBase
-from gateway.mapping import DeviceMapper
-from gateway.model import AssetRef, Quality, Reading, Sample
 from gateway.payload import encode_asset_description
 from gateway.pipeline import ALARM_PRIORITY, Pipeline
 from gateway.processing import Processor, Supervision
@@ -36,7 +36,6 @@ from gateway.processing.alarms import DeviceSupervisor, ThresholdAlarm
 from gateway.processing.counters import ConsumptionStats, ConsumptionWindow
 from gateway.processing.derived import ExpressionRule, NightMinimumRule
 from gateway.processing.exception import ReportByException
-from gateway.processing.expression import EvaluationError, parse
 from gateway.processing.windows import SeriesInfo, StatisticsWindow, WindowStats
 from gateway.topics import Topics
 

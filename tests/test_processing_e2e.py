@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import Driver
 from drivers.modbus.config import ModbusTcpDevice, Table
 from gateway.app import make_driver
 from gateway.buffer import Buffer
 from gateway.config.loader import load_catalogue
-from gateway.config.models import MqttSettings
 from gateway.mapping import DeviceMapper
-from gateway.model import now_ms
+from gateway.model.driver import Driver
+from gateway.model.readings import now_ms
+from gateway.model.settings import MqttSettings
 from gateway.pipeline import Pipeline
 from gateway.processing import Processor, Supervision
 from gateway.publisher import Publisher

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.catalogue import Counter, Reporting
-from gateway.model import Quality
+from gateway.model.readings import Quality
+from gateway.model.rules import Counter, Reporting
 from gateway.processing.counters import ConsumptionStats, ConsumptionWindow
 from gateway.processing.exception import ReportByException
 from gateway.processing.windows import SeriesInfo, StatisticsWindow, WindowStats

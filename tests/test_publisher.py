@@ -19,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from gateway.buffer import Buffer, Message
-from gateway.config.models import MqttSettings, ReconnectSettings, TlsSettings
+from gateway.model.settings import MqttSettings, ReconnectSettings, TlsSettings
 from gateway.publisher import Publisher, backoff_delay
 from tests.brokers import WAIT, Broker, Received, TlsFiles, eventually, free_port
 from tests.conftest import BrokerFactory, SubscriberFactory

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from drivers.base import DriverError, protocols
 from drivers.cjt188 import frames as cjt188
 from drivers.dlt645 import frames as dlt645
 from drivers.modbus.client import (
@@ -27,13 +26,15 @@ from drivers.modbus.client import (
     rtu_write_registers_request,
 )
 from drivers.modbus.config import Table
+from drivers.registry import protocols
 from drivers.serial.bus import NoReply
 from drivers.serial.config import SerialSettings, port_conflicts
 from drivers.serial.driver import FieldBusDriver
 from drivers.serial.frames import Accepted, Rejected, Rejection
 from drivers.serial.scan import scan_port
-from gateway.config.models import DeviceBase
-from gateway.model import Quality, Sample
+from gateway.model.devices import DeviceBase
+from gateway.model.driver import DriverError
+from gateway.model.readings import Quality, Sample
 from gateway.scheduler import LinkPoller
 from simulators.modbus import ModbusSimulator, RtuSlaves
 from simulators.serial import AsciiSensorSim, Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave

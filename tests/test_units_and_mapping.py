@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.modbus.config import ModbusTcpDevice
-from gateway import units
 from gateway.config.loader import load_catalogue
-from gateway.config.models import AssetSettings, PointBase
 from gateway.mapping import DeviceMapper, point_mapping
-from gateway.model import Quality, Sample
+from gateway.model import units
+from gateway.model.devices import AssetSettings, PointBase
+from gateway.model.readings import Quality, Sample
 
 CATALOGUE = load_catalogue(Path(__file__).parent / "config_cases" / "common" / "catalogue.yaml")
 

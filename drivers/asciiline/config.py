@@ -14,7 +14,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from drivers.serial.config import SerialDevice
-from gateway.config.models import PointBase
+from gateway.model.devices import PointBase
 
 
 class AsciiPoint(PointBase):

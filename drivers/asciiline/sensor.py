@@ -18,12 +18,12 @@ import logging
 import re
 
 from drivers.asciiline.config import AsciiLineDevice
-from drivers.base import DriverError
 from drivers.serial.bus import Bus
 from drivers.serial.device import BusDevice, PushSink
 from drivers.serial.frames import NEED_MORE, Accepted, NeedMore, Outcome, Rejected, Rejection
-from gateway.config.models import DeviceBase
-from gateway.model import Quality, Reason, Sample, Value
+from gateway.model.devices import DeviceBase
+from gateway.model.driver import DriverError
+from gateway.model.readings import Quality, Reason, Sample, Value
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from drivers.cjt188.frames import DiOrder
 from drivers.serial.config import SerialDevice
-from gateway.config.models import PointBase
+from gateway.model.devices import PointBase
 
 
 class Cjt188Field(enum.StrEnum):

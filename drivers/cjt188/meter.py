@@ -16,9 +16,9 @@ from drivers.cjt188.config import Cjt188Device, Cjt188Field, Cjt188Point
 from drivers.serial.bus import Bus
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import address_bytes
-from gateway import units
-from gateway.config.models import DeviceBase
-from gateway.model import Quality, Reason, Sample, Value
+from gateway.model import units
+from gateway.model.devices import DeviceBase
+from gateway.model.readings import Quality, Reason, Sample, Value
 
 log = logging.getLogger(__name__)
 

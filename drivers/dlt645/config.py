@@ -15,8 +15,8 @@ from pydantic import Field, PositiveInt, model_validator
 
 from drivers.dlt645.frames import DataFormat, common_format
 from drivers.serial.config import SerialDevice
-from gateway import units
-from gateway.config.models import PointBase
+from gateway.model import units
+from gateway.model.devices import PointBase
 
 WILDCARD_ADDRESS = "A" * 12
 

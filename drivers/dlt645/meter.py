@@ -19,9 +19,9 @@ from drivers.dlt645.config import Dlt645Device
 from drivers.serial.bus import Bus
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import address_bytes
-from gateway import units
-from gateway.config.models import DeviceBase
-from gateway.model import Quality, Reason, Sample
+from gateway.model import units
+from gateway.model.devices import DeviceBase
+from gateway.model.readings import Quality, Reason, Sample
 
 log = logging.getLogger(__name__)
 

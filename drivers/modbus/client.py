@@ -37,9 +37,9 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterRequest,
 )
 
-from drivers.base import DriverError
 from drivers.modbus.config import Table
 from drivers.serial.frames import NEED_MORE, Accepted, Outcome, Rejected, Rejection
+from gateway.model.driver import DriverError
 
 log = logging.getLogger(__name__)
 

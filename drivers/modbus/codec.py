@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from drivers.modbus.config import DataType, ModbusPoint, Order
-from gateway.model import Quality, Reason, Sample, Value
+from gateway.model.readings import Quality, Reason, Sample, Value
 
 
 class DecodeError(ValueError):

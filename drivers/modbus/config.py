@@ -7,8 +7,8 @@ from typing import Literal, Self
 
 from pydantic import Field, PositiveInt, model_validator
 
-from gateway.config.base import StrictModel
-from gateway.config.models import DeviceBase, PointBase
+from gateway.model.devices import DeviceBase, PointBase
+from gateway.model.schema import StrictModel
 
 
 class Table(enum.StrEnum):

@@ -31,12 +31,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from drivers.base import WriteRefused
 from drivers.modbus.client import ILLEGAL_DATA_ADDRESS, MalformedReply, ModbusExceptionReply, ReplyTimeout
 from drivers.modbus.codec import BitBlockDecoder, EncodeError, RegisterBlockDecoder, encode, encode_bool
 from drivers.modbus.config import DataType, ModbusDeviceBase, ModbusPoint, Table
 from drivers.modbus.planner import Plan, Request, plan_device
-from gateway.model import Quality, Reason, Sample, Value
+from gateway.model.driver import WriteRefused
+from gateway.model.readings import Quality, Reason, Sample, Value
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from drivers.modbus.polling import ModbusDevicePoller
 from drivers.serial.bus import Bus, NoReply
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import FrameCounters
-from gateway.config.models import DeviceBase
-from gateway.model import Sample, Value
+from gateway.model.devices import DeviceBase
+from gateway.model.readings import Sample, Value
 
 
 class RtuLink:

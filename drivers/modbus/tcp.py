@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from drivers.base import Driver, DriverError
 from drivers.modbus.client import TcpLink
 from drivers.modbus.config import ModbusTcpDevice
 from drivers.modbus.polling import DeviceCounters, ModbusDevicePoller, exception_reason
-from gateway.config.models import DeviceBase
-from gateway.model import Sample, Value
+from gateway.model.devices import DeviceBase
+from gateway.model.driver import Driver, DriverError
+from gateway.model.readings import Sample, Value
 
 __all__ = ["DeviceCounters", "ModbusTcpDriver", "exception_reason"]
 

@@ -15,7 +15,7 @@ import re
 
 from drivers.opcua.client import BrowsedVariable, ConnectOptions, OpcUaError, OpcUaLink
 from drivers.opcua.config import NodeRef
-from gateway import units
+from gateway.model import units
 
 PLACEHOLDER = "todo"
 

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from drivers.opcua.config import DeadbandType, NodeRef, OpcUaPoint, SecurityMode, SecurityPolicy
-from gateway.model import Quality, Reason, Value
+from gateway.model.readings import Quality, Reason, Value
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Literal, Self
 
 from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, model_validator
 
-from gateway.config.base import ConfigPath, StrictModel
-from gateway.config.models import DeviceBase, PointBase
+from gateway.model.devices import DeviceBase, PointBase
+from gateway.model.schema import ConfigPath, StrictModel
 
 # nsu=<uri>;<type>=<id>  or  [ns=0;]<type>=<id>, type one of i (numeric), s (string), g (guid), b (opaque)
 _NODE_ID = re.compile(r"^(?:nsu=(?P<uri>[^;]+);|ns=(?P<index>\d+);)?(?P<kind>[isgb])=(?P<ident>.+)$", re.DOTALL)

@@ -29,12 +29,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
-from drivers.base import Driver, DriverError, SampleSink
 from drivers.opcua.client import ConnectOptions, MonitorSpec, NodeId, NodeValue, OpcUaError, OpcUaLink
 from drivers.opcua.config import Mode, OpcUaDevice, OpcUaPoint
-from gateway import units
-from gateway.config.models import DeviceBase
-from gateway.model import Quality, Reason, Sample
+from gateway.model import units
+from gateway.model.devices import DeviceBase
+from gateway.model.driver import Driver, DriverError, SampleSink
+from gateway.model.readings import Quality, Reason, Sample
 
 log = logging.getLogger(__name__)
 

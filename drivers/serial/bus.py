@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from drivers.base import DriverError
 from drivers.serial.frames import Accepted, FrameCounters, NeedMore, Rejected, Rejection, ReplyParser, T
 from drivers.serial.stream import ByteStream
+from gateway.model.driver import DriverError
 
 _MIN_FRAME_GAP = 0.01
 

@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, field_validator
 
-from gateway.config.base import StrictModel
-from gateway.config.models import DeviceBase
+from gateway.model.devices import DeviceBase
+from gateway.model.schema import StrictModel
 
 # Above this baud rate Modbus fixes the inter-frame silence instead of scaling it with the character time.
 _FIXED_SILENCE_ABOVE_BAUD = 19_200

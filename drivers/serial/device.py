@@ -6,10 +6,10 @@ import abc
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from drivers.base import WriteRefused
 from drivers.serial.bus import Bus
 from drivers.serial.frames import FrameCounters
-from gateway.model import Sample, Value
+from gateway.model.driver import WriteRefused
+from gateway.model.readings import Sample, Value
 
 PushSink = Callable[[Sequence[Sample]], None]
 

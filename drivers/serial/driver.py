@@ -17,14 +17,14 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from drivers.base import Driver, SampleSink
 from drivers.serial.bus import Bus
 from drivers.serial.config import SerialDevice, port_conflicts
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import FrameCounters
 from drivers.serial.stream import ByteStream, LinkLost, TcpStream
-from gateway.config.models import DeviceBase
-from gateway.model import Sample, Value
+from gateway.model.devices import DeviceBase
+from gateway.model.driver import Driver, SampleSink
+from gateway.model.readings import Sample, Value
 
 # Protocol → its BusDevice class ("module:Class"), imported when a device uses it.
 _BUS_DEVICES = {

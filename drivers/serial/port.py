@@ -20,9 +20,9 @@ import termios
 import serial
 import serial.rs485
 
-from drivers.base import DriverError
 from drivers.serial.config import Parity, SerialSettings
 from drivers.serial.stream import ByteStream, LinkLost
+from gateway.model.driver import DriverError
 
 _PARITY = {Parity.NONE: serial.PARITY_NONE, Parity.EVEN: serial.PARITY_EVEN, Parity.ODD: serial.PARITY_ODD,
            Parity.MARK: serial.PARITY_MARK, Parity.SPACE: serial.PARITY_SPACE}

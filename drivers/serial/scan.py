@@ -13,12 +13,12 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from drivers.base import DriverError
 from drivers.cjt188 import frames as cjt188
 from drivers.dlt645 import frames as dlt645
 from drivers.serial.bus import Bus, NoReply
 from drivers.serial.config import Parity, SerialSettings
 from drivers.serial.frames import FrameCounters, address_text
+from gateway.model.driver import DriverError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import abc
 import asyncio
 import time
 
-from drivers.base import DriverError
+from gateway.model.driver import DriverError
 
 
 class LinkLost(DriverError):

@@ -21,12 +21,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 import drivers
-from drivers.base import protocols
-from gateway import units
-from gateway.catalogue import Catalogue
+from drivers.registry import protocols
 from gateway.config.errors import ConfigError, ConfigIssue, Location, format_path, suggest
-from gateway.config.models import DeviceBase, MainFile
 from gateway.config.yamlsource import LocatedDict, LocatedList, YamlLoadError, load_yaml, located_dict
+from gateway.model import units
+from gateway.model.catalogue import Catalogue
+from gateway.model.devices import DeviceBase
+from gateway.model.settings import MainFile
 
 _SECRET_KEYS = ("password", "key_password", "passphrase", "secret", "token")
 

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, Field, TypeAdapter, create_model
 
 import drivers  # noqa: F401  (registers the protocols)
-from drivers.base import protocols
-from gateway.catalogue import Catalogue
-from gateway.config.models import MainFile
+from drivers.registry import protocols
+from gateway.model.catalogue import Catalogue
+from gateway.model.settings import MainFile
 
 
 def _device_union() -> Any:

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.catalogue import Catalogue, DerivedIndicator, Indicator, Processing, Quantification
-from gateway.config.models import DeviceBase
-from gateway.model import AssetRef, Quality, Reading, now_ms
+from gateway.model.catalogue import Catalogue, Indicator, Quantification
+from gateway.model.devices import DeviceBase
+from gateway.model.readings import AssetRef, Quality, Reading, now_ms
+from gateway.model.rules import DerivedIndicator, Processing
 from gateway.processing.alarms import RAISED, AlarmEvent, DeviceSupervisor, Supervision, ThresholdAlarm
 from gateway.processing.counters import ConsumptionStats, ConsumptionWindow
 from gateway.processing.derived import ExpressionRule, NightMinimumRule

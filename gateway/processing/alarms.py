@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.catalogue import AlarmLevel, AlarmRule, Severity
-from gateway.model import AssetRef, Value
+from gateway.model.readings import AssetRef, Value
+from gateway.model.rules import AlarmLevel, AlarmRule, Severity
 
 RAISED = "raised"
 CLEARED = "cleared"

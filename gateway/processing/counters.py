@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.catalogue import Counter
-from gateway.model import Value
+from gateway.model.readings import Value
+from gateway.model.rules import Counter
 from gateway.processing.windows import AlignedWindow, SeriesInfo
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.catalogue import DerivedIndicator, Indicator, NightMinimum
-from gateway.model import AssetRef, Quality, Reading, Reason
-from gateway.processing.expression import EvaluationError, parse
+from gateway.model.catalogue import Indicator
+from gateway.model.expression import EvaluationError, parse
+from gateway.model.readings import AssetRef, Quality, Reading, Reason
+from gateway.model.rules import DerivedIndicator, NightMinimum
 from gateway.processing.windows import SeriesInfo, StatisticsWindow, WindowStats
 
 CALCULATION_ERROR = Reason.CALCULATION.value

@@ -15,8 +15,8 @@ goes to the data topic.
 
 from __future__ import annotations
 
-from gateway.catalogue import Reporting
-from gateway.model import Quality, Value
+from gateway.model.readings import Quality, Value
+from gateway.model.rules import Reporting
 
 
 class ReportByException:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.model import Value
+from gateway.model.readings import Value
 
 # At most this many windows are published at once; a longer gap means the clock jumped.
 MAX_CATCH_UP = 100

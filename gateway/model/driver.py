@@ -1,26 +1,19 @@
-"""The contract every protocol driver fulfils, and the registry of protocols.
+"""The contract every protocol driver fulfils.
 
 A driver owns one physical link (a TCP connection, a serial port) and the
 devices behind it. The scheduler calls it from exactly one task, so a driver
 never has two requests outstanding on its link and needs no locking.
-
-Adding a protocol: write one package with a config model (subclassing
-`DeviceBase` and `PointBase`) and a driver class, and call `register()` in
-`drivers/__init__.py`. Driver modules import their vendor library lazily, so
-a gateway that uses no OPC-UA device never imports asyncua.
+Protocols register in drivers/__init__.py (see drivers/registry.py).
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from gateway.config.models import DeviceBase
-from gateway.model import Sample, Value
+from gateway.model.devices import DeviceBase
+from gateway.model.readings import Sample, Value
 
 
 class DriverError(Exception):
@@ -35,10 +28,6 @@ class DriverError(Exception):
         super().__init__(message)
         self.reason = reason
         self.link_lost = link_lost
-
-
-class ProtocolUnavailable(Exception):
-    """A configured protocol whose library is not installed (e.g. asyncua for OPC-UA)."""
 
 
 class WriteRefused(Exception):
@@ -87,36 +76,3 @@ class Driver(abc.ABC):
     def describe_requests(self, device: DeviceBase) -> list[str]:
         """Human-readable list of the requests one poll of `device` makes (for `municipal-gateway plan`)."""
         return [f"read {len(device.points)} points"]
-
-
-@dataclass(frozen=True)
-class Protocol:
-    name: str
-    config_model: type[DeviceBase]
-    driver_path: str  # "package.module:Class", imported only when a device needs it
-
-    def driver_class(self) -> type[Driver]:
-        module_name, _, class_name = self.driver_path.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in ("drivers", "gateway"):
-                raise  # our own module missing is a bug, not an installation choice
-            raise ProtocolUnavailable(
-                f"protocol {self.name!r} needs the Python package {exc.name!r}, which is not installed here "
-                f"(for OPC-UA: pip install 'municipal-gateway[opcua]')") from None
-        driver: Any = getattr(module, class_name)
-        return driver  # type: ignore[no-any-return]
-
-
-_REGISTRY: dict[str, Protocol] = {}
-
-
-def register(name: str, config_model: type[DeviceBase], driver_path: str) -> None:
-    if name in _REGISTRY:
-        raise ValueError(f"protocol {name!r} is registered twice")
-    _REGISTRY[name] = Protocol(name, config_model, driver_path)
-
-
-def protocols() -> dict[str, Protocol]:
-    return dict(_REGISTRY)

@@ -1,0 +1,136 @@
+"""The metadata catalogue: domains, asset types and indicators.
+
+The catalogue is the shared vocabulary of the city platform. Every reading the
+gateway sends names one indicator from it and carries its value in that
+indicator's canonical unit.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Self
+
+from pydantic import Field, PositiveInt, PrivateAttr, field_validator, model_validator
+
+from gateway.model import units
+from gateway.model.rules import AlarmRule, Counter, Processing, Reporting, check_alarms, check_windows
+from gateway.model.schema import Id, StrictModel
+
+
+class Names(StrictModel):
+    en: str
+    zh: str
+
+
+class IndicatorKind(enum.StrEnum):
+    MEASUREMENT = "measurement"
+    STATE = "state"
+    COUNTER = "counter"
+    ALARM = "alarm"
+
+
+class Quantification(enum.StrEnum):
+    """How a value of the indicator is to be understood."""
+
+    INSTANTANEOUS = "instantaneous"  # a sample of a continuously varying quantity
+    MEAN = "mean"  # an average the device computed over its own interval
+    CUMULATIVE = "cumulative"  # a totaliser that only grows (until roll-over or replacement)
+    STATE = "state"  # a discrete state; every change matters
+    EVENT = "event"  # a condition that is raised and cleared
+
+
+class Domain(StrictModel):
+    id: Id
+    name: Names
+
+
+class AssetType(StrictModel):
+    id: Id
+    domain: Id
+    name: Names
+    indicators: list[Id] = Field(default_factory=list)
+
+
+class Indicator(StrictModel):
+    id: Id
+    name: Names
+    kind: IndicatorKind
+    unit: str
+    range: tuple[float, float] | None = None
+    quantified: Quantification
+    description: str = ""
+    # Default processing of every point feeding this indicator (a point's `processing:` overrides per key).
+    reporting: Reporting | None = None
+    windows: list[PositiveInt] | None = None
+    counter: Counter | None = None
+    alarms: list[AlarmRule] | None = None
+
+    _alarms_ok = field_validator("alarms")(check_alarms)
+    _windows_ok = field_validator("windows")(check_windows)
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, symbol: str) -> str:
+        if not units.is_known(symbol):
+            raise ValueError(f"unknown unit {symbol!r}; expected one of {', '.join(sorted(units.UNITS))}")
+        return units.lookup(symbol).symbol
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> Self:
+        if self.range is not None and self.range[0] > self.range[1]:
+            raise ValueError(f"range must be [low, high], found [{self.range[0]}, {self.range[1]}]")
+        return self
+
+    @property
+    def unit_code(self) -> str:
+        return units.lookup(self.unit).code
+
+    @property
+    def processing(self) -> Processing:
+        """The catalogue's default processing rules for this indicator."""
+        return Processing.model_construct(
+            _fields_set={k for k in ("reporting", "windows", "counter", "alarms") if getattr(self, k) is not None},
+            reporting=self.reporting, windows=self.windows, counter=self.counter, alarms=self.alarms)
+
+
+class Catalogue(StrictModel):
+    version: str = "1"
+    domains: list[Domain]
+    asset_types: list[AssetType]
+    indicators: list[Indicator]
+
+    _indicators: dict[str, Indicator] = PrivateAttr(default_factory=dict)
+    _asset_types: dict[str, AssetType] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._indicators = {i.id: i for i in self.indicators}
+        self._asset_types = {t.id: t for t in self.asset_types}
+
+    def indicator(self, indicator_id: str) -> Indicator | None:
+        return self._indicators.get(indicator_id)
+
+    def asset_type(self, type_id: str) -> AssetType | None:
+        return self._asset_types.get(type_id)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Self:
+        problems: list[str] = []
+        for kind in ("domains", "asset_types", "indicators"):
+            seen: set[str] = set()
+            for entry in getattr(self, kind):
+                if entry.id in seen:
+                    problems.append(f"duplicate {kind[:-1].replace('_', ' ')} id {entry.id!r}")
+                seen.add(entry.id)
+        domains = {d.id for d in self.domains}
+        indicators = {i.id for i in self.indicators}
+        for asset_type in self.asset_types:
+            if asset_type.domain not in domains:
+                problems.append(f"asset type {asset_type.id!r} names unknown domain {asset_type.domain!r}")
+            problems.extend(
+                f"asset type {asset_type.id!r} lists unknown indicator {i!r}"
+                for i in asset_type.indicators if i not in indicators
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+

@@ -1,0 +1,71 @@
+"""What every protocol's device and point configuration has; protocol packages subclass these."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Self
+
+from pydantic import Field, PositiveFloat, model_validator
+
+from gateway.model.rules import DerivedIndicator, Processing
+from gateway.model.schema import Id, PointName, StrictModel
+
+
+class AssetSettings(StrictModel):
+    domain: Id
+    site: Id
+    id: Id
+    type: Id = Field(description="An asset type from the catalogue.")
+    name: str = ""
+
+
+class PointBase(StrictModel):
+    """What every protocol's point has: which indicator it feeds and how its value becomes canonical."""
+
+    name: PointName
+    indicator: Id
+    unit: str | None = Field(None, description="Unit of the value after scale/offset; defaults to the indicator's.")
+    scale: float = 1.0
+    offset: float = 0.0
+    range: tuple[float, float] | None = Field(
+        None, description="Valid range in `unit`; outside it the reading is bad (out-of-range).")
+    writable: bool = Field(False, description="Only writable points can ever be written to the device.")
+    processing: Processing | None = Field(
+        None, description="Report by exception, windows, counter and alarms; each key given replaces the "
+                          "catalogue's default for the indicator (docs/processing.md).")
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> Self:
+        if self.range is not None and self.range[0] > self.range[1]:
+            raise ValueError(f"range must be [low, high], found [{self.range[0]}, {self.range[1]}]")
+        return self
+
+
+class DeviceBase(StrictModel):
+    """What every protocol's device has. Protocol modules subclass it with their connection and points."""
+
+    id: Id
+    protocol: str
+    asset: AssetSettings
+    profile: str | None = Field(None, description="A device profile (register map) under the profiles directory.")
+    enabled: bool = True
+    poll_interval: PositiveFloat = Field(10.0, description="Seconds between polls.")
+    timeout: PositiveFloat = Field(3.0, description="Seconds to wait for one reply.")
+    backoff_max: PositiveFloat = Field(300.0, description="Longest wait between retries of a failing device.")
+    points: list[PointBase]
+    derived: list[DerivedIndicator] = Field(
+        default_factory=list,
+        description="Indicators of this device's asset computed from others (see docs/processing.md).")
+
+    def link_id(self) -> str:
+        """Devices with the same link id share one physical connection, served by one task."""
+        return f"device:{self.id}"
+
+    @classmethod
+    def link_conflicts(cls, devices: Sequence[DeviceBase]) -> list[tuple[DeviceBase, str, str]]:
+        """(device, key, problem) for each device that cannot share its link with the others as configured.
+
+        The loader calls this once per group of devices with the same link id, so a protocol can
+        check what only makes sense across devices (one baud rate per serial port, one address per slave).
+        """
+        return []
