@@ -9,6 +9,7 @@ through the real configuration loader.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 from drivers.modbus.config import DataType, ModbusPoint, ModbusTcpDevice, Table
 from drivers.registry import protocols
 from gateway.config.errors import ConfigError
-from gateway.config.loader import GatewayConfig, load_config
+from gateway.config.loader import GatewayConfig, load_catalogue, load_config
 from gateway.model import units
 from gateway.model.catalogue import Catalogue, IndicatorKind, Quantification
 
@@ -172,6 +173,205 @@ def test_per_phase_indicators_come_in_complete_consistent_sets(catalogue: Catalo
         phases = [by_id.get(i) for i in ids]
         assert all(phases), f"expected all of {ids}"
         assert len({(p.unit, p.kind, p.range) for p in phases if p}) == 1, f"{ids}: phases differ"
+
+
+# -- more of the city: flood control, weather, municipal facilities, the field trial's missing points -------
+
+NEW_DOMAINS = {"flood-control", "weather", "municipal-facilities"}
+NEW_ASSET_TYPES = {
+    "rain-gauge": "flood-control", "waterlogging-monitoring-point": "flood-control",
+    "river-level-station": "flood-control", "flood-gate": "flood-control", "flood-pumping-station": "flood-control",
+    "weather-station": "weather", "manhole-cover": "municipal-facilities",
+}
+# id: (kind, canonical unit, UN/CEFACT code of that unit, how it is quantified)
+NEW_INDICATORS: dict[str, tuple[str, str, str, str]] = {
+    # flood control
+    "rainfall-intensity": ("measurement", "mm/h", "H67", "mean"),
+    "rainfall": ("counter", "mm", "MMT", "cumulative"),
+    "waterlogging-depth": ("measurement", "m", "MTR", "instantaneous"),
+    "river-level": ("measurement", "m", "MTR", "instantaneous"),
+    "gate-position": ("measurement", "%", "P1", "instantaneous"),
+    "gate-fully-open": ("state", "state", "C62STATE", "state"),
+    "gate-fully-closed": ("state", "state", "C62STATE", "state"),
+    # weather
+    "wind-speed": ("measurement", "m/s", "MTS", "mean"),
+    "wind-direction": ("measurement", "°", "DD", "mean"),
+    "air-pressure": ("measurement", "kPa", "KPA", "instantaneous"),
+    "solar-radiation": ("measurement", "W/m2", "D54", "instantaneous"),
+    # municipal facilities
+    "manhole-cover-open": ("alarm", "state", "C62STATE", "event"),
+    "manhole-cover-tilt": ("measurement", "°", "DD", "instantaneous"),
+    "manhole-depth-to-water": ("measurement", "m", "MTR", "instantaneous"),
+    # points the field trial found without an indicator
+    "pressure-setpoint": ("measurement", "kPa", "KPA", "instantaneous"),
+    "level-setpoint": ("measurement", "m", "MTR", "instantaneous"),
+    "flow-setpoint": ("measurement", "m3/h", "MQH", "instantaneous"),
+    "pump-speed": ("measurement", "r/min", "RPM", "instantaneous"),
+    "pump-relative-speed": ("measurement", "%", "P1", "instantaneous"),
+    "alarm-code": ("alarm", "state", "C62STATE", "event"),
+    "level-switch-high": ("state", "state", "C62STATE", "state"),
+    "level-switch-low": ("state", "state", "C62STATE", "state"),
+    "pressure-switch-high": ("state", "state", "C62STATE", "state"),
+    "pressure-switch-low": ("state", "state", "C62STATE", "state"),
+    "volume-settlement-day": ("counter", "m3", "MTQ", "cumulative"),
+    "gas-line-volume-settlement-day": ("counter", "m3", "MTQ", "cumulative"),
+    "active-energy-combined": ("counter", "kWh", "KWH", "cumulative"),
+    "clock-offset": ("measurement", "s", "SEC", "instantaneous"),
+}
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Catalogue:
+    """The shipped catalogue as the gateway loads it (located errors, not a bare validation)."""
+    return load_catalogue(CONFIG / "catalogue.yaml")
+
+
+def test_shipped_catalogue_loads_through_the_loader_as_version_2(shipped: Catalogue) -> None:
+    assert shipped.version == "2"
+    assert {d.id for d in shipped.domains} >= NEW_DOMAINS | {"water-supply", "drainage", "environment"}
+
+
+def test_new_domains_and_asset_types_are_present_with_both_names(shipped: Catalogue) -> None:
+    domains = {d.id: d for d in shipped.domains}
+    for domain_id in NEW_DOMAINS:
+        assert domain_id in domains, domain_id
+        assert domains[domain_id].name.en.strip() and CJK.search(domains[domain_id].name.zh), domain_id
+    for type_id, domain_id in NEW_ASSET_TYPES.items():
+        asset_type = shipped.asset_type(type_id)
+        assert asset_type is not None, type_id
+        assert asset_type.domain == domain_id, type_id
+        assert asset_type.name.en.strip() and CJK.search(asset_type.name.zh), type_id
+
+
+@pytest.mark.parametrize("indicator_id", sorted(NEW_INDICATORS))
+def test_new_indicator_is_defined_as_the_model_asks(indicator_id: str, shipped: Catalogue) -> None:
+    indicator = shipped.indicator(indicator_id)
+    assert indicator is not None, f"{indicator_id} is missing"
+    kind, unit, code, quantified = NEW_INDICATORS[indicator_id]
+    assert (indicator.kind.value, indicator.unit, indicator.unit_code, indicator.quantified.value) == (
+        kind, unit, code, quantified)
+    assert indicator.name.en.strip() and CJK.search(indicator.name.zh)
+    assert indicator.description.strip()
+    assert (indicator.range is None) == (unit == "state" and indicator_id != "alarm-code"), "booleans have no range"
+
+
+def test_new_asset_types_list_what_such_an_asset_has(shipped: Catalogue) -> None:
+    def lists(type_id: str) -> set[str]:
+        asset_type = shipped.asset_type(type_id)
+        assert asset_type is not None, type_id
+        return set(asset_type.indicators)
+
+    assert {"rainfall-intensity", "rainfall"} <= lists("rain-gauge")
+    assert "waterlogging-depth" in lists("waterlogging-monitoring-point")
+    assert "river-level" in lists("river-level-station")
+    assert {"gate-position", "gate-fully-open", "gate-fully-closed"} <= lists("flood-gate")
+    assert {"level", "river-level", "level-setpoint"} <= lists("flood-pumping-station")
+    assert {"air-temperature", "relative-humidity", "air-pressure", "wind-speed", "wind-direction",
+            "rainfall-intensity", "rainfall", "solar-radiation"} <= lists("weather-station")
+    assert {"manhole-cover-open", "manhole-cover-tilt", "manhole-depth-to-water"} <= lists("manhole-cover")
+    # the field trial's points, on the asset types whose devices had them
+    assert {"pressure-setpoint", "level-setpoint", "flow-setpoint", "level-switch-high", "level-switch-low",
+            "pressure-switch-high", "pressure-switch-low", "alarm-code"} <= lists("water-pumping-station")
+    assert {"pump-speed", "pump-relative-speed", "alarm-code"} <= lists("pump")
+    assert {"volume-settlement-day", "clock-offset"} <= lists("water-meter")
+    assert {"gas-line-volume-settlement-day", "clock-offset"} <= lists("gas-meter")
+    assert {"active-energy-combined", "clock-offset"} <= lists("energy-meter")
+
+
+def test_new_indicators_carry_the_processing_their_use_needs(shipped: Catalogue) -> None:
+    rainfall = shipped.indicator("rainfall")
+    assert rainfall is not None and rainfall.windows == [3600, 86400]  # rain per hour and per (UTC) day
+    waterlogging = shipped.indicator("waterlogging-depth")
+    assert waterlogging is not None and waterlogging.alarms is not None
+    assert [(a.level.value, a.limit) for a in waterlogging.alarms] == [("high", 0.15)]  # GB 51222-2017
+    cover = shipped.indicator("manhole-cover-open")
+    assert cover is not None and cover.alarms is not None and cover.alarms[0].alarm_state is True
+    wind_direction = shipped.indicator("wind-direction")
+    assert wind_direction is not None and not wind_direction.windows, "an arithmetic mean of angles is wrong at north"
+
+
+@pytest.mark.parametrize(("value", "source", "target", "expected"), [
+    (1013.25, "hPa", "kPa", 101.325),
+    (1013.25, "hPa", "mbar", 1013.25),
+    (0.5, "mm/min", "mm/h", 30.0),
+    (12.0, "mm/hr", "mm/h", 12.0),
+    (36.0, "km/h", "m/s", 10.0),
+    (10.0, "kn", "m/s", 5.144444),
+    (180.0, "deg", "rad", math.pi),
+    (90.0, "°", "°", 90.0),
+    (850.0, "W/m²", "W/m2", 850.0),
+    (65.0, "%RH", "%", 65.0),
+    (27.0, "cm", "m", 0.27),
+])
+def test_new_units_convert_within_their_quantity(value: float, source: str, target: str, expected: float) -> None:
+    assert units.conversion(source, target).apply(value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("source", "target"), [("m/s", "mm/h"), ("mm", "mm/h"), ("%", "°"), ("W", "W/m2"),
+                                                ("hPa", "mm")])
+def test_new_units_do_not_convert_across_quantities(source: str, target: str) -> None:
+    with pytest.raises(units.UnitError, match="cannot convert"):
+        units.conversion(source, target)
+
+
+def test_new_units_carry_their_recommendation_20_codes() -> None:
+    expected = {"hPa": "A97", "km/h": "KMH", "kn": "KNT", "mm/h": "H67", "mm/min": "H81", "rad": "C81",
+                "°": "DD", "W/m2": "D54"}
+    assert {symbol: units.lookup(symbol).code for symbol in expected} == expected
+    codes = [u.code for u in units.UNITS.values()]
+    assert sorted(c for c in codes if codes.count(c) > 1) == [], "a code must name one unit (OPC UA EUInformation)"
+
+
+@pytest.mark.parametrize(("indicator_id", "device_units"), [
+    ("air-pressure", ["hPa", "mbar", "Pa"]),
+    ("rainfall-intensity", ["mm/min"]),
+    ("rainfall", ["mm"]),
+    ("waterlogging-depth", ["cm", "mm"]),
+    ("wind-speed", ["km/h", "kn"]),
+    ("wind-direction", ["deg"]),
+    ("manhole-cover-tilt", ["deg"]),
+    ("solar-radiation", ["W/m²"]),
+    ("relative-humidity", ["%RH"]),
+    ("pump-speed", ["rpm"]),
+    ("pressure-setpoint", ["bar", "MPa"]),
+    ("clock-offset", ["min"]),
+])
+def test_units_devices_report_convert_to_the_new_indicators(indicator_id: str, device_units: list[str],
+                                                            shipped: Catalogue) -> None:
+    indicator = shipped.indicator(indicator_id)
+    assert indicator is not None
+    for unit in device_units:
+        units.conversion(unit, indicator.unit)  # raises when a device's usual unit would be refused
+
+
+# What a value of each quantity can mean at all, in the quantity's base unit: no temperature below absolute
+# zero, no gauge pressure below a full vacuum (an absolute one is never negative either), an angle within a
+# turn either way, no negative number of things or rain.
+PHYSICAL_BOUNDS: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, math.inf),
+    "pressure": (-101_325.0, math.inf),
+    "angle": (-2 * math.pi, 2 * math.pi),
+    "count": (0.0, math.inf),
+    "precipitation-rate": (0.0, math.inf),
+}
+
+
+def test_every_range_lies_within_what_its_unit_can_mean(shipped: Catalogue) -> None:
+    checked: set[str] = set()
+    for indicator in shipped.indicators:
+        if indicator.range is None:
+            continue
+        unit = units.lookup(indicator.unit)
+        low, high = (v * unit.factor + unit.offset for v in indicator.range)
+        if unit.quantity in PHYSICAL_BOUNDS:
+            checked.add(unit.quantity)
+            floor, ceiling = PHYSICAL_BOUNDS[unit.quantity]
+            assert floor - 1e-9 <= low and high <= ceiling + 1e-9, f"{indicator.id}: {indicator.range} {unit.symbol}"
+        if unit.quantity == "state":  # multi-state codes: whole numbers from 0
+            assert low >= 0 and low == int(low) and high == int(high), indicator.id
+    assert checked == set(PHYSICAL_BOUNDS), "every bound was used"
+    air = shipped.indicator("air-pressure")
+    assert air is not None and air.range is not None and air.range[0] > 0, "atmospheric pressure is absolute"
 
 
 # -- device profiles ----------------------------------------------------------------------------------------

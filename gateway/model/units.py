@@ -8,6 +8,7 @@ another of the same quantity through the quantity's base unit:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -87,6 +88,19 @@ _UNITS: tuple[Unit, ...] = (
     Unit("state", "C62STATE", "state"),
     Unit("count", "C62COUNT", "count"),
     Unit("text", "TEXT", "text"),
+    # weather, flood control and municipal facilities (appended: earlier entries keep their place)
+    Unit("hPa", "A97", "pressure", 1e2),
+    Unit("km/h", "KMH", "speed", 1 / 3.6),
+    Unit("kn", "KNT", "speed", 1852 / 3600),
+    # rainfall intensity, base mm/h: a depth of water per time, kept apart from speeds so that a wind
+    # speed cannot feed a rainfall indicator by accident
+    Unit("mm/h", "H67", "precipitation-rate"),
+    Unit("mm/min", "H81", "precipitation-rate", 60.0),
+    # plane angle, base rad (wind direction, tilt)
+    Unit("rad", "C81", "angle"),
+    Unit("°", "DD", "angle", math.pi / 180),
+    # irradiance, base W/m² (solar radiation)
+    Unit("W/m2", "D54", "irradiance"),
 )
 
 # Common spellings accepted in YAML, mapped to the symbol above.
@@ -95,6 +109,8 @@ _ALIASES: dict[str, str] = {
     "l/h": "L/h", "l": "L", "degC": "°C", "C": "°C", "ºC": "°C", "kpa": "kPa", "mpa": "MPa",
     "ug/L": "µg/L", "uS/cm": "µS/cm", "ug/m3": "µg/m3", "rpm": "r/min", "pct": "%",
     "mH₂O": "mH2O", "mwc": "mH2O",
+    "hpa": "hPa", "kmh": "km/h", "km/hr": "km/h", "knot": "kn", "mm/hr": "mm/h",
+    "deg": "°", "degree": "°", "º": "°", "W/m²": "W/m2", "W/m^2": "W/m2", "%RH": "%", "%rh": "%",
 }
 
 UNITS: dict[str, Unit] = {u.symbol: u for u in _UNITS}
