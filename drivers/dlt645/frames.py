@@ -200,7 +200,9 @@ def decode_value(raw: bytes, fmt: DataFormat) -> float:
 
 def encode_value(value: float, fmt: DataFormat) -> bytes:
     """Raises ValueError when the value does not fit the format."""
-    number = round(abs(value) * 10.0 ** fmt.decimals)
+    # round(x, n) rounds the float's exact decimal value (0.005 is a hair above, so 0.01); scaling first
+    # would round 0.5 half-to-even instead.
+    number = round(round(abs(value), fmt.decimals) * 10 ** fmt.decimals)
     if value < 0 and not fmt.signed:
         raise ValueError(f"{value} is negative but the format is unsigned")
     raw = bytearray(int_to_bcd(number, fmt.size))
