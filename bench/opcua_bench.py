@@ -5,11 +5,11 @@
 Scenarios, each against simulated servers in their own processes on 127.0.0.1
 (so the figures are the gateway side's only):
   1. one server, 1,000 monitored items, every value changing every second;
-  2. ten servers x 100 items each (ten sessions, ten scheduler tasks);
+  2. ten servers x 100 items each (ten sessions, ten link tasks);
   3. a server killed and restarted: time from the new server accepting
      connections to the first fresh reading.
 Reported: readings/s delivered, CPU seconds per 1,000 readings, RSS of this process.
-The driver runs under the real scheduler (LinkPoller), as in the gateway.
+The driver runs under the real link runner (LinkRunner), as in the gateway.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from drivers.opcua.config import OpcUaDevice  # noqa: E402
 from drivers.opcua.driver import OpcUaDriver  # noqa: E402
+from gateway.links import DeviceStatus, LinkRunner  # noqa: E402
 from gateway.model.devices import DeviceBase  # noqa: E402
+from gateway.model.driver import LinkContext  # noqa: E402
 from gateway.model.readings import Quality, Sample  # noqa: E402
-from gateway.scheduler import DeviceStatus, LinkPoller  # noqa: E402
 from simulators.opcua import STATION_NAMESPACE  # noqa: E402
 
 
@@ -95,12 +96,13 @@ class Counter:
         self.bad += 1
 
 
-def pollers(devices: list[OpcUaDevice], counter: Counter, state_dir: Path) -> list[LinkPoller]:
-    def quiet(_status: DeviceStatus) -> None:
+def runners(devices: list[OpcUaDevice], counter: Counter, state_dir: Path) -> list[LinkRunner[OpcUaDevice]]:
+    def quiet(_status: DeviceStatus[Any]) -> None:
         return None
 
-    return [LinkPoller(d.link_id(), OpcUaDriver([d], state_dir=state_dir), counter.on_samples, counter.on_failure,
-                       quiet) for d in devices]
+    context = LinkContext(state_dir=state_dir)
+    return [LinkRunner(d.link_id(), OpcUaDriver([d], context), counter.on_samples, counter.on_failure, quiet)
+            for d in devices]
 
 
 async def throughput(name: str, servers: int, items: int, seconds: float, state_dir: Path) -> None:
@@ -108,7 +110,7 @@ async def throughput(name: str, servers: int, items: int, seconds: float, state_
     try:
         await asyncio.gather(*(p.ready() for p in processes))
         counter = Counter()
-        tasks = [asyncio.create_task(p.run()) for p in pollers(
+        tasks = [asyncio.create_task(p.run()) for p in runners(
             [device(p.port, items, i) for i, p in enumerate(processes)], counter, state_dir)]
         await asyncio.sleep(3)  # warm-up: sessions, subscriptions, initial values
         me = psutil.Process()
@@ -135,7 +137,7 @@ async def restart(state_dir: Path, rounds: int = 3) -> None:
     server = Server(port, 100)
     await server.ready()
     counter = Counter()
-    (poller,) = pollers([device(port, 100)], counter, state_dir)
+    (poller,) = runners([device(port, 100)], counter, state_dir)
     task = asyncio.create_task(poller.run())
     times = []
     try:
@@ -178,5 +180,5 @@ if __name__ == "__main__":
     # Figures only: the expected disconnects of the restart scenario are reported by the driver already.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncua").setLevel(logging.CRITICAL)
-    logging.getLogger("gateway.scheduler").setLevel(logging.ERROR)
+    logging.getLogger("gateway.links").setLevel(logging.ERROR)
     asyncio.run(main())

@@ -10,7 +10,7 @@ a pseudo-terminal; they hold every reply back for as long as the request and
 the reply would take on a real line at the baud rate (11 bits a character:
 start, 8 data, even parity, stop), plus the 3.5 character times of silence a
 slave keeps before answering. The gateway side runs the real scheduler
-(LinkPoller) and bus driver, and itself keeps 3.5 character times of silence
+(LinkRunner) and bus driver, and itself keeps 3.5 character times of silence
 before each request.
 
 Reported:
@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from drivers.modbus.config import Table  # noqa: E402
 from drivers.registry import protocols  # noqa: E402
+from gateway.links import DeviceStatus, LinkRunner  # noqa: E402
 from gateway.model.devices import DeviceBase  # noqa: E402
 from gateway.model.readings import Sample  # noqa: E402
-from gateway.scheduler import DeviceStatus, LinkPoller  # noqa: E402
 from simulators.serial import Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, modbus_rtu_slaves  # noqa: E402
 
 BITS_PER_CHAR = 11
@@ -120,13 +120,13 @@ async def poll(path: Path, seconds: float, baud: int) -> int:
     def on_failure(device: DeviceBase, reason: str, rx: int) -> None:
         print(f"  device {device.id} failed: {reason}")
 
-    def on_status(status: DeviceStatus) -> None:
+    def on_status(status: DeviceStatus[Any]) -> None:
         pass
 
-    from drivers.serial.driver import FieldBusDriver
+    from drivers.registry import make_driver
 
-    poller = LinkPoller("bench", FieldBusDriver(devices(path, baud)), on_samples, on_failure, on_status)
-    task = asyncio.create_task(poller.run())
+    runner = LinkRunner("bench", make_driver(devices(path, baud)), on_samples, on_failure, on_status)
+    task = asyncio.create_task(runner.run())
     await asyncio.sleep(seconds)  # the measurement period
     task.cancel()
     await asyncio.wait([task])

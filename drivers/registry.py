@@ -1,19 +1,20 @@
-"""The registry of protocols: each registers its configuration model and its driver (drivers/__init__.py).
+"""The registry of protocols. Each protocol registers once, in drivers/__init__.py: its configuration
+model, and either its driver (a link of its own) or its bus device (it runs on a shared serial bus), and,
+where it has them, its `scan` probe and its simulator.
 
-Adding a protocol: write one package with a config model (subclassing
-`DeviceBase` and `PointBase`) and a driver class, and call `register()` in
-`drivers/__init__.py`. Driver modules import their vendor library lazily, so
-a gateway that uses no OPC-UA device never imports asyncua.
+Everything but the configuration model is named as "package.module:name" and imported only when a
+configured device needs it, so a gateway that uses no OPC-UA device never imports asyncua.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.model.devices import DeviceBase
-from gateway.model.driver import Driver
+from gateway.model.driver import Driver, LinkContext
 
 
 class ProtocolUnavailable(Exception):
@@ -24,30 +25,57 @@ class ProtocolUnavailable(Exception):
 class Protocol:
     name: str
     config_model: type[DeviceBase]
-    driver_path: str  # "package.module:Class", imported only when a device needs it
+    driver: str | None = None  # its Driver class, for a protocol with links of its own
+    bus_device: str | None = None  # its BusDevice class, for a protocol on a shared serial bus
+    probe: str | None = None  # its `scan` probe (drivers/serial/scan.py)
+    simulator: str | None = None  # its simulated device, for tests, the demo and the benchmark
 
-    def driver_class(self) -> type[Driver]:
-        module_name, _, class_name = self.driver_path.partition(":")
+    def load(self, path: str) -> Any:
+        """The object named by one of the paths above, importing its module now."""
+        module_name, _, name = path.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in ("drivers", "gateway"):
+            if exc.name and exc.name.split(".")[0] in ("drivers", "gateway", "simulators"):
                 raise  # our own module missing is a bug, not an installation choice
             raise ProtocolUnavailable(
                 f"protocol {self.name!r} needs the Python package {exc.name!r}, which is not installed here "
                 f"(for OPC-UA: pip install 'municipal-gateway[opcua]')") from None
-        driver: Any = getattr(module, class_name)
-        return driver  # type: ignore[no-any-return]
+        return getattr(module, name)
 
 
 _REGISTRY: dict[str, Protocol] = {}
+# The driver that owns a shared serial bus and hosts the bus devices of every protocol on it.
+BUS_DRIVER = "drivers.serial.driver:FieldBusDriver"
 
 
-def register(name: str, config_model: type[DeviceBase], driver_path: str) -> None:
+def register(name: str, config_model: type[DeviceBase], *, driver: str | None = None,
+             bus_device: str | None = None, probe: str | None = None, simulator: str | None = None) -> None:
     if name in _REGISTRY:
         raise ValueError(f"protocol {name!r} is registered twice")
-    _REGISTRY[name] = Protocol(name, config_model, driver_path)
+    if (driver is None) == (bus_device is None):
+        raise ValueError(f"protocol {name!r} needs a driver or a bus device, not both")
+    _REGISTRY[name] = Protocol(name, config_model, driver, bus_device, probe, simulator)
 
 
 def protocols() -> dict[str, Protocol]:
     return dict(_REGISTRY)
+
+
+def make_driver(devices: Sequence[DeviceBase], context: LinkContext | None = None) -> Driver[Any]:
+    """The driver of one link (`devices` share it), importing its protocol libraries only now."""
+    protocol = _REGISTRY[devices[0].protocol]
+    if protocol.bus_device is None:
+        assert protocol.driver is not None
+        driver: Driver[Any] = protocol.load(protocol.driver)(devices, context)
+        return driver
+    members = [_bus_device(device) for device in devices]
+    bus_driver: Driver[Any] = protocol.load(BUS_DRIVER)(devices, members, context)
+    return bus_driver
+
+
+def _bus_device(device: DeviceBase) -> Any:
+    protocol = _REGISTRY[device.protocol]
+    if protocol.bus_device is None:
+        raise ValueError(f"device {device.id}: protocol {device.protocol} does not run on a serial bus")
+    return protocol.load(protocol.bus_device)(device)

@@ -1,12 +1,14 @@
 """The composition root: the one place where configuration becomes running parts.
 
-    drivers (one LinkPoller task per physical link)
+    drivers (one LinkRunner task group per physical link)
         → pipeline (mapping → processing → encoding → group commit)
             → buffer (SQLite)
                 → publisher (MQTT)
 
-Sinks start before sources; on shutdown sources stop first, what was read is
-committed, and the publisher goes last (announcing `offline`).
+Sinks start before sources and stop after them, which the nesting of the task
+groups gives: the publisher and the pipeline run in the outer group, the links
+and timers in the inner one. On shutdown the sources stop first, the pipeline
+commits what was read, and the publisher goes last (announcing `offline`).
 """
 
 from __future__ import annotations
@@ -16,22 +18,23 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-from drivers.registry import protocols
+from drivers.registry import make_driver
 from gateway.buffer import Buffer
 from gateway.config.loader import GatewayConfig
+from gateway.links import DeviceStatus, LinkRunner
 from gateway.mapping import DeviceMapper, asset_of
 from gateway.model.devices import DeviceBase
-from gateway.model.driver import Driver
+from gateway.model.driver import Driver, LinkContext
 from gateway.model.readings import Sample, now_ms
 from gateway.payload import encode_asset_description, encode_json
 from gateway.pipeline import Pipeline
 from gateway.processing import Processor, derived_by_asset
 from gateway.publisher import Publisher
-from gateway.scheduler import DeviceStatus, LinkPoller
 from gateway.state import DeviceRegistry
 from gateway.systemd import notify
+from gateway.tasks import cancel_requests, restore_cancel_requests
 from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -51,11 +54,8 @@ def links(devices: Sequence[DeviceBase]) -> dict[str, list[DeviceBase]]:
     return dict(grouped)
 
 
-def make_driver(devices: Sequence[DeviceBase], state_dir: Path | None = None) -> Driver:
-    """The driver for one link, importing its protocol library only now."""
-    driver = protocols()[devices[0].protocol].driver_class()(devices)
-    driver.state_dir = state_dir
-    return driver
+class _StopRequested(Exception):
+    """Raised inside the sources' task group to end it when the gateway is told to stop."""
 
 
 class Gateway:
@@ -64,11 +64,11 @@ class Gateway:
         settings = config.main
         self.gateway_id = settings.gateway.id
         self.topics = Topics(settings.mqtt.topic_prefix, self.gateway_id)
-        self.pollers: list[LinkPoller] = []
+        self.runners: list[LinkRunner[Any]] = []
         self.pipeline: Pipeline | None = None
         self.publisher: Publisher | None = None
         self._registry: DeviceRegistry | None = None
-        self._drivers: dict[str, Driver] = {}  # by device id
+        self._drivers: dict[str, Driver[Any]] = {}  # by device id
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raise if any part fails unexpectedly."""
@@ -86,32 +86,40 @@ class Gateway:
                                      on_active_alarms=self.publisher.set_retained)
             self._announce_assets()
             self.pipeline.announce_alarm_states()
+            context = LinkContext(state_dir=config.state_dir)
             for link, devices in links(config.devices).items():
-                driver = make_driver(devices, config.state_dir)
+                driver = make_driver(devices, context)
                 self._drivers.update((device.id, driver) for device in devices)
-                self.pollers.append(LinkPoller(link, driver, self._on_samples, self._on_failure, self._on_status))
-            log.info("gateway %s starting: %d devices on %d links", self.gateway_id, len(mappers), len(self.pollers))
-            await self._run_tasks(stop, self.publisher, self.pipeline)
+                self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status))
+            log.info("gateway %s starting: %d devices on %d links", self.gateway_id, len(mappers), len(self.runners))
+            await self._run_parts(stop, self.publisher, self.pipeline)
             log.info("gateway %s stopped", self.gateway_id)
 
-    async def _run_tasks(self, stop: asyncio.Event, publisher: Publisher, pipeline: Pipeline) -> None:
-        """Sinks start before sources; on the way out sources stop first and the publisher last."""
-        sending = asyncio.create_task(publisher.run(), name="publisher")
-        committing = asyncio.create_task(pipeline.run(), name="pipeline")
-        timers = [asyncio.create_task(pipeline.run_clock(), name="processing-clock"),
-                  asyncio.create_task(self._report_health(), name="device-health")]
-        sources = [asyncio.create_task(p.run(), name=f"link {p.name}") for p in self.pollers]
-        notify("READY=1")
-        try:
-            await _until_stopped_or_failed(stop, [sending, committing, *timers, *sources])
-        finally:
+    async def _run_parts(self, stop: asyncio.Event, publisher: Publisher, pipeline: Pipeline) -> None:
+        """The sinks in the outer group; the sources (and the timers feeding the sinks) in the inner one."""
+        async with asyncio.TaskGroup() as sinks:
+            sending = sinks.create_task(publisher.run(), name="publisher")
+            committing = sinks.create_task(pipeline.run(), name="pipeline")
+            await self._run_sources(stop, pipeline)
             notify("STOPPING=1")
-            await _cancel_all(sources)
-            await _cancel_all(timers)  # no more windows, alarm timers or health reports
-            await _cancel_all([committing])  # the pipeline commits what the sources handed over
-            if not sending.done() and not await publisher.flush(FLUSH_LIMIT):
+            committing.cancel()  # the pipeline commits what the sources handed over, then ends
+            await asyncio.wait([committing])
+            if not await publisher.flush(FLUSH_LIMIT):
                 log.info("stopping with readings still in the buffer; they are sent after the next start")
-            await _cancel_all([sending])  # the publisher announces offline and disconnects
+            sending.cancel()  # the publisher announces offline and disconnects
+
+    async def _run_sources(self, stop: asyncio.Event, pipeline: Pipeline) -> None:
+        cancel_requests_before = cancel_requests()
+        try:
+            async with asyncio.TaskGroup() as sources:
+                sources.create_task(_raise_when_set(stop), name="stop")
+                sources.create_task(pipeline.run_clock(), name="processing-clock")
+                sources.create_task(self._report_health(), name="device-health")
+                for runner in self.runners:
+                    sources.create_task(runner.run(), name=f"link {runner.name}")
+                notify("READY=1")
+        except* _StopRequested:
+            restore_cancel_requests(cancel_requests_before)
 
     def _announce_assets(self) -> None:
         assert self.publisher is not None
@@ -132,15 +140,15 @@ class Gateway:
         assert self.pipeline is not None
         self.pipeline.submit_failure(device.id, reason, receive_time_ms)
 
-    def _on_status(self, status: DeviceStatus) -> None:
+    def _on_status(self, status: DeviceStatus[Any]) -> None:
         """A device changed state: publish it (retained) and remember it across restarts."""
         assert self._registry is not None
         self._registry.record(self._publish_status(status))
 
-    def _publish_status(self, status: DeviceStatus) -> dict[str, object]:
+    def _publish_status(self, status: DeviceStatus[Any]) -> dict[str, object]:
         assert self.publisher is not None
         device = status.device
-        document = status.as_dict(self._drivers[device.id].device_counters(device))
+        document = status.as_dict(self._drivers[device.id].counters(device))
         self.publisher.set_retained(self.topics.device_status(device.id), encode_json(document))
         return document
 
@@ -148,28 +156,11 @@ class Gateway:
         """Refresh every device's retained status now and then, so its counters stay current."""
         while True:
             await asyncio.sleep(HEALTH_INTERVAL)
-            for poller in self.pollers:
-                for status in poller.statuses:
+            for runner in self.runners:
+                for status in runner.statuses:
                     self._publish_status(status)
 
 
-async def _until_stopped_or_failed(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
-    stopper = asyncio.create_task(stop.wait(), name="stop")
-    try:
-        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    for task in done:
-        if task is not stopper:
-            # A part ended by itself: that is a failure (they run until cancelled). Surface it.
-            error = task.exception()
-            raise RuntimeError(f"{task.get_name()} stopped unexpectedly") from error
-
-
-async def _cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for task, result in zip(tasks, results, strict=True):
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            log.error("%s failed while stopping: %r", task.get_name(), result)
+async def _raise_when_set(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise _StopRequested

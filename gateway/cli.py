@@ -59,13 +59,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    from gateway.app import links, make_driver
+    from drivers.registry import make_driver
+    from gateway.app import links
 
     for link, devices in links(config.devices).items():
         driver = make_driver(devices)
         print(f"link {link}")
         for device in devices:
-            requests = driver.describe_requests(device)
+            requests = driver.describe(device)
             print(f"  device {device.id} ({len(device.points)} points, {len(requests)} requests per poll)")
             for line in requests:
                 print(f"    {line}")
@@ -143,9 +144,6 @@ async def _run(config: GatewayConfig) -> int:
         loop.add_signal_handler(sig, on_signal)
     try:
         await Gateway(config).run(stop)
-    except RuntimeError as exc:
-        log.error("%s", exc, exc_info=exc.__cause__)
-        return EXIT_FAILURE
     except OSError as exc:
         log.error("cannot run: %s", exc)
         return EXIT_FAILURE
@@ -153,7 +151,18 @@ async def _run(config: GatewayConfig) -> int:
         log.error("the buffer %s cannot be used: %s. If the file is damaged, move it aside (its unsent "
                   "readings are then not sent) and start again.", config.buffer_path, exc)
         return EXIT_FAILURE
+    except Exception as exc:
+        for failure in _leaves(exc):
+            log.error("the gateway stopped: %r", failure, exc_info=failure)
+        return EXIT_FAILURE
     return EXIT_OK
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or the exception itself."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 def cmd_browse(args: argparse.Namespace) -> int:
@@ -179,10 +188,15 @@ def cmd_browse(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from drivers.serial.scan import scan_command
+    from drivers.registry import protocols
+    from drivers.serial.config import Parity, SerialSettings
+    from drivers.serial.scan import ScanOptions, scan_command
 
-    return scan_command(args.port, args.baud, args.parity, args.data_bits, args.stop_bits, args.timeout,
-                        args.first_unit, args.last_unit)
+    settings = SerialSettings(baud=args.baud, parity=Parity(args.parity), data_bits=args.data_bits,
+                              stop_bits=args.stop_bits)
+    probes = [protocol.load(protocol.probe) for protocol in protocols().values() if protocol.probe is not None]
+    options = ScanOptions(args.timeout, range(args.first_unit, args.last_unit + 1))
+    return scan_command(args.port, settings, probes, options)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

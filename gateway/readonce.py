@@ -1,21 +1,32 @@
-"""`municipal-gateway read DEVICE`: poll one device once and print a table (no buffer, no MQTT)."""
+"""`municipal-gateway read DEVICE`: poll one device once and print a table (no buffer, no MQTT).
+
+A device that pushes (an OPC-UA subscription, a sensor sending lines) is listened to
+until its first batch arrives, as the gateway would receive it.
+"""
 
 from __future__ import annotations
 
-from gateway.app import make_driver
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from drivers.registry import make_driver
 from gateway.config.loader import GatewayConfig
 from gateway.mapping import DeviceMapper
 from gateway.model.devices import DeviceBase
-from gateway.model.driver import DriverError
-from gateway.model.readings import Reading, now_ms
+from gateway.model.driver import Driver, DriverError, LinkContext, Poller, Pusher
+from gateway.model.readings import Reading, Sample, now_ms
+
+# How many reply timeouts a pushing device gets to send its first values.
+_PUSH_WAIT_FACTOR = 10
 
 
 async def read_once(config: GatewayConfig, device: DeviceBase) -> int:
-    driver = make_driver([device], config.state_dir)
+    driver = make_driver([device], LinkContext(state_dir=config.state_dir))
     mapper = DeviceMapper(device, config.catalogue)
     try:
-        await driver.connect()
-        samples = await driver.read(device)
+        await driver.open()
+        samples = await _first_batch(driver, device)
     except DriverError as exc:
         print(f"device {device.id} did not answer: {exc} ({exc.reason})")
         return 1
@@ -23,6 +34,31 @@ async def read_once(config: GatewayConfig, device: DeviceBase) -> int:
         await driver.close()
     print(format_table(mapper.readings(samples, now_ms())))
     return 0
+
+
+async def _first_batch(driver: Driver[Any], device: DeviceBase) -> Sequence[Sample]:
+    if not device.pushes and isinstance(driver, Poller):
+        return await driver.read(device)
+    assert isinstance(driver, Pusher), "the registry pairs pushing devices with pushing drivers"
+    arrived: asyncio.Future[Sequence[Sample]] = asyncio.get_running_loop().create_future()
+
+    def sink(_: DeviceBase, samples: Sequence[Sample]) -> None:
+        if not arrived.done():
+            arrived.set_result(samples)
+
+    listening = asyncio.create_task(driver.run(sink), name=f"read {device.id}")
+    waiters: list[asyncio.Future[Any]] = [arrived, listening]
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=device.timeout * _PUSH_WAIT_FACTOR,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if arrived in done:
+            return arrived.result()
+        if listening in done:
+            listening.result()  # raises the DriverError that ended it
+        raise DriverError(f"nothing arrived within {device.timeout * _PUSH_WAIT_FACTOR:g} s", "timeout")
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
 
 
 def format_table(readings: list[Reading]) -> str:

@@ -21,10 +21,10 @@ from drivers.opcua.browse import browse
 from drivers.opcua.client import ConnectOptions, OpcUaLink
 from drivers.opcua.config import NodeRef, OpcUaDevice
 from drivers.opcua.driver import OpcUaDriver
+from gateway.links import LinkRunner
 from gateway.model.devices import DeviceBase
-from gateway.model.driver import DriverError
+from gateway.model.driver import DriverError, LinkContext
 from gateway.model.readings import Quality, Sample, now_ms
-from gateway.scheduler import LinkPoller
 from simulators.opcua import (
     STATION_NAMESPACE,
     SimVariable,
@@ -32,7 +32,7 @@ from simulators.opcua import (
     gas_station_variables,
     make_server_certificate,
 )
-from tests.brokers import eventually, free_port
+from tests.brokers import WAIT, eventually, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSET = {"domain": "gas", "site": "north", "id": "prs-1", "type": "gas-regulating-station"}
@@ -95,12 +95,32 @@ async def running_station(**options: Any) -> AsyncIterator[StationSimulator]:
         await simulator.stop()
 
 
+@asynccontextmanager
+async def listening(driver: OpcUaDriver, sink: Collector) -> AsyncIterator[asyncio.Task[None]]:
+    """The driver's push listener running (its subscriptions made) until the block is left."""
+    task = asyncio.create_task(driver.run(sink))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def acquire(driver: OpcUaDriver, device: OpcUaDevice, sink: Collector, names: Sequence[str]) -> None:
+    """Every named point's first sample into `sink`: from the subscription, or from one Read."""
+    if not device.pushes:
+        sink(device, await driver.read(device))
+        return
+    async with listening(driver, sink):
+        await eventually(lambda: all(sink.latest(name) for name in names), "a sample of every point")
+
+
 @pytest.fixture
 async def driver_factory(tmp_path: Path) -> AsyncIterator[Any]:
     drivers: list[OpcUaDriver] = []
 
     def make(*devices: OpcUaDevice) -> OpcUaDriver:
-        driver = OpcUaDriver(list(devices), state_dir=tmp_path / "state")
+        driver = OpcUaDriver(list(devices), LinkContext(state_dir=tmp_path / "state"))
         drivers.append(driver)
         return driver
 
@@ -116,18 +136,19 @@ async def test_subscription_delivers_changes_with_the_server_source_timestamp(
     device = make_device(station.port)
     driver = driver_factory(device)
     sink = Collector()
-    await driver.connect()
-    assert await driver.subscribe(device, sink) is True
-    await eventually(lambda: sink.has("inlet", 350.0) and sink.has("slam-shut", False), "initial values")
-    before = now_ms()
-    await station.set_value("Station.InletPressure", 412.5)
-    await station.set_value("Station.SlamShutClosed", True)
-    await eventually(lambda: sink.has("inlet", 412.5) and sink.has("slam-shut", True), "changed values")
-    inlet = sink.latest("inlet")
-    assert inlet is not None and inlet.quality is Quality.GOOD and inlet.reason is None
-    assert inlet.source_time_ms is not None and before - 50 <= inlet.source_time_ms <= now_ms()
-    assert await driver.read(device) == []  # subscribed: read() is only the liveness check
-    assert station.monitored_items() == len(POINTS)
+    await driver.open()
+    async with listening(driver, sink):
+        await eventually(lambda: sink.has("inlet", 350.0) and sink.has("slam-shut", False), "initial values")
+        before = now_ms()
+        await station.set_value("Station.InletPressure", 412.5)
+        await station.set_value("Station.SlamShutClosed", True)
+        await eventually(lambda: sink.has("inlet", 412.5) and sink.has("slam-shut", True), "changed values")
+        inlet = sink.latest("inlet")
+        assert inlet is not None and inlet.quality is Quality.GOOD and inlet.reason is None
+        assert inlet.source_time_ms is not None and before - 50 <= inlet.source_time_ms <= now_ms()
+        assert station.monitored_items() == len(POINTS)
+        # A subscription device can still be read once (what `municipal-gateway read` does).
+        assert {s.point: s.value for s in await driver.read(device)}["inlet"] == 412.5
 
 
 async def test_polling_reads_every_point_split_by_max_nodes_per_read(driver_factory: Any) -> None:
@@ -138,12 +159,11 @@ async def test_polling_reads_every_point_split_by_max_nodes_per_read(driver_fact
         await station.set_value("Station.OutletPressure", 2.75)
         device = make_device(station.port, mode="polling")
         driver = driver_factory(device)
-        await driver.connect()
-        assert await driver.subscribe(device, Collector()) is False
+        await driver.open()
         calls = station.read_calls
         samples = {s.point: s for s in await driver.read(device)}
         assert station.read_calls - calls == 2  # 6 nodes, at most 4 per call
-        assert driver.device_counters(device)["reads"] == 2
+        assert driver.counters(device)["reads"] == 2
         assert [samples[n].value for n, _, _ in POINTS] == [350.0, 2.75, 12.5, 820.0, 1_254_300.0, False]
         assert all(s.quality is Quality.GOOD for s in samples.values())
         assert station.monitored_items() == 0
@@ -156,7 +176,7 @@ async def test_status_codes_become_quality_with_the_status_name_as_reason(
         station: StationSimulator, driver_factory: Any) -> None:
     device = make_device(station.port, mode="polling")
     driver = driver_factory(device)
-    await driver.connect()
+    await driver.open()
     await station.set_value("Station.GasTemperature", 12.5, status=0x40000000)  # Uncertain
     await station.set_value("Station.StandardFlow", 0.0, status=0x808C0000)  # BadSensorFailure
     samples = {s.point: s for s in await driver.read(device)}
@@ -165,7 +185,7 @@ async def test_status_codes_become_quality_with_the_status_name_as_reason(
     assert (samples["flow"].quality, samples["flow"].reason, samples["flow"].value) == \
         (Quality.BAD, "BadSensorFailure", None)
     assert samples["inlet"].quality is Quality.GOOD
-    assert driver.device_counters(device) == {
+    assert driver.counters(device) == {
         "reads": 1, "notifications": 0, "decode_errors": 0, "bad_statuses": 1, "uncertain_statuses": 1}
 
 
@@ -182,11 +202,8 @@ async def test_an_unknown_node_is_bad_with_its_status_name_and_the_others_work(
     device = make_device(station.port, mode=mode, points=points, namespace=STATION_NAMESPACE)
     driver = driver_factory(device)
     sink = Collector()
-    await driver.connect()
-    if await driver.subscribe(device, sink):
-        await eventually(lambda: all(sink.latest(p["name"]) for p in points), "a sample of every point")
-    else:
-        sink(device, await driver.read(device))
+    await driver.open()
+    await acquire(driver, device, sink, [p["name"] for p in points])
     for name in ("ghost", "elsewhere", "by-guid", "opaque"):
         sample = sink.latest(name)
         assert sample is not None and (sample.quality, sample.reason) == (Quality.BAD, "BadNodeIdUnknown"), name
@@ -204,56 +221,31 @@ async def test_a_good_status_with_a_null_value_is_a_bad_sample_and_a_decode_erro
         device = make_device(station.port, mode=mode, points=points)
         driver = driver_factory(device)
         sink = Collector()
-        await driver.connect()
-        if await driver.subscribe(device, sink):
-            await eventually(lambda: sink.latest("spare") is not None and sink.latest("inlet") is not None,
-                             "the first notification")
-        else:
-            sink(device, await driver.read(device))
+        await driver.open()
+        await acquire(driver, device, sink, ["spare", "inlet"])
         spare = sink.latest("spare")
         assert spare is not None and (spare.value, spare.quality, spare.reason) == (None, Quality.BAD, "decode-error")
         assert sink.has("inlet", 350.0)
-        assert driver.device_counters(device)["decode_errors"] == 1
+        assert driver.counters(device)["decode_errors"] == 1
 
 
-async def test_a_subscribed_device_repeats_its_latest_samples_once_per_poll_interval(
+async def test_the_push_listener_ends_with_a_driver_error_when_keep_alive_finds_the_server_gone(
         station: StationSimulator, driver_factory: Any) -> None:
-    # Steady values send no notifications; processing still needs to see the device is alive.
-    device = make_device(station.port, poll_interval=1.0)
+    # Steady values send no notifications, and nothing repeats them here: that a value is still
+    # current is processing's concern. The listener's only other job is to notice the server is gone.
+    device = make_device(station.port, keepalive=0.5)
     driver = driver_factory(device)
     sink = Collector()
-    await driver.connect()
-    assert await driver.subscribe(device, sink) is True
-    assert await driver.read(device) == []  # a liveness check only, until the poll interval has passed
-    await eventually(lambda: all(sink.latest(n) for n, _, _ in POINTS), "the first notification")
-    await station.set_value("Station.InletPressure", 377.0)
-    await eventually(lambda: sink.has("inlet", 377.0), "the change")
-    notified = {n: sink.latest(n) for n, _, _ in POINTS}
-    repeated: list[Sample] = []
-
-    async def repeats() -> bool:
-        repeated.extend(await driver.read(device))
-        return bool(repeated)
-
-    await eventually(repeats, "the latest samples repeated")
-    # Every point in configured order, exactly as last notified, with the server's source timestamp.
-    assert [s.point for s in repeated] == [n for n, _, _ in POINTS]
-    assert repeated == [notified[n] for n, _, _ in POINTS]
-    assert repeated[0].value == 377.0 and repeated[0].source_time_ms is not None
-    assert await driver.read(device) == []  # not again until the next poll interval
-    assert driver.device_counters(device)["notifications"] == len(POINTS) + 1  # repeats are not notifications
-
-    await station.stop()
-    failures: list[DriverError] = []
-
-    async def fails() -> bool:
-        try:
-            await driver.read(device)
-        except DriverError as exc:
-            failures.append(exc)
-        return bool(failures)
-
-    await eventually(fails, "keep-alive to find the server gone")
+    await driver.open()
+    async with listening(driver, sink) as listener:
+        await eventually(lambda: all(sink.latest(n) for n, _, _ in POINTS), "the first notification")
+        notified = len(sink.samples)
+        await station.stop()
+        with pytest.raises(DriverError):
+            async with asyncio.timeout(WAIT):
+                await listener
+    assert len(sink.samples) == notified
+    assert driver.counters(device)["notifications"] == len(POINTS)
 
 
 async def test_node_ids_with_a_namespace_index_are_refused_with_the_reason() -> None:
@@ -283,14 +275,14 @@ async def test_a_failure_while_resolving_is_a_driver_error_and_leaves_no_session
     driver = driver_factory(device)
     station.translate_fault = fault
     with pytest.raises(DriverError) as caught:
-        await driver.connect()
+        await driver.open()
     if fault == "refuse":
         assert caught.value.reason == "BadTooManyOperations"
     await eventually(lambda: station.connections() == 0, "the session to be closed")
     with pytest.raises(DriverError, match="not connected"):
         await driver.read(device)
     station.translate_fault = None  # the next attempt (the scheduler's retry) works
-    await driver.connect()
+    await driver.open()
     assert [s.value for s in await driver.read(device)] == [350.0, 0.0]
 
 
@@ -301,7 +293,7 @@ async def test_a_connect_cancelled_midway_leaves_no_session_open(
         {"name": "by-path", "indicator": "methane-lel", "browse_path": "Station/MethaneLel"}])
     driver = driver_factory(device)
     station.translate_fault = "mute"
-    connecting = asyncio.create_task(driver.connect())
+    connecting = asyncio.create_task(driver.open())
     await eventually(lambda: station.translate_calls > 0, "the connect to be resolving nodes")
     connecting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -312,7 +304,7 @@ async def test_a_connect_cancelled_midway_leaves_no_session_open(
 async def test_a_read_answered_short_is_a_driver_error(station: StationSimulator, driver_factory: Any) -> None:
     device = make_device(station.port, mode="polling")
     driver = driver_factory(device)
-    await driver.connect()
+    await driver.open()
     station.short_reads = True
     with pytest.raises(DriverError, match="5 results for 6"):
         await driver.read(device)
@@ -348,7 +340,7 @@ async def test_a_secured_endpoint_with_username_and_password_connects_with_a_gen
         driver_factory: Any) -> None:
     device = secured_device(secured_station, tmp_path, "s3cret", server_pki[0])
     driver = driver_factory(device)
-    await driver.connect()
+    await driver.open()
     samples = await driver.read(device)
     assert [s.value for s in samples][:2] == [350.0, 2.6]
     key = tmp_path / "state" / "opcua" / "client-key.pem"
@@ -360,7 +352,7 @@ async def test_the_aes_policy_works_too(secured_station: StationSimulator, serve
                                         tmp_path: Path, driver_factory: Any) -> None:
     device = secured_device(secured_station, tmp_path, "s3cret", server_pki[0], policy="Aes256_Sha256_RsaPss")
     driver = driver_factory(device)
-    await driver.connect()
+    await driver.open()
     assert (await driver.read(device))[0].value == 350.0
 
 
@@ -370,7 +362,7 @@ async def test_a_wrong_password_is_a_clear_error_and_no_data(
     device = secured_device(secured_station, tmp_path, "guess", server_pki[0])
     driver = driver_factory(device)
     with pytest.raises(DriverError, match="wrong username or password") as caught:
-        await driver.connect()
+        await driver.open()
     assert caught.value.reason == "BadUserAccessDenied"
     with pytest.raises(DriverError):
         await driver.read(device)
@@ -383,7 +375,7 @@ async def test_an_untrusted_server_certificate_is_refused_and_saved_for_review(
     device = secured_device(secured_station, tmp_path, "s3cret", other)
     driver = driver_factory(device)
     with pytest.raises(DriverError, match="not trusted") as caught:
-        await driver.connect()
+        await driver.open()
     assert caught.value.reason == "BadCertificateUntrusted"
     rejected = list((tmp_path / "state" / "opcua" / "rejected").iterdir())
     assert len(rejected) == 1 and rejected[0].read_bytes() == server_pki[0].read_bytes()
@@ -396,7 +388,7 @@ async def test_a_malformed_server_certificate_is_a_clear_error(
     device = secured_device(secured_station, tmp_path, "s3cret", server_pki[0])
     driver = driver_factory(device)
     with pytest.raises(DriverError, match=r"not a valid X\.509 certificate") as caught:
-        await driver.connect()
+        await driver.open()
     assert caught.value.reason == "BadCertificateInvalid"
     await eventually(lambda: secured_station.connections() == 0, "no connection left open")
 
@@ -408,7 +400,7 @@ async def test_a_policy_the_endpoint_does_not_offer_lists_what_it_offers(
                             mode="Sign")
     driver = driver_factory(device)
     with pytest.raises(DriverError, match=r"offers: .*Basic256Sha256/SignAndEncrypt") as caught:
-        await driver.connect()
+        await driver.open()
     assert caught.value.reason == "BadSecurityPolicyRejected"
 
 
@@ -461,12 +453,12 @@ async def test_a_restarted_server_is_back_within_seconds_without_duplicate_items
     device = make_device(port)
     samples: list[tuple[float, Sample]] = []
     failures: list[tuple[float, str]] = []
-    poller = LinkPoller(
-        device.link_id(), OpcUaDriver([device], state_dir=tmp_path),
+    runner = LinkRunner(
+        device.link_id(), OpcUaDriver([device], LinkContext(state_dir=tmp_path)),
         on_samples=lambda d, s, rx: samples.extend((time.monotonic(), x) for x in s),
         on_failure=lambda d, reason, rx: failures.append((time.monotonic(), reason)),
         on_status=lambda status: None)
-    task = asyncio.create_task(poller.run())
+    task = asyncio.create_task(runner.run())
     try:
         await eventually(lambda: any(s.point == "inlet" for _, s in samples), "first readings")
         await eventually(lambda: _equals(monitored_items_on(port), len(POINTS)), "items counted by the server")
@@ -483,7 +475,7 @@ async def test_a_restarted_server_is_back_within_seconds_without_duplicate_items
                                      for t, s in samples), "fresh readings from the new server")
         fresh = min(t for t, s in samples if t > back and s.quality is Quality.GOOD)
         assert fresh - back < 10
-        assert poller.statuses[0].state.value == "online"
+        assert runner.statuses[0].state.value == "online"
         await eventually(lambda: _equals(monitored_items_on(port), len(POINTS)), "no duplicated items")
         # Every failed reconnect attempt in the gap was reported, so bad readings cover it.
         assert all(reason for _, reason in failures) and len(failures) >= 1

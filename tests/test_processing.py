@@ -446,6 +446,71 @@ def device(*points: dict[str, Any], poll_interval: float = 10) -> DeviceBase:
         "points": list(points) or [{"name": "p", "indicator": "outlet-pressure"}]})
 
 
+class PushingDevice(DeviceBase):
+    """A device that sends changes only, as an OPC-UA subscription does."""
+
+    @property
+    def pushes(self) -> bool:
+        return True
+
+
+def pushing_device(poll_interval: float = 10) -> DeviceBase:
+    return PushingDevice.model_validate(device(poll_interval=poll_interval).model_dump())
+
+
+def test_a_pushing_device_repeats_its_steady_value_once_per_poll_interval() -> None:
+    clock = Clock()
+    processor = Processor(catalogue(), [pushing_device(poll_interval=10)], clock=clock)
+    clock.now = T0
+    first = reading("outlet-pressure", 5.0, T0 - 3_600_000, point="p")  # the source time of the last change
+    assert processor.process("plc", [first]).readings == [first]
+    clock.now = T0 + 9_999
+    assert processor.tick().readings == []
+    clock.now = T0 + 10_000
+    (repeated,) = processor.tick().readings
+    assert (repeated.value, repeated.source_time_ms, repeated.receive_time_ms) == (5.0, T0 - 3_600_000, T0 + 10_000)
+    clock.now = T0 + 15_000
+    assert processor.tick().readings == []  # not again until the next interval
+
+
+def test_a_pushing_device_that_failed_repeats_nothing() -> None:
+    clock = Clock()
+    processor = Processor(catalogue(), [pushing_device()], clock=clock)
+    processor.process("plc", [reading("outlet-pressure", 5.0, T0, point="p")])
+    clock.now = T0 + 1_000
+    bad = reading("outlet-pressure", None, clock.now, Quality.BAD, point="p", reason="communication-failure")
+    assert processor.failed("plc", "communication-failure", [bad]).readings == [bad]
+    clock.now = T0 + 3_600_000
+    assert processor.tick().readings == []
+
+
+def test_a_pushed_value_holds_in_its_window_until_the_next_one_and_a_polled_one_for_three_polls() -> None:
+    def coverage(made: DeviceBase) -> float:
+        clock = Clock()
+        processor = Processor(catalogue(windows=[60]), [made], clock=clock)
+        clock.now = T0
+        processor.process("plc", [reading("outlet-pressure", 5.0, T0, point="p")])
+        clock.now = T0 + MINUTE + 2_000
+        ((_, stats),) = processor.tick().statistics
+        assert isinstance(stats, WindowStats)
+        return stats.good
+
+    assert coverage(pushing_device(poll_interval=10)) == 1.0
+    assert coverage(device(poll_interval=10)) == 0.5  # a sample stands for 3 polls of 10 s
+
+
+def test_a_silent_pushing_device_is_not_stale_but_its_communication_loss_is_an_alarm() -> None:
+    clock = Clock()
+    processor = Processor(catalogue(), [pushing_device(poll_interval=1)], clock=clock)
+    processor.process("plc", [reading("outlet-pressure", 5.0, T0, point="p")])
+    clock.now = T0 + 3_600_000
+    assert processor.tick().events == []
+    bad = reading("outlet-pressure", None, clock.now, Quality.BAD, point="p", reason="communication-failure")
+    processor.failed("plc", "communication-failure", [bad])
+    clock.now += 61_000
+    assert [e.level for e in processor.tick().events] == ["communication-loss"]
+
+
 def test_a_device_without_rules_passes_its_readings_through_untouched() -> None:
     clock = Clock()
     processor = Processor(catalogue(), [device({"name": "p", "indicator": "outlet-pressure"})], clock=clock)

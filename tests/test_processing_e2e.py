@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from drivers.modbus.config import ModbusTcpDevice, Table
-from gateway.app import make_driver
+from drivers.registry import make_driver
 from gateway.buffer import Buffer
 from gateway.config.loader import load_catalogue
 from gateway.mapping import DeviceMapper
@@ -82,7 +82,7 @@ async def test_alarm_events_raised_during_an_outage_arrive_first_and_in_order(
     driver = make_driver([device])
     tasks = [asyncio.create_task(publisher.run()), asyncio.create_task(pipeline.run())]
     try:
-        await driver.connect()
+        await driver.open()
         await publisher.wait_connected()
         simulator.set_registers(1, Table.HOLDING_REGISTER, 0, [50, 250])  # 5 %LEL, 2.5 kPa
         await poll(driver, device, pipeline)

@@ -26,16 +26,16 @@ from drivers.modbus.client import (
     rtu_write_registers_request,
 )
 from drivers.modbus.config import Table
-from drivers.registry import protocols
+from drivers.registry import make_driver, protocols
 from drivers.serial.bus import NoReply
 from drivers.serial.config import SerialSettings, port_conflicts
 from drivers.serial.driver import FieldBusDriver
 from drivers.serial.frames import Accepted, Rejected, Rejection
-from drivers.serial.scan import scan_port
+from drivers.serial.scan import ScanOptions, scan_port
+from gateway.links import LinkRunner
 from gateway.model.devices import DeviceBase
 from gateway.model.driver import DriverError
 from gateway.model.readings import Quality, Sample
-from gateway.scheduler import LinkPoller
 from simulators.modbus import ModbusSimulator, RtuSlaves
 from simulators.serial import AsciiSensorSim, Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
 
@@ -115,9 +115,16 @@ def bad(samples: Sequence[Sample]) -> dict[str, str | None]:
     return {s.point: s.reason for s in samples if s.quality is Quality.BAD}
 
 
+def bus_driver(*devices: DeviceBase) -> FieldBusDriver:
+    """The bus driver as the gateway makes it: through the registry, with each protocol's bus device."""
+    driver = make_driver(devices)
+    assert isinstance(driver, FieldBusDriver)
+    return driver
+
+
 async def connected(*devices: DeviceBase) -> FieldBusDriver:
-    driver = FieldBusDriver(devices)
-    await driver.connect()
+    driver = bus_driver(*devices)
+    await driver.open()
     return driver
 
 
@@ -143,7 +150,7 @@ async def test_four_protocols_share_one_port_and_every_value_arrives(make_bus: B
         {"name": "T", "indicator": "cabinet-temperature"}, {"name": "RH", "indicator": "cabinet-humidity"}],
         request="R\r\n", pattern=r"T=(?P<T>[-+0-9.]+) RH=(?P<RH>[0-9.]+)")
     devices = [rtu(bus, 1), rtu(bus, 2), energy_meter(bus), water_meter(bus), sensor]
-    assert {protocols()[d.protocol].driver_class() for d in devices} == {FieldBusDriver}
+    assert all(protocols()[d.protocol].bus_device for d in devices)  # every one runs on the shared bus
     assert len({d.link_id() for d in devices}) == 1  # one port, one link, one task
     driver = await connected(*devices)
 
@@ -173,8 +180,8 @@ async def test_meter_errors_become_bad_samples_carrying_the_meters_code(make_bus
     assert bad(dlt) == {name: "device-exception:02" for name in ("voltage-a", "current-a", "frequency")}
     assert bad(await driver.read(water)) == {p.name: "device-exception:11" for p in water.points}
     # The device status counts the refusals, not only the frames.
-    assert driver.device_counters(meter)["exception_replies"] == 3
-    assert driver.device_counters(water)["exception_replies"] == 1
+    assert driver.counters(meter)["exception_replies"] == 3
+    assert driver.counters(water)["exception_replies"] == 1
     await driver.close()
 
 
@@ -194,7 +201,7 @@ async def test_device_status_counts_decode_errors_and_modbus_refusals(make_bus: 
     driver = await connected(unit1, meter, water)
     for target in (unit1, meter, water):
         await driver.read(target)
-    rtu_counts, dlt_counts, cjt_counts = (driver.device_counters(d) for d in (unit1, meter, water))
+    rtu_counts, dlt_counts, cjt_counts = (driver.counters(d) for d in (unit1, meter, water))
     # Refused twice: the request covering both points, then the refused point's own after the split.
     assert (rtu_counts["exception_replies"], rtu_counts["decode_errors"]) == (2, 1)
     assert rtu_counts["requests"] == rtu_counts["replies"] == 3  # the bus's frame counters come along
@@ -255,7 +262,7 @@ async def test_modbus_rtu_splits_a_refused_request_like_tcp_and_writes(make_bus:
     samples = await driver.read(meter)
     assert values(samples) == {"a": 11, "c": 33}
     assert bad(samples) == {"b": "device-exception:02"}
-    assert len(driver.describe_requests(meter)) == 3  # the split is remembered
+    assert len(driver.describe(meter)) == 3  # the split is remembered
     await driver.write(meter, "c", 44)  # function 06: the reply repeats the request and is not an echo
     assert tables.get_registers(1, HR, 2, 1) == [44]
     await driver.close()
@@ -309,7 +316,9 @@ async def test_scan_skips_a_unit_answering_no_registers(make_bus: BusFactory) ->
         return rtu_frame("01 03 00") if request[0] == 1 else reply  # valid CRC, zero registers
 
     bus = await make_bus([slaves], reply_mangler=empty_reply_from_unit_1)
-    found, counters = await scan_port(str(bus.path), SerialSettings(baud=9600, parity="none"), range(1, 3), 0.05)
+    probes = [protocol.load(protocol.probe) for protocol in protocols().values() if protocol.probe]
+    found, counters = await scan_port(str(bus.path), SerialSettings(baud=9600, parity="none"), probes,
+                                      ScanOptions(0.05, range(1, 3)))
     assert [item.address for item in found if item.protocol == "modbus-rtu"] == ["unit 2"]
     assert counters.malformed == 1
 
@@ -433,8 +442,8 @@ async def live_poll_rate(devices: list[DeviceBase], until: Callable[[int, int], 
         failures += 1
         progress()
 
-    poller = LinkPoller("bus", FieldBusDriver(devices), on_samples, on_failure, lambda status: None)
-    task = asyncio.create_task(poller.run())
+    runner = LinkRunner("bus", bus_driver(*devices), on_samples, on_failure, lambda status: None)
+    task = asyncio.create_task(runner.run())
     try:
         async with asyncio.timeout(20):
             await done.wait()
@@ -451,9 +460,9 @@ async def test_a_vanished_port_is_reopened_and_polling_resumes(make_bus: BusFact
     meter = rtu(bus, 1, poll_interval=0.05, backoff_max=0.2)
     good: list[int] = []
     failures: list[str] = []
-    poller = LinkPoller("bus", FieldBusDriver([meter]), lambda d, s, rx: good.append(rx),
+    runner = LinkRunner("bus", bus_driver(meter), lambda d, s, rx: good.append(rx),
                         lambda d, reason, rx: failures.append(reason), lambda status: None)
-    task = asyncio.create_task(poller.run())
+    task = asyncio.create_task(runner.run())
     try:
         await wait_for(lambda: len(good) >= 3)
         await bus.stop()  # the adapter is unplugged
@@ -467,53 +476,54 @@ async def test_a_vanished_port_is_reopened_and_polling_resumes(make_bus: BusFact
     assert "communication-failure" in failures
 
 
-async def test_ascii_sensor_pushing_lines_delivers_samples(make_bus: BusFactory) -> None:
+async def test_ascii_sensor_pushing_lines_delivers_samples_until_the_port_fails(make_bus: BusFactory) -> None:
     bus = await make_bus([])
     sensor = device("ascii-line", "level", bus, [{"name": "level", "indicator": "level", "unit": "cm"}],
                     pattern=r"^L=(?P<level>\d+(\.\d+)?)cm$")
     driver = await connected(sensor)
     received: list[Sample] = []
-    assert await driver.subscribe(sensor, lambda d, samples: received.extend(samples))
+    listener = asyncio.create_task(driver.run(lambda d, samples: received.extend(samples)))
     bus.push(b"L=12.5cm\r\nboot v1.2\r\nL=1")
     bus.push(b"3cm\r\n")
     await wait_for(lambda: len(received) >= 2)
     assert [s.value for s in received] == [12.5, 13.0]
     assert driver.frame_counters["level"].malformed == 1  # the boot banner
-    assert await driver.read(sensor) == []  # pushed samples go to the sink, a read only checks the port
-    assert driver.device_counters(sensor)["malformed"] == 1
+    assert driver.counters(sensor)["malformed"] == 1
     await bus.stop()
-    await wait_for(lambda: driver._devices["level"]._push_failure is not None)  # type: ignore[attr-defined]
-    with pytest.raises(DriverError):
-        await driver.read(sensor)
+    with pytest.raises(DriverError):  # the listener ends with the port, so the gateway reopens it
+        async with asyncio.timeout(5):
+            await listener
     await driver.close()
 
 
-async def test_a_push_listener_that_stops_makes_reads_fail_until_the_link_is_reopened(
-        make_bus: BusFactory) -> None:
+async def test_a_pushing_sensor_is_listened_to_again_after_its_port_comes_back(make_bus: BusFactory) -> None:
     bus = await make_bus([])
     sensor = device("ascii-line", "level", bus, [{"name": "level", "indicator": "level", "unit": "cm"}],
-                    pattern=r"^L=(?P<level>\d+(\.\d+)?)cm$")
-    driver = await connected(sensor)
+                    pattern=r"^L=(?P<level>\d+(\.\d+)?)cm$", backoff_max=0.2)
+    values_seen: list[object] = []
+    failures: list[str] = []
+    runner = LinkRunner("bus", bus_driver(sensor), lambda d, s, rx: values_seen.extend(x.value for x in s),
+                        lambda d, reason, rx: failures.append(reason), lambda status: None)
+    task = asyncio.create_task(runner.run())
+    try:
+        await wait_for(lambda: runner.statuses[0].polls == 0 and bus.running)
+        await _push_until_seen(bus, b"L=12.5cm\r\n", values_seen, 12.5)
+        await bus.stop()
+        await wait_for(lambda: bool(failures))
+        await bus.start()
+        await _push_until_seen(bus, b"L=13cm\r\n", values_seen, 13.0)
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+    assert runner.statuses[0].state.value == "online"
 
-    def broken_sink(device: DeviceBase, samples: Sequence[Sample]) -> None:
-        raise RuntimeError("sink bug")
 
-    assert await driver.subscribe(sensor, broken_sink)
-    bus.push(b"L=12.5cm\r\n")
-    with pytest.raises(DriverError, match="sink bug"):
-        async with asyncio.timeout(5):
-            # Poll as the scheduler does: reads return nothing until the listener's end is known.
-            while await driver.read(sensor) == []:  # noqa: ASYNC110 - the read is what is under test
-                await asyncio.sleep(0.01)
-    # What the scheduler does next: close, reopen, subscribe again; lines arrive again.
-    await driver.close()
-    await driver.connect()
-    received: list[Sample] = []
-    assert await driver.subscribe(sensor, lambda d, samples: received.extend(samples))
-    bus.push(b"L=13cm\r\n")
-    await wait_for(lambda: len(received) == 1)
-    assert await driver.read(sensor) == []
-    await driver.close()
+async def _push_until_seen(bus: SimulatedBus, line: bytes, seen: list[object], value: object) -> None:
+    """Push `line` until the gateway has read it (it may not be listening yet when the first copy goes out)."""
+    async with asyncio.timeout(5):
+        while value not in seen:
+            bus.push(line)
+            await asyncio.sleep(0.05)
 
 
 # --- configuration --------------------------------------------------------------------------------------
@@ -528,8 +538,6 @@ async def test_devices_that_cannot_share_a_port_are_refused(make_bus: BusFactory
     problems = [message for _, message in port_conflicts(same_unit + other_baud[1:])]
     assert any("Modbus unit id 3" in message for message in problems)
     assert any("2400 8E1" in message and "9600 8N1" in message for message in problems)
-    with pytest.raises(ValueError, match="unit id 3"):
-        FieldBusDriver(same_unit)
     assert port_conflicts([rtu(bus, 1), rtu(bus, 2), energy_meter(bus), water_meter(bus)]) == []
 
 
@@ -556,9 +564,9 @@ async def test_modbus_rtu_over_tcp_reaches_slaves_behind_a_device_server() -> No
         "points": [{"name": "voltage", "indicator": "voltage-l1", "table": "input_register", "address": 0,
                     "type": "float32"}]}) for unit in (1, 2, 3)]
     assert len({d.link_id() for d in devices}) == 1
-    driver = FieldBusDriver(devices)
+    driver = bus_driver(*devices)
     try:
-        await driver.connect()
+        await driver.open()
         assert values(await driver.read(devices[0]))["voltage"] == pytest.approx(230.0, abs=0.01)
         assert values(await driver.read(devices[1]))["voltage"] == pytest.approx(230.0, abs=0.01)
         with pytest.raises(DriverError) as failure:

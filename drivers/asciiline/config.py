@@ -49,6 +49,7 @@ class AsciiLineDevice(SerialDevice):
 
     @property
     def pushes(self) -> bool:
+        """Without a request to send, the sensor sends lines by itself."""
         return self.request is None
 
     def needs_port_alone(self) -> bool:

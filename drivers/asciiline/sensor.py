@@ -5,15 +5,13 @@ encoding, are counted as malformed and skipped; a polled device still has its
 timeout to send a matching one. A group that did not take part in the match, or
 a number that does not parse, makes that point bad (decode-error).
 
-A pushing device is served by a listener task; the scheduler's reads only check
-it. Whatever stops the listener (the port failing, or the sink raising) is
-raised by the next read as a DriverError, so the scheduler reopens the link and
-subscribes again instead of waiting forever for lines nobody listens to.
+A pushing device is listened to by `listen()`, which the gateway runs in the
+link's task group: it ends (LinkLost) when the port fails, and the gateway then
+reopens the port and listens again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
@@ -21,8 +19,6 @@ from drivers.asciiline.config import AsciiLineDevice
 from drivers.serial.bus import Bus
 from drivers.serial.device import BusDevice, PushSink
 from drivers.serial.frames import NEED_MORE, Accepted, NeedMore, Outcome, Rejected, Rejection
-from gateway.model.devices import DeviceBase
-from gateway.model.driver import DriverError
 from gateway.model.readings import Quality, Reason, Sample, Value
 
 log = logging.getLogger(__name__)
@@ -31,16 +27,11 @@ _LONGEST_LINE = 4096  # bytes without a terminator are noise past this
 _PUSH_READ_WAIT = 60.0  # seconds one wait for pushed bytes lasts (the loop simply waits again)
 
 
-class AsciiLineSensor(BusDevice):
-    def __init__(self, device: DeviceBase) -> None:
-        super().__init__()
-        if not isinstance(device, AsciiLineDevice):
-            raise ValueError(f"device {device.id} ({device.protocol}) is not an ASCII line device")
-        self.device = device
+class AsciiLineSensor(BusDevice[AsciiLineDevice]):
+    def __init__(self, device: AsciiLineDevice) -> None:
+        super().__init__(device)
         self._pattern = re.compile(device.pattern)
         self._terminator = device.terminator.encode(device.encoding)
-        self._pusher: asyncio.Task[None] | None = None
-        self._push_failure: DriverError | None = None  # why the listener stopped
 
     def describe(self) -> list[str]:
         if self.device.pushes:
@@ -49,11 +40,8 @@ class AsciiLineSensor(BusDevice):
 
     async def read(self, bus: Bus) -> list[Sample]:
         device = self.device
-        if device.pushes:
-            if self._push_failure is not None:
-                raise self._push_failure
-            return []  # pushed samples go to the sink as lines arrive
-        assert device.request is not None
+        if device.request is None:
+            raise NotImplementedError(f"device {device.id} pushes its lines; it is listened to, not polled")
         match = await bus.exchange(device.request.encode(device.encoding), self.parse_line, device.timeout,
                                    self.frames, what=f"request {device.request!r}")
         return self.samples(match)
@@ -91,34 +79,8 @@ class AsciiLineSensor(BusDevice):
             samples.append(Sample(point.name, value))
         return samples
 
-    async def subscribe(self, bus: Bus, sink: PushSink) -> bool:
-        if not self.device.pushes:
-            return False
-        self.unsubscribe()
-        self._push_failure = None
-        self._pusher = asyncio.create_task(self._listen(bus, sink), name=f"ascii push {self.device.id}")
-        self._pusher.add_done_callback(self._listener_ended)
-        return True
-
-    def unsubscribe(self) -> None:
-        if self._pusher is not None:
-            self._pusher.cancel()
-            self._pusher = None
-
-    def _listener_ended(self, listener: asyncio.Task[None]) -> None:
-        """Keep why the listener stopped for the next read (retrieving it, so asyncio does not log it)."""
-        if listener.cancelled() or listener is not self._pusher:
-            return  # unsubscribed: nothing failed
-        failure = listener.exception()
-        if isinstance(failure, DriverError):
-            self._push_failure = failure  # the port failed (LinkLost)
-            return
-        # A bug behind the sink, not the device's doing: log it in full, then reconnect like any failure.
-        log.error("device %s: the listener for pushed lines stopped", self.device.id, exc_info=failure)
-        self._push_failure = DriverError(f"listener for pushed lines stopped: {failure!r}")
-
-    async def _listen(self, bus: Bus, sink: PushSink) -> None:
-        """Runs until cancelled or until reading or the sink raises (see `_listener_ended`)."""
+    async def listen(self, bus: Bus, sink: PushSink) -> None:
+        """Hand the samples of every matching line to `sink`, until the port fails (LinkLost)."""
         received = bytearray()
         while True:
             received += await bus.stream.read_some(_PUSH_READ_WAIT)

@@ -13,22 +13,19 @@ import logging
 
 from drivers.cjt188 import frames
 from drivers.cjt188.config import Cjt188Device, Cjt188Field, Cjt188Point
-from drivers.serial.bus import Bus
+from drivers.serial.bus import Bus, NoReply
 from drivers.serial.device import BusDevice
-from drivers.serial.frames import address_bytes
+from drivers.serial.frames import FrameCounters, address_bytes, address_text
+from drivers.serial.scan import Found, Progress, ScanOptions
 from gateway.model import units
-from gateway.model.devices import DeviceBase
 from gateway.model.readings import Quality, Reason, Sample, Value
 
 log = logging.getLogger(__name__)
 
 
-class Cjt188Meter(BusDevice):
-    def __init__(self, device: DeviceBase) -> None:
-        super().__init__()
-        if not isinstance(device, Cjt188Device):
-            raise ValueError(f"device {device.id} ({device.protocol}) is not a CJ/T 188 meter")
-        self.device = device
+class Cjt188Meter(BusDevice[Cjt188Device]):
+    def __init__(self, device: Cjt188Device) -> None:
+        super().__init__(device)
         self._address = address_bytes(device.address)
         self._sequence = 0
 
@@ -101,3 +98,18 @@ def _volume(point: Cjt188Point, hundredths: int, unit_code: int) -> Sample:
 
 def _bad(name: str, reason: str) -> Sample:
     return Sample(name, None, Quality.BAD, reason)
+
+
+async def probe(bus: Bus, options: ScanOptions, counters: FrameCounters, progress: Progress) -> list[Found]:
+    """A lone CJ/T 188 meter, asked for its address with the wildcard address, in both identifier orders."""
+    progress("CJ/T 188 meter (wildcard address)")
+    for order in frames.DiOrder:
+        request = frames.read_address_request(1, order)
+        try:
+            reply = await bus.exchange(frames.encode(request), frames.reply_parser(request, order),
+                                       options.reply_timeout, counters, what="CJ/T 188 read address")
+        except NoReply:
+            continue
+        return [Found("cjt188", f"address {address_text(reply.address)}",
+                      f"meter type {reply.meter_type:02X}, data identifiers {order}")]
+    return []

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from drivers.dlt645 import frames
 from drivers.dlt645.config import Dlt645Device
-from drivers.serial.bus import Bus
+from drivers.serial.bus import Bus, NoReply
 from drivers.serial.device import BusDevice
-from drivers.serial.frames import address_bytes
+from drivers.serial.frames import FrameCounters, address_bytes, address_text
+from drivers.serial.scan import Found, Progress, ScanOptions
 from gateway.model import units
-from gateway.model.devices import DeviceBase
 from gateway.model.readings import Quality, Reason, Sample
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,9 @@ class _PointReader:
     conversion: units.Conversion
 
 
-class Dlt645Meter(BusDevice):
-    def __init__(self, device: DeviceBase) -> None:
-        super().__init__()
-        if not isinstance(device, Dlt645Device):
-            raise ValueError(f"device {device.id} ({device.protocol}) is not a DL/T 645 meter")
-        self.device = device
+class Dlt645Meter(BusDevice[Dlt645Device]):
+    def __init__(self, device: Dlt645Device) -> None:
+        super().__init__(device)
         self._address = address_bytes(device.address)
         # Points sharing one identifier (e.g. the same value feeding two indicators) share one request.
         self._by_identifier: dict[int, list[_PointReader]] = defaultdict(list)
@@ -86,3 +83,15 @@ class Dlt645Meter(BusDevice):
 
 def _bad(name: str, reason: str) -> Sample:
     return Sample(name, None, Quality.BAD, reason)
+
+
+async def probe(bus: Bus, options: ScanOptions, counters: FrameCounters, progress: Progress) -> list[Found]:
+    """A lone DL/T 645 meter, asked for its address with the wildcard address."""
+    progress("DL/T 645 meter (wildcard address)")
+    request = frames.read_address_request()
+    try:
+        reply = await bus.exchange(frames.encode(request), frames.reply_parser(request), options.reply_timeout,
+                                   counters, what="DL/T 645 read address")
+    except NoReply:
+        return []
+    return [Found("dlt645", f"address {address_text(reply.address)}")]

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from drivers.modbus.client import (
+    EXCEPTION_NAMES,
     MalformedReply,
     ModbusExceptionReply,
     ReplyTimeout,
@@ -21,7 +22,7 @@ from drivers.modbus.polling import ModbusDevicePoller
 from drivers.serial.bus import Bus, NoReply
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import FrameCounters
-from gateway.model.devices import DeviceBase
+from drivers.serial.scan import Found, Progress, ScanOptions
 from gateway.model.readings import Sample, Value
 
 
@@ -63,12 +64,11 @@ class RtuLink:
         return answer
 
 
-class ModbusRtuBusDevice(BusDevice):
-    def __init__(self, device: DeviceBase) -> None:
-        super().__init__()
-        if not isinstance(device, ModbusDeviceBase):
-            raise ValueError(f"device {device.id} ({device.protocol}) is not a Modbus device")
-        self.device = device
+class ModbusRtuBusDevice(BusDevice[ModbusDeviceBase]):
+    """A Modbus RTU slave on a serial port, or behind a serial device server."""
+
+    def __init__(self, device: ModbusDeviceBase) -> None:
+        super().__init__(device)
         self.poller = ModbusDevicePoller(device)
 
     async def read(self, bus: Bus) -> list[Sample]:
@@ -85,3 +85,23 @@ class ModbusRtuBusDevice(BusDevice):
         polled = self.poller.counters
         return {**dataclasses.asdict(self.frames), "exception_replies": polled.exception_replies,
                 "decode_errors": polled.decode_errors}
+
+
+async def probe(bus: Bus, options: ScanOptions, counters: FrameCounters, progress: Progress) -> list[Found]:
+    """Every unit id of `options.units` asked for holding register 0; any answer, an exception too, is a unit."""
+    found = []
+    for unit in options.units:
+        progress(f"Modbus unit {unit}")
+        request = rtu_read_request(Table.HOLDING_REGISTER, 0, 1, unit)
+        try:
+            answer = await bus.exchange(request.frame, request.parse, options.reply_timeout, counters,
+                                        what=request.what)
+        except NoReply:
+            continue
+        if answer.exception_code is None:
+            detail = f"holding register 0 = {answer.registers[0]}"
+        else:
+            name = EXCEPTION_NAMES.get(answer.exception_code, "unknown exception")
+            detail = f"answers exception {answer.exception_code:02X} {name} for holding register 0"
+        found.append(Found("modbus-rtu", f"unit {unit}", detail))
+    return found

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from drivers.modbus.config import ModbusDeviceBase
-from drivers.serial.config import SerialDevice
+from drivers.serial.config import BusOverTcp, SerialDevice
 
 
 class ModbusRtuDevice(ModbusDeviceBase, SerialDevice):
@@ -21,15 +21,9 @@ class ModbusRtuDevice(ModbusDeviceBase, SerialDevice):
         return f"Modbus unit id {self.unit_id}"
 
 
-class ModbusRtuOverTcpDevice(ModbusDeviceBase):
+class ModbusRtuOverTcpDevice(ModbusDeviceBase, BusOverTcp):
     """A Modbus RTU slave behind a serial device server that passes RTU frames through a TCP connection
     (not a Modbus TCP gateway: frames keep their CRC and have no MBAP header)."""
 
     protocol: Literal["modbus-rtu-over-tcp"]
-    host: str
-    port: int = Field(ge=1, le=65535, description="TCP port of the device server's serial channel.")
     unit_id: int = Field(1, ge=1, le=247)
-
-    def link_id(self) -> str:
-        # Every slave on the device server's serial line shares its one TCP connection.
-        return f"rtu-over-tcp:{self.host}:{self.port}"

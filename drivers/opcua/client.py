@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import hashlib
 import logging
@@ -193,6 +194,7 @@ class OpcUaLink:
         self.max_nodes_per_read = 0  # 0: no limit
         self.read_requests = 0  # Read service calls on this session
         self._subscriptions: list[_Subscription] = []
+        self._lost_event = asyncio.Event()
         client.connection_lost_callback = self._connection_lost
 
     @classmethod
@@ -242,6 +244,7 @@ class OpcUaLink:
 
     async def _connection_lost(self, exc: Exception) -> None:
         self.lost = f"connection to {self._options.endpoint} lost: {exc!r}"
+        self._lost_event.set()
 
     def check_alive(self) -> None:
         """Raise OpcUaError when keep-alive found the server (or a subscription) gone."""
@@ -253,6 +256,21 @@ class OpcUaLink:
                     break
         if self.lost is not None:
             raise OpcUaError(self.lost)
+
+    async def wait_lost(self) -> str:
+        """Wait until the session is lost or keep-alive finds a subscription silent; return why.
+
+        A dropped connection wakes this at once; a server that stops publishing is noticed by
+        looking at the subscriptions once per keep-alive period.
+        """
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._options.keepalive):
+                    await self._lost_event.wait()
+            try:
+                self.check_alive()
+            except OpcUaError as exc:
+                return str(exc)
 
     async def close(self) -> None:
         self._subscriptions.clear()

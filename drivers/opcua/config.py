@@ -181,6 +181,10 @@ class OpcUaDevice(DeviceBase):
                              "set the device's `namespace` (or write <namespace-uri>|<name>)")
         return self
 
+    @property
+    def pushes(self) -> bool:
+        return self.mode is Mode.SUBSCRIPTION
+
     def link_id(self) -> str:
         # Devices on one endpoint with the same credentials share one session.
         return f"opcua:{self.endpoint}|{self.security.policy}|{self.security.mode}|{self.username or ''}"

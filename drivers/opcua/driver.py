@@ -1,22 +1,18 @@
 """The OPC-UA driver: one session per endpoint, subscriptions or batched Reads per device.
 
-On every connect the driver opens a fresh session, looks the namespace URIs up
+On every open the driver starts a fresh session, looks the namespace URIs up
 again (a restarted server may have renumbered them) and resolves each point to
 a node id; a point that does not resolve is reported bad with the OPC-UA status
 name as its reason, and the device's other points carry on.
 
-Subscription devices: the scheduler calls `subscribe()` after each connect; the
-server then pushes changes to the sink. `read()` on a subscribed device makes
-no request: it is the scheduler's cheap liveness check, raising DriverError as
-soon as keep-alive monitoring has found the session or subscription dead, so
-the scheduler marks the readings bad, reconnects with back-off and subscribes
-again (on a new session, so monitored items are never duplicated).
-
-A value that does not change is never pushed, so to processing a steady
-subscription would look like a dead one (statistics windows without samples,
-stale-data alarms, no report-by-exception heartbeats). Once per the device's
-`poll_interval`, `read()` therefore also returns the latest sample of every
-point, with the server's source timestamp; in between it returns nothing.
+Polling devices are answered by `read()`: one Read per poll (split by the
+server's MaxNodesPerRead). Subscription devices push: `run()` subscribes each of
+them on the new session and then waits on keep-alive monitoring, returning with
+a DriverError as soon as the session or a subscription is found dead. The
+gateway then reports those devices failing, opens the link again and `run()`
+subscribes again, on a new session, so monitored items are never duplicated.
+A subscription sends a value when it changes; that a steady value is still
+current is processing's concern (heartbeats, windows hold the last value).
 """
 
 from __future__ import annotations
@@ -24,21 +20,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import cast
 
 from drivers.opcua.client import ConnectOptions, MonitorSpec, NodeId, NodeValue, OpcUaError, OpcUaLink
 from drivers.opcua.config import Mode, OpcUaDevice, OpcUaPoint
 from gateway.model import units
-from gateway.model.devices import DeviceBase
-from gateway.model.driver import Driver, DriverError, SampleSink
+from gateway.model.driver import DriverError, LinkContext, Poller, Pusher, PushSink
 from gateway.model.readings import Quality, Reason, Sample
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = Path("/var/lib/municipal-gateway")
 
 
 @dataclasses.dataclass
@@ -50,37 +41,32 @@ class DeviceCounters:
     uncertain_statuses: int = 0  # values the server marked Uncertain
 
 
-class OpcUaDriver(Driver):
-    def __init__(self, devices: Sequence[DeviceBase], state_dir: Path | None = None) -> None:
-        super().__init__(devices)
-        self._devices = [cast(OpcUaDevice, d) for d in devices]
-        self.state_dir = state_dir
+class OpcUaDriver(Poller[OpcUaDevice], Pusher[OpcUaDevice]):
+    def __init__(self, devices: Sequence[OpcUaDevice], context: LinkContext | None = None) -> None:
+        super().__init__(devices, context)
         self._link: OpcUaLink | None = None
         self._nodes: dict[str, list[NodeId | str]] = {}  # per device: node id, or why there is none
-        self._subscribed: set[str] = set()
-        self._latest: dict[str, dict[str, Sample]] = {}  # subscribed devices: point → latest sample
-        self._repeat_due: dict[str, float] = {}  # subscribed devices: when read() next repeats the latest
         self._reported: dict[tuple[str, str], str] = {}  # (device, point) → last problem logged
         self._units_checked = False
-        self.counters = {d.id: DeviceCounters() for d in self._devices}
+        self._counters = {d.id: DeviceCounters() for d in self.devices}
 
     # -- the link ---------------------------------------------------------------------------------------------
 
-    async def connect(self) -> None:
-        await self.close()  # never two sessions, even if a caller connects twice
+    async def open(self) -> None:
+        await self.close()  # never two sessions, even if a caller opens twice
         try:
             await self._open_and_resolve()
         except OpcUaError as exc:
             await self.close()
             raise DriverError(str(exc), exc.reason) from exc
         except BaseException:
-            # The scheduler only closes links it saw connect; whatever failed here, leave no session behind.
+            # The gateway only closes links it saw open; whatever failed here, leave no session behind.
             await self.close()
             raise
 
     async def _open_and_resolve(self) -> None:
         self._link = await OpcUaLink.open(self.connect_options())
-        for device in self._devices:
+        for device in self.devices:
             self._nodes[device.id] = await self._link.resolve(device.points, device.namespace)
             self._log_unresolved(device)
         if not self._units_checked:
@@ -92,7 +78,7 @@ class OpcUaDriver(Driver):
 
     def connect_options(self) -> ConnectOptions:
         # Devices sharing a link share the session; the first one's connection settings apply.
-        device = self._devices[0]
+        device = self.devices[0]
         security = device.security
         password = device.password.get_secret_value() if device.password is not None else None
         if device.password_file is not None:
@@ -107,12 +93,9 @@ class OpcUaDriver(Driver):
             certificate=security.certificate, private_key=security.private_key,
             application_uri=security.application_uri, server_certificate=security.server_certificate,
             trust_dir=security.trust_dir, username=device.username, password=password,
-            pki_dir=(self.state_dir or DEFAULT_STATE_DIR) / "opcua")
+            pki_dir=self.context.state_dir / "opcua")
 
     async def close(self) -> None:
-        self._subscribed.clear()
-        self._latest.clear()
-        self._repeat_due.clear()
         self._nodes.clear()
         link, self._link = self._link, None
         if link is not None:
@@ -125,17 +108,13 @@ class OpcUaDriver(Driver):
 
     # -- polling ----------------------------------------------------------------------------------------------
 
-    async def read(self, device: DeviceBase) -> list[Sample]:
+    async def read(self, device: OpcUaDevice) -> list[Sample]:
+        """One Read of every point (a subscription device too, e.g. for `municipal-gateway read`)."""
         link = self._require_link()
         try:
             link.check_alive()
         except OpcUaError as exc:
             raise DriverError(str(exc), exc.reason) from exc
-        if device.id in self._subscribed:
-            return self._repeat_latest(device)
-        return await self._poll(link, cast(OpcUaDevice, device))
-
-    async def _poll(self, link: OpcUaLink, device: OpcUaDevice) -> list[Sample]:
         nodes = self._nodes[device.id]
         wanted = [n for n in nodes if not isinstance(n, str)]
         requests_before = link.read_requests
@@ -144,28 +123,16 @@ class OpcUaDriver(Driver):
         except OpcUaError as exc:
             raise DriverError(str(exc), exc.reason) from exc
         finally:
-            self.counters[device.id].reads += link.read_requests - requests_before
+            self._counters[device.id].reads += link.read_requests - requests_before
         by_node = iter(values)  # the link checked that the server answered one value per node
         return [self._sample(device.id, point, node if isinstance(node, str) else next(by_node))
                 for point, node in zip(device.points, nodes, strict=True)]
 
-    def _repeat_latest(self, device: DeviceBase) -> list[Sample]:
-        """Once per poll_interval, the latest sample of each point again, so a steady value still shows up."""
-        now = time.monotonic()
-        due = self._repeat_due[device.id]
-        if now < due:
-            return []
-        # Keep to the device's grid; after a long pause, start a new one rather than catch up.
-        next_due = due + device.poll_interval
-        self._repeat_due[device.id] = next_due if next_due > now else now + device.poll_interval
-        latest = self._latest[device.id]
-        return [latest[p.name] for p in device.points if p.name in latest]
-
     def _sample(self, device_id: str, point: OpcUaPoint, result: NodeValue | str) -> Sample:
-        """A value from the server as a sample, counted once (repeats of it are not counted again)."""
+        """A value from the server as a sample, counted."""
         if isinstance(result, str):  # never resolved: the status name says why
             return Sample(point.name, None, Quality.BAD, result)
-        counters = self.counters[device_id]
+        counters = self._counters[device_id]
         if result.reason == Reason.DECODE_ERROR.value:
             counters.decode_errors += 1
         elif result.quality is Quality.BAD:
@@ -174,45 +141,41 @@ class OpcUaDriver(Driver):
             counters.uncertain_statuses += 1
         return Sample(point.name, result.value, result.quality, result.reason, result.source_time_ms)
 
-    def device_counters(self, device: DeviceBase) -> dict[str, int]:
-        return dataclasses.asdict(self.counters[device.id])
+    def counters(self, device: OpcUaDevice) -> dict[str, int]:
+        return dataclasses.asdict(self._counters[device.id])
 
     # -- subscriptions ----------------------------------------------------------------------------------------
 
-    async def subscribe(self, device: DeviceBase, sink: SampleSink) -> bool:
-        opcua = cast(OpcUaDevice, device)
-        if opcua.mode != Mode.SUBSCRIPTION:
-            return False
+    async def run(self, sink: PushSink[OpcUaDevice]) -> None:
+        """Subscribe every subscription device on this session, then wait until keep-alive finds it dead."""
         link = self._require_link()
+        for device in self.devices:
+            if device.pushes:
+                await self._subscribe(link, device, sink)
+        lost = await link.wait_lost()
+        raise DriverError(lost)
+
+    async def _subscribe(self, link: OpcUaLink, device: OpcUaDevice, sink: PushSink[OpcUaDevice]) -> None:
         nodes = self._nodes[device.id]
-        monitored = [(point, node) for point, node in zip(opcua.points, nodes, strict=True)
+        monitored = [(point, node) for point, node in zip(device.points, nodes, strict=True)
                      if not isinstance(node, str)]
-        specs = [self._monitor_spec(opcua, point, node) for point, node in monitored]
-
-        latest = self._latest.setdefault(device.id, {})
-
-        def deliver(samples: list[Sample]) -> None:
-            latest.update((s.point, s) for s in samples)
-            sink(device, samples)
+        specs = [self._monitor_spec(device, point, node) for point, node in monitored]
 
         def on_values(changes: list[tuple[int, NodeValue]]) -> None:
-            self.counters[device.id].notifications += len(changes)
-            deliver([self._sample(device.id, monitored[index][0], value) for index, value in changes])
+            self._counters[device.id].notifications += len(changes)
+            sink(device, [self._sample(device.id, monitored[index][0], value) for index, value in changes])
 
         try:
-            statuses = await link.subscribe(specs, opcua.publishing_interval, on_values) if specs else []
+            statuses = await link.subscribe(specs, device.publishing_interval, on_values) if specs else []
         except OpcUaError as exc:
             raise DriverError(str(exc), exc.reason) from exc
         refused = {point.name: status for (point, _), status in zip(monitored, statuses, strict=True) if status}
-        unresolved = {p.name: n for p, n in zip(opcua.points, nodes, strict=True) if isinstance(n, str)}
-        problems = {**unresolved, **refused}
+        unresolved = {p.name: n for p, n in zip(device.points, nodes, strict=True) if isinstance(n, str)}
         for name, status in refused.items():
             self._report(device.id, name, f"the server refused to monitor it ({status})")
+        problems = {**unresolved, **refused}
         if problems:
-            deliver([Sample(name, None, Quality.BAD, status) for name, status in problems.items()])
-        self._subscribed.add(device.id)
-        self._repeat_due[device.id] = time.monotonic() + device.poll_interval
-        return True
+            sink(device, [Sample(name, None, Quality.BAD, status) for name, status in problems.items()])
 
     @staticmethod
     def _monitor_spec(device: OpcUaDevice, point: OpcUaPoint, node: NodeId) -> MonitorSpec:
@@ -239,7 +202,7 @@ class OpcUaDriver(Driver):
     async def _check_units(self) -> None:
         """Compare the servers' EngineeringUnits with the units the points declare (once, at start-up)."""
         assert self._link is not None
-        for device in self._devices:
+        for device in self.devices:
             pairs = [(p, n) for p, n in zip(device.points, self._nodes[device.id], strict=True)
                      if not isinstance(n, str)]
             codes = await self._link.engineering_units([n for _, n in pairs])
@@ -252,14 +215,12 @@ class OpcUaDriver(Driver):
                                 "configuration says %s (%s); check scale and unit", device.id, point.name,
                                 code, point.unit, declared)
 
-    def describe_requests(self, device: DeviceBase) -> list[str]:
-        opcua = cast(OpcUaDevice, device)
-        count = len(opcua.points)
-        if opcua.mode == Mode.SUBSCRIPTION:
-            return [f"subscription at {opcua.endpoint}: {count} monitored items, publishing every "
-                    f"{opcua.publishing_interval:g} s (no requests per poll; liveness checked locally; the latest "
-                    f"values repeated every {opcua.poll_interval:g} s)"]
-        limit = opcua.max_nodes_per_read
+    def describe(self, device: OpcUaDevice) -> list[str]:
+        count = len(device.points)
+        if device.mode == Mode.SUBSCRIPTION:
+            return [f"subscription at {device.endpoint}: {count} monitored items, publishing every "
+                    f"{device.publishing_interval:g} s (no requests per poll; the server sends changes)"]
+        limit = device.max_nodes_per_read
         calls = math.ceil(count / limit) if limit else 1
-        return [f"Read {count} nodes at {opcua.endpoint} in {calls} call{'s' if calls != 1 else ''}"
+        return [f"Read {count} nodes at {device.endpoint} in {calls} call{'s' if calls != 1 else ''}"
                 + ("" if limit else " (split further if the server's MaxNodesPerRead is lower)")]

@@ -99,11 +99,15 @@ class SerialDevice(DeviceBase):
         return [(device, "port", problem) for device, problem in port_conflicts(devices)]
 
 
-class TcpSerialServer(StrictModel):
-    """Settings of a serial device server reached over TCP (the bytes are passed through unchanged)."""
+class BusOverTcp(DeviceBase):
+    """A device on the serial line of a serial device server, reached over TCP (bytes passed through unchanged).
+    Every device naming the same host and port shares the server's one connection."""
 
     host: str
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535, description="TCP port of the device server's serial channel.")
+
+    def link_id(self) -> str:
+        return f"bus-over-tcp:{self.host}:{self.port}"
 
 
 def port_conflicts(devices: Sequence[DeviceBase]) -> list[tuple[DeviceBase, str]]:

@@ -1,14 +1,19 @@
-"""What the bus driver needs from each protocol: one `BusDevice` per configured device."""
+"""What the bus driver needs from each protocol that runs on a shared bus: one `BusDevice` per configured device.
+
+A protocol registers its BusDevice class (drivers/__init__.py); the bus driver
+(driver.py) hosts one per device on the bus and never imports a protocol itself.
+"""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Generic
 
 from drivers.serial.bus import Bus
 from drivers.serial.frames import FrameCounters
-from gateway.model.driver import WriteRefused
+from gateway.model.driver import D, WriteRefused
 from gateway.model.readings import Sample, Value
 
 PushSink = Callable[[Sequence[Sample]], None]
@@ -22,10 +27,11 @@ class ReplyCounters:
     decode_errors: int = 0  # point values that could not be decoded from a reply
 
 
-class BusDevice(abc.ABC):
+class BusDevice(abc.ABC, Generic[D]):
     """One device on a shared bus. Called by the bus driver only, one call at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: D) -> None:
+        self.device = device
         self.frames = FrameCounters()
         self.replies = ReplyCounters()
 
@@ -34,14 +40,11 @@ class BusDevice(abc.ABC):
         """One poll: bad samples for what the device refused or garbled; NoReply / LinkLost for silence."""
 
     async def write(self, bus: Bus, point: str, value: Value) -> None:
-        raise WriteRefused("this protocol does not support writes")
+        raise WriteRefused(f"protocol {self.device.protocol} does not support writes")
 
-    async def subscribe(self, bus: Bus, sink: PushSink) -> bool:
-        """Start pushing samples to `sink` (devices that send unasked); False for polled devices."""
-        return False
-
-    def unsubscribe(self) -> None:  # noqa: B027 - optional: only push devices have something to stop
-        """Stop pushing (the link is closing)."""
+    async def listen(self, bus: Bus, sink: PushSink) -> None:
+        """For a device that pushes (`device.pushes`): hand its samples to `sink` until the bus fails (LinkLost)."""
+        raise NotImplementedError(f"protocol {self.device.protocol} does not push")
 
     def describe(self) -> list[str]:
         return []

@@ -1,23 +1,23 @@
 """`municipal-gateway scan PORT`: what answers on a serial bus.
 
-Asks every Modbus unit id in turn for holding register 0 (any answer, an
-exception included, means a unit is there), then asks for the address of a
-DL/T 645 meter and of a CJ/T 188 meter with the wildcard address. Only a lone
-meter of each kind can answer the wildcard cleanly: with several, their replies
-collide and show up as rejected bytes, which the summary reports.
+Runs the probe of every protocol that has one (registered in drivers/__init__.py,
+in that order) over one open bus: Modbus RTU asks every unit id in turn for
+holding register 0 (any answer, an exception included, means a unit is there);
+the meter protocols ask for the address of a lone meter with the wildcard
+address. Only a lone meter of each kind can answer the wildcard cleanly: with
+several, their replies collide and show up as rejected bytes, which the summary
+reports.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from drivers.cjt188 import frames as cjt188
-from drivers.dlt645 import frames as dlt645
-from drivers.serial.bus import Bus, NoReply
+from drivers.serial.bus import Bus
 from drivers.serial.config import Parity, SerialSettings
-from drivers.serial.frames import FrameCounters, address_text
+from drivers.serial.frames import FrameCounters
 from gateway.model.driver import DriverError
 
 
@@ -31,86 +31,45 @@ class Found:
         return f"{self.protocol:<10} {self.address}" + (f"  ({self.detail})" if self.detail else "")
 
 
-async def scan_bus(bus: Bus, units: Iterable[int], reply_timeout: float, counters: FrameCounters,
-                   progress: Callable[[str], None] = lambda text: None) -> list[Found]:
-    found = [*await _modbus_units(bus, units, reply_timeout, counters, progress)]
-    progress("DL/T 645 meter (wildcard address)")
-    found += await _dlt645_meter(bus, reply_timeout, counters)
-    progress("CJ/T 188 meter (wildcard address)")
-    found += await _cjt188_meter(bus, reply_timeout, counters)
+@dataclass(frozen=True)
+class ScanOptions:
+    reply_timeout: float  # seconds to wait for each address
+    units: range  # Modbus unit ids to try
+
+
+Progress = Callable[[str], None]
+Probe = Callable[[Bus, ScanOptions, FrameCounters, Progress], Awaitable[list[Found]]]
+
+
+async def scan_bus(bus: Bus, probes: Sequence[Probe], options: ScanOptions, counters: FrameCounters,
+                   progress: Progress = lambda text: None) -> list[Found]:
+    found: list[Found] = []
+    for probe in probes:
+        found += await probe(bus, options, counters, progress)
     return found
 
 
-async def _modbus_units(bus: Bus, units: Iterable[int], reply_timeout: float, counters: FrameCounters,
-                        progress: Callable[[str], None]) -> list[Found]:
-    from drivers.modbus.client import EXCEPTION_NAMES, rtu_read_request
-    from drivers.modbus.config import Table
-
-    found = []
-    for unit in units:
-        progress(f"Modbus unit {unit}")
-        request = rtu_read_request(Table.HOLDING_REGISTER, 0, 1, unit)
-        try:
-            answer = await bus.exchange(request.frame, request.parse, reply_timeout, counters, what=request.what)
-        except NoReply:
-            continue
-        if answer.exception_code is None:
-            detail = f"holding register 0 = {answer.registers[0]}"
-        else:
-            name = EXCEPTION_NAMES.get(answer.exception_code, "unknown exception")
-            detail = f"answers exception {answer.exception_code:02X} {name} for holding register 0"
-        found.append(Found("modbus-rtu", f"unit {unit}", detail))
-    return found
-
-
-async def _dlt645_meter(bus: Bus, reply_timeout: float, counters: FrameCounters) -> list[Found]:
-    request = dlt645.read_address_request()
-    try:
-        reply = await bus.exchange(dlt645.encode(request), dlt645.reply_parser(request), reply_timeout, counters,
-                                   what="DL/T 645 read address")
-    except NoReply:
-        return []
-    return [Found("dlt645", f"address {address_text(reply.address)}")]
-
-
-async def _cjt188_meter(bus: Bus, reply_timeout: float, counters: FrameCounters) -> list[Found]:
-    found = []
-    for order in cjt188.DiOrder:
-        request = cjt188.read_address_request(1, order)
-        try:
-            reply = await bus.exchange(cjt188.encode(request), cjt188.reply_parser(request, order), reply_timeout,
-                                       counters, what="CJ/T 188 read address")
-        except NoReply:
-            continue
-        found.append(Found("cjt188", f"address {address_text(reply.address)}",
-                           f"meter type {reply.meter_type:02X}, data identifiers {order}"))
-        break
-    return found
-
-
-async def scan_port(path: str, settings: SerialSettings, units: Iterable[int], reply_timeout: float,
-                    progress: Callable[[str], None] = lambda text: None) -> tuple[list[Found], FrameCounters]:
+async def scan_port(path: str, settings: SerialSettings, probes: Sequence[Probe], options: ScanOptions,
+                    progress: Progress = lambda text: None) -> tuple[list[Found], FrameCounters]:
     from drivers.serial.port import SerialPort  # imports pyserial
 
     bus = Bus(SerialPort(path, settings), settings.char_time, settings.frame_silence)
     counters = FrameCounters()
     await bus.open()
     try:
-        return await scan_bus(bus, units, reply_timeout, counters, progress), counters
+        return await scan_bus(bus, probes, options, counters, progress), counters
     finally:
         bus.close()
 
 
-def scan_command(port: str, baud: int, parity: str, data_bits: int, stop_bits: float, reply_timeout: float,
-                 first_unit: int, last_unit: int) -> int:
+def scan_command(port: str, settings: SerialSettings, probes: Sequence[Probe], options: ScanOptions) -> int:
     """Run a scan and print it; the exit code of the command (0 found something, 1 nothing or failure)."""
-    settings = SerialSettings(baud=baud, parity=Parity(parity), data_bits=data_bits,
-                              stop_bits=stop_bits)
-    units = range(first_unit, last_unit + 1)
-    print(f"scanning {port} at {baud} {data_bits}{parity[0].upper()}{stop_bits:g}, "
-          f"{reply_timeout:g} s per address, Modbus units {first_unit}-{last_unit} ...", flush=True)
+    units = options.units
+    parity = settings.parity.value[0].upper()
+    print(f"scanning {port} at {settings.baud} {settings.data_bits}{parity}{settings.stop_bits:g}, "
+          f"{options.reply_timeout:g} s per address, Modbus units {units.start}-{units.stop - 1} ...", flush=True)
     try:
-        found, counters = asyncio.run(scan_port(port, settings, units, reply_timeout))
+        found, counters = asyncio.run(scan_port(port, settings, probes, options))
     except DriverError as exc:
         print(f"error: {exc}")
         return 1
@@ -123,3 +82,6 @@ def scan_command(port: str, baud: int, parity: str, data_bits: int, stop_bits: f
               f"(noise {counters.noise_bytes} bytes, bad checksums {counters.bad_checksums}, "
               f"partial frames {counters.partial_frames}): check termination, or several meters answered a wildcard")
     return 0 if found else 1
+
+
+__all__ = ["Found", "Parity", "Probe", "ScanOptions", "scan_bus", "scan_command", "scan_port"]

@@ -61,6 +61,11 @@ class DeviceBase(StrictModel):
         """Devices with the same link id share one physical connection, served by one task."""
         return f"device:{self.id}"
 
+    @property
+    def pushes(self) -> bool:
+        """True for a device that sends its values unasked (its driver is then a pusher), False when polled."""
+        return False
+
     @classmethod
     def link_conflicts(cls, devices: Sequence[DeviceBase]) -> list[tuple[DeviceBase, str, str]]:
         """(device, key, problem) for each device that cannot share its link with the others as configured.

@@ -1,27 +1,45 @@
 """The contract every protocol driver fulfils.
 
-A driver owns one physical link (a TCP connection, a serial port) and the
-devices behind it. The scheduler calls it from exactly one task, so a driver
-never has two requests outstanding on its link and needs no locking.
-Protocols register in drivers/__init__.py (see drivers/registry.py).
+A driver owns one physical link (a TCP connection, a serial port, an OPC-UA
+session) and the devices configured on it. The gateway runs each link in a task
+group of its own (gateway/links.py): one task makes every request on the link,
+one at a time, so a driver never has two requests outstanding and needs no
+locking; on a link whose devices push, a second task listens.
+
+A driver plays one role or both:
+
+- a **poller** answers `read(device)` with one batch of samples of that device;
+- a **pusher** delivers, in `run(sink)`, the samples of the devices that push
+  (`device.pushes`: an OPC-UA subscription, a sensor sending lines unasked)
+  until the link is lost, and then returns or raises `DriverError`.
+
+Both can `write(device, point, value)` to a point declared writable. A driver is
+generic over its protocol's device model, so it sees its own configuration
+type. Protocols register in drivers/__init__.py (see drivers/registry.py).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from gateway.model.devices import DeviceBase
 from gateway.model.readings import Sample, Value
+
+D = TypeVar("D", bound=DeviceBase)
+
+DEFAULT_STATE_DIR = Path("/var/lib/municipal-gateway")
 
 
 class DriverError(Exception):
     """The link or the device failed as a whole; every point of the affected devices is bad.
 
     `reason` is the short, stable reason put on the readings; the message is for the log.
-    `link_lost` tells the scheduler to close the link and connect again before the
-    next request; False when only one device behind a healthy link failed.
+    `link_lost` tells the gateway to close the link and open it again; False when only
+    one device behind a healthy link failed (a silent unit behind a Modbus gateway).
     """
 
     def __init__(self, message: str, reason: str = "communication-failure", link_lost: bool = True) -> None:
@@ -34,45 +52,60 @@ class WriteRefused(Exception):
     """A write to a point that is not declared writable, or that the protocol cannot write."""
 
 
-SampleSink = Callable[[DeviceBase, Sequence[Sample]], None]
+@dataclass(frozen=True, slots=True)
+class LinkContext:
+    """What the gateway lends every driver."""
+
+    state_dir: Path = DEFAULT_STATE_DIR  # where a driver may keep files of its own (OPC-UA certificates)
 
 
-class Driver(abc.ABC):
+class Driver(abc.ABC, Generic[D]):
     """One physical link and the devices configured on it."""
 
-    # Where a driver may keep files of its own (OPC-UA client certificates); set by the composition root.
-    state_dir: Path | None = None
-
-    def __init__(self, devices: Sequence[DeviceBase]) -> None:
-        self.devices = list(devices)
+    def __init__(self, devices: Sequence[D], context: LinkContext | None = None) -> None:
+        if not devices:
+            raise ValueError(f"{type(self).__name__} needs at least one device")
+        self.devices: tuple[D, ...] = tuple(devices)
+        self.context = context or LinkContext()
 
     @abc.abstractmethod
-    async def connect(self) -> None:
+    async def open(self) -> None:
         """Open the link. Raises DriverError when it cannot."""
 
     @abc.abstractmethod
-    async def read(self, device: DeviceBase) -> list[Sample]:
+    async def close(self) -> None:
+        """Close the link. Never raises for a link that is already broken."""
+
+    async def write(self, device: D, point: str, value: Value) -> None:
+        raise WriteRefused(f"protocol {device.protocol} does not support writes")
+
+    def counters(self, device: D) -> dict[str, int]:
+        """Protocol counters of one device (requests, exception replies, rejected frames ...) for its status."""
+        return {}
+
+    def describe(self, device: D) -> list[str]:
+        """What one poll of `device` asks of it, one line per request (for `municipal-gateway plan`)."""
+        return [f"read {len(device.points)} points"]
+
+
+class Poller(Driver[D]):
+    @abc.abstractmethod
+    async def read(self, device: D) -> list[Sample]:
         """Read every point of one device in as few requests as the protocol allows.
 
         A point that cannot be read or decoded comes back as a bad-quality sample;
         DriverError means the device (or the link) did not answer at all.
         """
 
-    async def write(self, device: DeviceBase, point: str, value: Value) -> None:
-        raise WriteRefused(f"protocol {device.protocol} does not support writes")
 
-    async def subscribe(self, device: DeviceBase, sink: SampleSink) -> bool:
-        """Push-capable drivers start delivering samples to `sink` and return True; pollers return False."""
-        return False
+PushSink = Callable[[D, Sequence[Sample]], None]
 
+
+class Pusher(Driver[D]):
     @abc.abstractmethod
-    async def close(self) -> None:
-        """Close the link. Never raises for a link that is already broken."""
+    async def run(self, sink: PushSink[D]) -> None:
+        """Deliver the samples of every device that pushes to `sink`, as they arrive, until the link is lost.
 
-    def device_counters(self, device: DeviceBase) -> dict[str, int]:
-        """Protocol counters of one device (requests, exception replies, rejected frames ...) for its status."""
-        return {}
-
-    def describe_requests(self, device: DeviceBase) -> list[str]:
-        """Human-readable list of the requests one poll of `device` makes (for `municipal-gateway plan`)."""
-        return [f"read {len(device.points)} points"]
+        Returns or raises DriverError once the link is gone (keep-alive found it dead, the
+        port closed); the gateway then reports those devices failing and opens the link again.
+        """

@@ -13,13 +13,15 @@ A device whose points have no rules costs one supervision update per poll.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.model.catalogue import Catalogue, Indicator, Quantification
 from gateway.model.devices import DeviceBase
 from gateway.model.readings import AssetRef, Quality, Reading, now_ms
-from gateway.model.rules import DerivedIndicator, Processing
+from gateway.model.rules import DerivedIndicator, Processing, Reporting
 from gateway.processing.alarms import RAISED, AlarmEvent, DeviceSupervisor, Supervision, ThresholdAlarm
 from gateway.processing.counters import ConsumptionStats, ConsumptionWindow
 from gateway.processing.derived import ExpressionRule, NightMinimumRule
@@ -46,13 +48,24 @@ class Output:
 
 
 class _Series:
-    """The rules of one indicator of one asset."""
+    """The rules of one indicator of one asset.
 
-    __slots__ = ("alarms", "asset", "reporting", "windows")
+    A series of a device that pushes (an OPC-UA subscription) hears of a value only when it changes, so it
+    keeps its last reading and publishes it again when it has been silent for `heartbeat` seconds: the
+    reporting rule's max_silence, or the device's poll interval when the indicator has no reporting rule.
+    """
 
-    def __init__(self, asset: AssetRef, device: str, indicator: Indicator, rules: Processing, hold_ms: int) -> None:
+    __slots__ = ("alarms", "asset", "last", "pushed", "reporting", "windows")
+
+    def __init__(self, asset: AssetRef, device: str, indicator: Indicator, rules: Processing, hold_ms: float,
+                 heartbeat: float | None = None) -> None:
         self.asset = asset
-        self.reporting = ReportByException(rules.reporting) if rules.reporting is not None else None
+        self.pushed = heartbeat is not None
+        self.last: Reading | None = None
+        reporting = rules.reporting
+        if reporting is None and heartbeat is not None:
+            reporting = Reporting(deadband=0.0, max_silence=heartbeat)
+        self.reporting = ReportByException(reporting) if reporting is not None else None
         info = SeriesInfo(indicator.id, indicator.unit, indicator.unit_code)
         cumulative = indicator.quantified is Quantification.CUMULATIVE
         self.windows: list[AlignedWindow] = [
@@ -72,10 +85,17 @@ class _Series:
             event = alarm.update(reading.value, usable, now)
             if event is not None:
                 out.events.append(event)
+        if self.pushed:
+            self.last = reading
         if self.reporting is None or self.reporting.should_publish(reading.value, quality, now):
             out.readings.append(reading)
 
     def tick(self, now: int, out: Output) -> None:
+        last = self.last
+        if last is not None and self.reporting is not None and self.reporting.heartbeat_due(now):
+            # Still the current value of a pushing device: say so, with the time it was received again.
+            self.reporting.should_publish(last.value, last.quality, now)
+            out.readings.append(dataclasses.replace(last, receive_time_ms=now))
         for window in self.windows:
             for closed in window.close_until(now - CLOSE_GRACE_MS):
                 out.statistics.append((self.asset, closed))  # type: ignore[arg-type]
@@ -243,17 +263,18 @@ class Processor:
 
     def _add_device(self, device: DeviceBase, supervision: Supervision | object | None, start: int) -> None:
         asset = self._asset(AssetRef(device.asset.domain, device.asset.site, device.asset.id))
-        hold_ms = _hold_ms(device.poll_interval)
+        hold_ms = _hold_ms(device)
+        heartbeat = device.poll_interval if device.pushes else None
         series = {}
         for point in device.points:
             indicator = self._catalogue.indicator(point.indicator)
             if indicator is None:
                 continue
             rules = indicator.processing.overridden_by(point.processing)
-            if not rules.is_empty:
-                series[point.name] = _Series(asset.asset, device.id, indicator, rules, hold_ms)
+            if not rules.is_empty or device.pushes:
+                series[point.name] = _Series(asset.asset, device.id, indicator, rules, hold_ms, heartbeat)
         if supervision is _DEFAULT:
-            supervision = Supervision.for_poll_interval(device.poll_interval)
+            supervision = Supervision.for_device(device)
         supervisor = (DeviceSupervisor(asset.asset, device.id, supervision, start)
                       if isinstance(supervision, Supervision) else None)
         self._devices[device.id] = _Device(asset, series, supervisor, feeds_derived=False)
@@ -264,7 +285,7 @@ class Processor:
         if asset is None:
             raise ValueError(f"derived indicators for asset {asset_id!r}, which no enabled device feeds")
         feeding = [d for d in devices if d.enabled and d.asset.id == asset_id]
-        hold_ms = max(_hold_ms(d.poll_interval) for d in feeding)
+        hold_ms = max(_hold_ms(d) for d in feeding)
         for definition in definitions:
             indicator = self._catalogue.indicator(definition.indicator)
             if indicator is None:
@@ -307,6 +328,9 @@ def derived_by_asset(devices: Sequence[DeviceBase]) -> dict[str, list[DerivedInd
     return by_asset
 
 
-def _hold_ms(poll_interval: float) -> int:
-    """How long a sample stands for in statistics: three polls, so one missed poll leaves no gap."""
-    return max(1_000, round(3 * poll_interval * 1000))
+def _hold_ms(device: DeviceBase) -> float:
+    """How long a sample stands for in statistics: three polls, so one missed poll leaves no gap; for a
+    device that pushes, until the next sample (it sends changes only; losing it sends bad readings)."""
+    if device.pushes:
+        return math.inf
+    return max(1_000, round(3 * device.poll_interval * 1000))

@@ -19,8 +19,10 @@ while, e.g. a silent subscription or a stuck link.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from gateway.model.devices import DeviceBase
 from gateway.model.readings import AssetRef, Value
 from gateway.model.rules import AlarmLevel, AlarmRule, Severity
 
@@ -130,6 +132,13 @@ class Supervision:
     def for_poll_interval(cls, poll_interval: float) -> Supervision:
         # Three failed polls, but not less than a minute: short outages are what the buffer is for.
         return cls(communication_loss=max(60.0, 3 * poll_interval), stale_after=max(300.0, 10 * poll_interval))
+
+    @classmethod
+    def for_device(cls, device: DeviceBase) -> Supervision:
+        """The default supervision. A device that pushes is silent while its values hold, so silence
+        alone does not make it stale; losing it is reported by its driver (communication-loss)."""
+        supervision = cls.for_poll_interval(device.poll_interval)
+        return dataclasses.replace(supervision, stale_after=None) if device.pushes else supervision
 
 
 class DeviceSupervisor:

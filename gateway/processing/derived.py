@@ -76,7 +76,7 @@ class ExpressionRule:
 class NightMinimumRule:
     """The lowest interval mean of one indicator inside a nightly window."""
 
-    def __init__(self, definition: NightMinimum, asset: AssetRef, indicator: Indicator, hold_ms: int) -> None:
+    def __init__(self, definition: NightMinimum, asset: AssetRef, indicator: Indicator, hold_ms: float) -> None:
         self.indicator = indicator.id
         self.inputs = frozenset({definition.of})
         self._night = definition

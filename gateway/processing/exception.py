@@ -64,6 +64,11 @@ class ReportByException:
             return value != last
         return abs(value - last) > self.deadband()
 
+    def heartbeat_due(self, now_ms: int) -> bool:
+        """Whether the last published value, still good or uncertain, is due to be published again."""
+        return (self._started and self._silence_ms is not None and self._last_quality is not Quality.BAD
+                and now_ms - self._last_sent_ms >= self._silence_ms)
+
     @property
     def last_published(self) -> tuple[Value, int] | None:
         """(value, time) of the last publication, or None before the first."""

@@ -119,7 +119,7 @@ class AlignedWindow:
 
 
 class StatisticsWindow(AlignedWindow):
-    def __init__(self, info: SeriesInfo, size_s: int, hold_ms: int) -> None:
+    def __init__(self, info: SeriesInfo, size_s: int, hold_ms: float) -> None:
         super().__init__(info, size_s)
         self._hold_ms = hold_ms
         # The sample in force: its value (None when bad or not a number) and time.
@@ -141,7 +141,8 @@ class StatisticsWindow(AlignedWindow):
 
     def _integrate(self, until_ms: int) -> None:
         if self._held is not None:
-            stop = min(until_ms, self._held_ms + self._hold_ms)
+            held_until = self._held_ms + self._hold_ms  # infinite for a device that pushes
+            stop = until_ms if held_until >= until_ms else int(held_until)
             if stop > self._integrated_ms:
                 span = stop - self._integrated_ms
                 self._weighted += self._held * span

@@ -1,0 +1,314 @@
+"""Running the links: each physical link is served by one `LinkRunner`, a task group of its own.
+
+Inside a link's group, one task makes every request (so never two requests are
+outstanding on one link) and, when some devices push, one task listens to them
+(`Pusher.run`). Links are independent tasks, so a dead device never delays a
+device on another link.
+
+Polling: devices are served earliest-due first. Each keeps its own schedule,
+anchored to its first poll so it does not drift; a missed slot is skipped, not
+caught up. A device that fails while the link stays up (a silent unit behind a
+Modbus gateway, a meter that does not answer on a shared bus) is retried with
+capped exponential back-off on its own; its readings go out with bad quality and
+its state change is logged once.
+
+A lost link (the connection dropped, the port vanished, a push listener ended)
+ends the link's group: the runner closes the driver, reports the pushing
+devices as failing, and opens the link again. A link that was healthy is
+retried after a short random pause (so a city's gateways do not all come back
+in the same instant), then with capped exponential back-off while it keeps
+failing; an attempt is also made whenever a device's poll is due, and each due
+device that cannot be reached gets its bad readings and its own back-off.
+Once the link is open again, every failing device is polled at once.
+
+An unexpected exception in a driver (a bug) is logged with its traceback and
+handled like a lost link, so one faulty protocol cannot stop the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from gateway.model.devices import DeviceBase
+from gateway.model.driver import D, Driver, DriverError, Poller, Pusher
+from gateway.model.readings import Sample, now_ms
+from gateway.tasks import cancel_requests, restore_cancel_requests
+
+log = logging.getLogger(__name__)
+
+# How many request timeouts one whole poll may take before the link is deemed stuck.
+_STUCK_POLL_FACTOR = 20
+# After a healthy link is lost: a random pause of up to this many seconds before the first attempt.
+FIRST_RETRY = 0.25
+# After a failed attempt: the first step of the link's back-off (doubling, capped by the devices' backoff_max).
+RETRY_STEP = 0.5
+# A pushing device has no poll grid: while it fails, its bad readings come this often at first.
+PUSH_RETRY = 1.0
+
+
+class DeviceState(enum.StrEnum):
+    STARTING = "starting"
+    ONLINE = "online"
+    FAILING = "failing"
+
+
+@dataclass
+class DeviceStatus(Generic[D]):
+    device: D
+    state: DeviceState = DeviceState.STARTING
+    since_ms: int = field(default_factory=now_ms)
+    reason: str | None = None
+    message: str | None = None
+    consecutive_failures: int = 0
+    polls: int = 0  # polls answered (for a pushing device: batches received)
+    failures: int = 0
+    next_due: float = 0.0  # monotonic seconds
+
+    def as_dict(self, counters: dict[str, int] | None = None) -> dict[str, object]:
+        """The device's status document; `counters` are the driver's protocol counters for it."""
+        return {
+            "device": self.device.id, "state": self.state.value, "since": self.since_ms,
+            "reason": self.reason, "message": self.message,
+            "consecutive_failures": self.consecutive_failures, "polls": self.polls, "failures": self.failures,
+            "counters": counters or {},
+        }
+
+
+SamplesHandler = Callable[[DeviceBase, Sequence[Sample], int], None]
+FailureHandler = Callable[[DeviceBase, str, int], None]
+StatusHandler = Callable[[DeviceStatus[Any]], None]
+
+
+class LinkRunner(Generic[D]):
+    """Owns one driver (one physical link): opens it, serves its devices, and opens it again when lost."""
+
+    def __init__(self, name: str, driver: Driver[D], on_samples: SamplesHandler, on_failure: FailureHandler,
+                 on_status: StatusHandler, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.driver = driver
+        self.statuses: list[DeviceStatus[D]] = [DeviceStatus(device) for device in driver.devices]
+        self._polled = [s for s in self.statuses if not s.device.pushes]
+        self._pushed = {s.device.id: s for s in self.statuses if s.device.pushes}
+        if self._polled and not isinstance(driver, Poller):
+            raise TypeError(f"link {name}: {type(driver).__name__} cannot poll {self._polled[0].device.id}")
+        if self._pushed and not isinstance(driver, Pusher):
+            raise TypeError(f"link {name}: {type(driver).__name__} cannot listen to pushing devices")
+        self._on_samples = on_samples
+        self._on_failure = on_failure
+        self._on_status = on_status
+        self._clock = clock
+        self._open = False
+        self._attempts = 0  # failed attempts to open the link since it was last open
+        self._retry_at = 0.0  # earliest next attempt to open it (monotonic seconds)
+        self._generation = 0  # counts opens, so a listener of a connection that is gone goes quiet
+
+    async def run(self) -> None:
+        """Serve the link until cancelled."""
+        start = self._clock()
+        for status in self.statuses:
+            status.next_due = start
+        self._retry_at = start
+        try:
+            while True:
+                await self._sleep_until(self._next_attempt())
+                if await self._opened():
+                    lost = await self._serve()
+                    await self._close()
+                    self._link_lost(lost)
+        finally:
+            await self._close()
+
+    # -- opening -----------------------------------------------------------------------------------------------
+
+    def _next_attempt(self) -> float:
+        """When to try the link next: at its own retry time, or sooner when a device's poll is due."""
+        return min(self._retry_at, min(status.next_due for status in self.statuses))
+
+    async def _sleep_until(self, moment: float) -> None:
+        delay = moment - self._clock()
+        if delay > 0:
+            await asyncio.sleep(delay)  # waiting for a schedule, not for an event
+
+    async def _opened(self) -> bool:
+        started = self._clock()
+        try:
+            async with asyncio.timeout(max(s.device.timeout for s in self.statuses) * _STUCK_POLL_FACTOR):
+                await self.driver.open()
+        except (DriverError, TimeoutError) as exc:
+            error = exc if isinstance(exc, DriverError) else DriverError("opening the link did not finish", "timeout")
+            _honour_cancellation()
+            await self.driver.close()  # whatever the attempt left half open
+            self._attempt_failed(error, started)
+            return False
+        self._open = True
+        _honour_cancellation()  # a stop that came while connecting, swallowed by the library
+        self._attempts = 0
+        self._generation += 1
+        now = self._clock()
+        for status in self.statuses:
+            if status.state is DeviceState.FAILING:
+                status.next_due = now  # the link is back: poll at once, not at the end of a back-off
+        return True
+
+    def _attempt_failed(self, error: DriverError, started: float) -> None:
+        self._attempts += 1
+        cap = min(status.device.backoff_max for status in self.statuses)
+        step = min(cap, RETRY_STEP * 2 ** min(self._attempts - 1, 32))
+        now = self._clock()
+        self._retry_at = now + random.uniform(step / 2, step)
+        for status in self.statuses:
+            if status.next_due <= now:
+                self._failed(status, error, started)
+
+    # -- serving -------------------------------------------------------------------------------------------------
+
+    async def _serve(self) -> DriverError:
+        """Poll and listen until the link is lost; return why."""
+        lost: DriverError | None = None
+        cancel_requests_before = cancel_requests()
+        try:
+            async with asyncio.TaskGroup() as link:
+                if self._polled:
+                    link.create_task(self._poll_forever(), name=f"link {self.name}: requests")
+                if self._pushed:
+                    link.create_task(self._listen(), name=f"link {self.name}: push")
+        except* DriverError as group:
+            lost = _first(group, DriverError)
+        except* Exception as group:
+            failure = _first(group, Exception)
+            log.error("link %s: unexpected failure; opening the link again", self.name, exc_info=failure)
+            lost = DriverError(f"internal error: {failure!r}", "internal-error")
+        restore_cancel_requests(cancel_requests_before)
+        assert lost is not None, "the link's tasks only end by failing"
+        return lost
+
+    async def _poll_forever(self) -> None:
+        assert isinstance(self.driver, Poller)
+        driver: Poller[D] = self.driver
+        while True:
+            status = min(self._polled, key=lambda s: s.next_due)
+            await self._sleep_until(status.next_due)
+            await self._poll(driver, status)
+            _honour_cancellation()
+
+    async def _poll(self, driver: Poller[D], status: DeviceStatus[D]) -> None:
+        device = status.device
+        started = self._clock()
+        try:
+            # A safety net only: drivers enforce the per-request timeout themselves.
+            async with asyncio.timeout(device.timeout * _STUCK_POLL_FACTOR) as guard:
+                samples = await driver.read(device)
+        except DriverError as exc:
+            self._failed(status, exc, started)
+            if exc.link_lost:
+                raise
+            return
+        except TimeoutError:
+            if not guard.expired():
+                raise  # not our safety net: a driver let its own timeout escape, which is a bug to surface
+            stuck = DriverError(f"poll took longer than {device.timeout * _STUCK_POLL_FACTOR:g} s", "timeout")
+            self._failed(status, stuck, started)
+            raise stuck from None
+        status.polls += 1
+        self._on_samples(device, samples, now_ms())
+        self._answering(status)
+        status.next_due = _next_slot(status.next_due, device.poll_interval, self._clock())
+
+    async def _listen(self) -> None:
+        assert isinstance(self.driver, Pusher)
+        pusher: Pusher[D] = self.driver
+        generation = self._generation
+
+        def sink(device: D, samples: Sequence[Sample]) -> None:
+            status = self._pushed.get(device.id)
+            if status is None or generation != self._generation or not self._open:
+                return  # late delivery from a connection that is gone, or a device that does not push
+            status.polls += 1
+            self._on_samples(device, samples, now_ms())
+            self._answering(status)
+
+        await pusher.run(sink)
+        raise DriverError(f"link {self.name} stopped delivering pushed values")
+
+    # -- failing -----------------------------------------------------------------------------------------------
+
+    def _link_lost(self, error: DriverError) -> None:
+        log.info("link %s lost (%s); opening it again", self.name, error)
+        now = self._clock()
+        self._retry_at = now + random.uniform(0, FIRST_RETRY)
+        for status in self._pushed.values():
+            self._failed(status, error, now)
+
+    def _failed(self, status: DeviceStatus[D], error: DriverError, started: float) -> None:
+        device = status.device
+        status.failures += 1
+        status.consecutive_failures += 1
+        self._on_failure(device, error.reason, now_ms())
+        if status.state is not DeviceState.FAILING:
+            log.warning("device %s failed: %s (%s); retrying with back-off", device.id, error, error.reason)
+            self._set_state(status, DeviceState.FAILING, error.reason, str(error))
+        else:
+            log.debug("device %s still failing: %s", device.id, error)
+        doubling = 2 ** min(status.consecutive_failures - 1, 32)
+        if device.pushes:
+            backoff = min(device.backoff_max, PUSH_RETRY * doubling)
+        else:
+            backoff = max(min(device.backoff_max, device.poll_interval * doubling), device.poll_interval)
+        status.next_due = max(started, self._clock()) + backoff
+
+    def _answering(self, status: DeviceStatus[D]) -> None:
+        if status.state is not DeviceState.ONLINE:
+            if status.state is DeviceState.FAILING:
+                log.info("device %s is answering again after %d failed attempts", status.device.id,
+                         status.consecutive_failures)
+            self._set_state(status, DeviceState.ONLINE, None, None)
+        status.consecutive_failures = 0
+
+    def _set_state(self, status: DeviceStatus[D], state: DeviceState, reason: str | None, message: str | None) -> None:
+        status.state, status.reason, status.message, status.since_ms = state, reason, message, now_ms()
+        self._on_status(status)
+
+    async def _close(self) -> None:
+        if self._open:
+            self._open = False
+            await self.driver.close()
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _first(group: BaseExceptionGroup[_E], kind: type[_E]) -> _E:
+    """The first exception of `kind` in a (possibly nested) exception group."""
+    for error in group.exceptions:
+        found: _E | None = _first(error, kind) if isinstance(error, BaseExceptionGroup) else error
+        if isinstance(found, kind):
+            return found
+    raise AssertionError("an except* clause only sees groups holding its kind")
+
+
+def _honour_cancellation() -> None:
+    """Raise CancelledError if this task was cancelled but a library swallowed it.
+
+    pymodbus and asyncua catch the CancelledError of a connect in progress and
+    report a failed connect instead; without this check a stopping gateway
+    would go on polling and never stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _next_slot(previous_due: float, interval: float, now: float) -> float:
+    """The next slot on the device's grid that is still in the future (skipping missed ones)."""
+    due = previous_due + interval
+    if due <= now:
+        due += math.ceil((now - due) / interval + 1e-9) * interval
+    return due

@@ -1,0 +1,24 @@
+"""Small asyncio helpers shared by the parts that run task groups."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+def cancel_requests() -> int:
+    """How many cancellation requests the current task has pending (see `restore_cancel_requests`)."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def restore_cancel_requests(before: int) -> None:
+    """Take back the cancellation a failed TaskGroup requested of its parent task.
+
+    Python 3.11's TaskGroup cancels the task running it when a child fails and, on that path,
+    never calls uncancel(); the leftover request would then make the task look cancelled to
+    everything that asks later (fixed in 3.12, where this is a no-op). Call it with the count
+    taken before entering the group, once the group's error has been handled.
+    """
+    task = asyncio.current_task()
+    while task is not None and task.cancelling() > before:
+        task.uncancel()
