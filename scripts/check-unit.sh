@@ -14,8 +14,11 @@ cd "$(dirname "$0")/.."
 
 unit=${1:-systemd/municipal-gateway.service}
 max=${MAX_EXPOSURE:-2.0}
-command -v systemd-analyze >/dev/null 2>&1 || {
-    echo "check-unit: systemd-analyze not found (apt-get install systemd)" >&2; exit 1; }
+if ! command -v systemd-analyze >/dev/null 2>&1; then   # installing systemd does not make it init
+    sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
 [ -f "$unit" ] || { echo "check-unit: no such unit file: $unit" >&2; exit 1; }
 
 tmp=$(mktemp -d)
