@@ -6,20 +6,11 @@
 # dh-virtualenv). pip installs wheels for the architecture it runs on, so there is no cross-building: for
 # arm64 or armhf, run this same script on an arm64 or armhf Debian 12 / Raspberry Pi OS machine.
 #
-# Installs its build tools with apt-get when they are missing. Prints the .deb's path as its last line.
+# Installs its build tools (debian/control's Build-Depends) with apt-get when they are missing.
+# Prints the .deb's path as its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-
-need_apt=()
-command -v dh >/dev/null 2>&1 || need_apt+=(debhelper)
-command -v dpkg-buildpackage >/dev/null 2>&1 || need_apt+=(dpkg-dev)
-/usr/bin/python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-fi
 
 # One version, pyproject.toml's; debian/changelog is written from it below rather than kept by hand.
 version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
@@ -45,6 +36,14 @@ municipal-gateway ($version) unstable; urgency=medium
 
  -- municipal-gateway maintainers <maintainers@municipal-gateway.invalid>  $date
 EOF
+
+# Build tools: debian/control's Build-Depends (debhelper, python3-venv; compilers on armhf, where some
+# dependencies have no wheel), installed with apt when dpkg-checkbuilddeps finds them missing.
+if ! (cd "$src" && dpkg-checkbuilddeps) >/dev/null 2>&1; then
+    sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get build-dep -y -qq "$src" >/dev/null
+fi
 
 echo "building municipal-gateway $version ($commit$dirty) for $(dpkg --print-architecture)" >&2
 (cd "$src" && dpkg-buildpackage -b --no-sign) >"$work/build.log" 2>&1 || {
