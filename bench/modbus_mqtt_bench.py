@@ -40,7 +40,7 @@ BASE_PORT = 21000
 
 def serve(devices: int, registers: int, base_port: int) -> None:
     """The simulator process: one pymodbus server per device, values changing every second."""
-    from drivers.modbus.config import Table
+    from drivers.modbus.tables import Table
     from simulators.modbus import ModbusSimulator
 
     async def main() -> None:

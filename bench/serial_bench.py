@@ -39,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drivers.modbus.config import Table  # noqa: E402
+from drivers.modbus.tables import Table  # noqa: E402
 from drivers.registry import protocols  # noqa: E402
 from gateway.links import DeviceStatus, LinkRunner  # noqa: E402
 from gateway.model.devices import DeviceBase  # noqa: E402

@@ -18,6 +18,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[dev,opcua,demo]"
 
+.venv/bin/lint-imports --no-cache
 .venv/bin/ruff check gateway drivers simulators tests bench
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from drivers.modbus.codec import EncodeError, encode
-from drivers.modbus.config import DataType, ModbusDeviceBase, ModbusPoint, Table
+from drivers.modbus.config import ModbusDeviceBase, ModbusPoint
+from drivers.modbus.tables import DataType, Table
 from gateway.mapping import PointMapping, point_mapping
 from gateway.model.catalogue import Catalogue, IndicatorKind
 from simulators.modbus import ModbusSimulator, RtuSlaves

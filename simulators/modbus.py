@@ -25,7 +25,7 @@ from pymodbus.pdu import DecodePDU, ModbusPDU
 from pymodbus.server import ModbusTcpServer
 
 from drivers.modbus.client import ILLEGAL_DATA_ADDRESS, rtu_crc_ok, rtu_frame_size
-from drivers.modbus.config import Table
+from drivers.modbus.tables import Table
 
 _REQUESTS = DecodePDU(is_server=True)
 _FRAMER = FramerRTU(DecodePDU(is_server=False))

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from drivers.modbus.config import DataType, ModbusPoint, ModbusTcpDevice, Table
+from drivers.modbus.config import ModbusPoint, ModbusTcpDevice
+from drivers.modbus.tables import DataType, Table
 from drivers.registry import protocols
 from gateway.config.errors import ConfigError
 from gateway.config.loader import GatewayConfig, load_catalogue, load_config

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.config import Table
+from drivers.modbus.tables import Table
 from gateway.buffer import read_stats
 from gateway.config.loader import load_config
 from simulators.modbus import ModbusSimulator

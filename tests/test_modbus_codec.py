@@ -19,7 +19,8 @@ from drivers.modbus.codec import (
     encode,
     encode_bool,
 )
-from drivers.modbus.config import DataType, ModbusPoint, Order
+from drivers.modbus.config import ModbusPoint
+from drivers.modbus.tables import DataType, Order
 from gateway.model.readings import Quality, Sample
 
 BIG, LITTLE = Order.BIG, Order.LITTLE

@@ -9,9 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.modbus.config import ModbusTcpDevice, Table
-from drivers.modbus.planner import Plan, Request, plan_device
+from drivers.modbus.config import ModbusPoint, ModbusTcpDevice
+from drivers.modbus.planner import Plan, Request
+from drivers.modbus.tables import Table
 
+
+def planned(device: ModbusTcpDevice) -> Plan[ModbusPoint]:
+    """A copy of the plan the device's validation made (splitting it must not change the device's)."""
+    return Plan(device.plan.requests)
 
 def make_device(points: list[dict[str, Any]], **settings_: Any) -> ModbusTcpDevice:
     return ModbusTcpDevice.model_validate({
@@ -35,38 +40,38 @@ def names(request: Request) -> list[str]:
 
 def test_neighbouring_points_of_one_table_share_one_request() -> None:
     device = make_device([point("a", 0), point("b", 1, type="int32"), point("c", 3, type="float32")])
-    plan = plan_device(device)
+    plan = planned(device)
     assert spans(plan) == [(Table.HOLDING_REGISTER, 0, 5)]
     assert names(plan.requests[0]) == ["a", "b", "c"]
 
 
 def test_gaps_up_to_max_gap_are_bridged() -> None:
     points = [point("a", 0), point("b", 10)]  # registers 1..9 unused: a gap of 9
-    assert spans(plan_device(make_device(points, max_gap=9))) == [(Table.HOLDING_REGISTER, 0, 11)]
-    assert spans(plan_device(make_device(points, max_gap=8))) == [
+    assert spans(planned(make_device(points, max_gap=9))) == [(Table.HOLDING_REGISTER, 0, 11)]
+    assert spans(planned(make_device(points, max_gap=8))) == [
         (Table.HOLDING_REGISTER, 0, 1), (Table.HOLDING_REGISTER, 10, 1)]
 
 
 def test_zero_gap_still_merges_touching_points() -> None:
-    plan = plan_device(make_device([point("a", 0), point("b", 1), point("c", 3)], max_gap=0))
+    plan = planned(make_device([point("a", 0), point("b", 1), point("c", 3)], max_gap=0))
     assert spans(plan) == [(Table.HOLDING_REGISTER, 0, 2), (Table.HOLDING_REGISTER, 3, 1)]
 
 
 def test_requests_never_exceed_the_register_limit() -> None:
     device = make_device([point(f"p{i}", i) for i in range(25)], max_registers_per_request=10)
-    assert spans(plan_device(device)) == [
+    assert spans(planned(device)) == [
         (Table.HOLDING_REGISTER, 0, 10), (Table.HOLDING_REGISTER, 10, 10), (Table.HOLDING_REGISTER, 20, 5)]
 
 
 def test_a_multi_register_point_is_never_cut_by_the_limit() -> None:
     device = make_device([point("a", 0, type="uint64"), point("b", 4, type="uint64"), point("c", 8, type="uint64")],
                          max_registers_per_request=10)
-    assert spans(plan_device(device)) == [(Table.HOLDING_REGISTER, 0, 8), (Table.HOLDING_REGISTER, 8, 4)]
+    assert spans(planned(device)) == [(Table.HOLDING_REGISTER, 0, 8), (Table.HOLDING_REGISTER, 8, 4)]
 
 
 def test_bit_tables_use_the_bit_limit_and_describe_bits() -> None:
     device = make_device([point(f"c{i}", i, "coil") for i in range(2500)])
-    plan = plan_device(device)
+    plan = planned(device)
     assert spans(plan) == [(Table.COIL, 0, 2000), (Table.COIL, 2000, 500)]
     assert plan.describe() == ["coil 0-1999 (2000 bits, 2000 points)", "coil 2000-2499 (500 bits, 500 points)"]
 
@@ -74,13 +79,13 @@ def test_bit_tables_use_the_bit_limit_and_describe_bits() -> None:
 def test_a_request_never_covers_a_never_read_range() -> None:
     device = make_device([point("a", 0), point("b", 10)],
                          never_read=[{"table": "holding_register", "start": 5, "end": 6}])
-    assert spans(plan_device(device)) == [(Table.HOLDING_REGISTER, 0, 1), (Table.HOLDING_REGISTER, 10, 1)]
+    assert spans(planned(device)) == [(Table.HOLDING_REGISTER, 0, 1), (Table.HOLDING_REGISTER, 10, 1)]
 
 
 def test_never_read_of_another_table_does_not_matter() -> None:
     device = make_device([point("a", 0), point("b", 10)],
                          never_read=[{"table": "input_register", "start": 5, "end": 6}])
-    assert spans(plan_device(device)) == [(Table.HOLDING_REGISTER, 0, 11)]
+    assert spans(planned(device)) == [(Table.HOLDING_REGISTER, 0, 11)]
 
 
 def test_a_point_inside_never_read_is_a_config_error() -> None:
@@ -92,7 +97,7 @@ def test_a_point_inside_never_read_is_a_config_error() -> None:
 
 def test_overlapping_points_share_registers() -> None:
     device = make_device([point("low_word", 11), point("whole", 10, type="uint32"), point("high_word", 10)])
-    plan = plan_device(device)
+    plan = planned(device)
     assert spans(plan) == [(Table.HOLDING_REGISTER, 10, 2)]
     assert names(plan.requests[0]) == ["whole", "high_word", "low_word"]
 
@@ -105,28 +110,28 @@ def test_a_point_longer_than_one_request_is_a_config_error() -> None:
 def test_tables_come_in_a_fixed_order_whatever_the_config_order() -> None:
     points = [point("h", 0), point("i", 0, "input_register"), point("d", 0, "discrete_input"), point("c", 0, "coil"),
               point("h2", 200), point("c2", 500, "coil")]
-    expected = plan_device(make_device(points)).describe()
+    expected = planned(make_device(points)).describe()
     assert expected == [
         "coil 0-0 (1 bit, 1 point)", "coil 500-500 (1 bit, 1 point)", "discrete_input 0-0 (1 bit, 1 point)",
         "input_register 0-0 (1 register, 1 point)", "holding_register 0-0 (1 register, 1 point)",
         "holding_register 200-200 (1 register, 1 point)"]
     shuffled = list(points)
     random.Random(7).shuffle(shuffled)
-    assert plan_device(make_device(shuffled)).describe() == expected
+    assert planned(make_device(shuffled)).describe() == expected
 
 
 def test_describe_matches_the_plan_listing_format() -> None:
     device = make_device([point(f"p{i}", i * 2, type="int32") for i in range(40)] + [point("last", 99)],
                          max_gap=0)
-    assert plan_device(device).describe() == ["holding_register 0-79 (80 registers, 40 points)",
+    assert planned(device).describe() == ["holding_register 0-79 (80 registers, 40 points)",
                                               "holding_register 99-99 (1 register, 1 point)"]
     device = make_device([point(f"p{i}", i * 2, type="int32") for i in range(49)] + [point("last", 99)])
-    assert plan_device(device).describe() == ["holding_register 0-99 (100 registers, 50 points)"]
+    assert planned(device).describe() == ["holding_register 0-99 (100 registers, 50 points)"]
 
 
 def test_split_replaces_a_request_by_two_halves_and_remembers_it() -> None:
     device = make_device([point(f"p{i}", i * 2) for i in range(5)] + [point("other", 0, "input_register")])
-    plan = plan_device(device)
+    plan = planned(device)
     merged = plan.requests[1]
     assert (merged.start, merged.count) == (0, 9)
 
@@ -141,7 +146,7 @@ def test_split_replaces_a_request_by_two_halves_and_remembers_it() -> None:
 
 
 def test_repeated_splits_isolate_a_single_point() -> None:
-    plan = plan_device(make_device([point(f"p{i}", i) for i in range(8)]))
+    plan = planned(make_device([point(f"p{i}", i) for i in range(8)]))
     request = plan.requests[0]
     while len(request.points) > 1:
         halves = plan.split(request)
@@ -153,13 +158,13 @@ def test_repeated_splits_isolate_a_single_point() -> None:
 
 
 def test_a_single_point_request_cannot_be_split() -> None:
-    plan = plan_device(make_device([point("a", 0)]))
+    plan = planned(make_device([point("a", 0)]))
     with pytest.raises(ValueError, match="single point"):
         plan.split(plan.requests[0])
 
 
 def test_a_request_no_longer_in_the_plan_cannot_be_split_again() -> None:
-    plan = plan_device(make_device([point("a", 0), point("b", 1), point("c", 2)]))
+    plan = planned(make_device([point("a", 0), point("b", 1), point("c", 2)]))
     merged = plan.requests[0]
     plan.split(merged)
     with pytest.raises(ValueError, match="not part of this plan"):
@@ -168,10 +173,10 @@ def test_a_request_no_longer_in_the_plan_cannot_be_split_again() -> None:
 
 def test_splitting_one_device_plan_leaves_a_fresh_plan_unchanged() -> None:
     device = make_device([point("a", 0), point("b", 1)])
-    plan = plan_device(device)
+    plan = planned(device)
     plan.split(plan.requests[0])
     assert len(plan) == 2
-    assert len(plan_device(device)) == 1
+    assert len(planned(device)) == 1
 
 
 POINT_TYPES = {"uint16": 1, "int32": 2, "float64": 4}
@@ -190,7 +195,7 @@ def test_every_plan_respects_every_rule(layout: list[tuple[int, str]], max_gap: 
     points = [point(f"p{i}", address, type=kind) for i, (address, kind) in enumerate(layout)]
     try:
         device = make_device(points, max_gap=max_gap, max_registers_per_request=limit, never_read=never_read)
-        plan = plan_device(device)
+        plan = planned(device)
     except ValueError:
         # Only a point lying in a never_read range is refused here (every point fits the limit).
         assert any(address <= start + length and start < address + POINT_TYPES[kind]
@@ -205,4 +210,4 @@ def test_every_plan_respects_every_rule(layout: list[tuple[int, str]], max_gap: 
             assert request.start <= p.address and p.address + p.register_count <= request.start + request.count
             covered[p.name] = covered.get(p.name, 0) + 1
     assert covered == {p["name"]: 1 for p in points}
-    assert plan_device(device).describe() == plan.describe()
+    assert planned(device).describe() == plan.describe()

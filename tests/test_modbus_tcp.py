@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from drivers.modbus.client import ReplyTimeout
-from drivers.modbus.config import ModbusTcpDevice, Table
+from drivers.modbus.config import ModbusTcpDevice
+from drivers.modbus.tables import Table
 from drivers.modbus.tcp import ModbusTcpDriver
 from gateway.model.driver import DriverError, WriteRefused
 from gateway.model.readings import Quality, Sample

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.config import ModbusTcpDevice, Table
+from drivers.modbus.config import ModbusTcpDevice
+from drivers.modbus.tables import Table
 from drivers.registry import make_driver
 from gateway.buffer import Buffer
 from gateway.config.loader import load_catalogue

@@ -25,7 +25,7 @@ from drivers.modbus.client import (
     rtu_write_coil_request,
     rtu_write_registers_request,
 )
-from drivers.modbus.config import Table
+from drivers.modbus.tables import Table
 from drivers.registry import make_driver, protocols
 from drivers.serial.bus import NoReply
 from drivers.serial.config import SerialSettings, port_conflicts

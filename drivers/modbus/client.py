@@ -37,7 +37,7 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterRequest,
 )
 
-from drivers.modbus.config import Table
+from drivers.modbus.tables import Table
 from drivers.serial.frames import NEED_MORE, Accepted, Outcome, Rejected, Rejection
 from gateway.model.driver import DriverError
 

@@ -34,7 +34,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.modbus.config import DataType, ModbusPoint, Order
+from drivers.modbus.config import ModbusPoint
+from drivers.modbus.tables import DataType, Order
 from gateway.model.readings import Quality, Reason, Sample, Value
 
 

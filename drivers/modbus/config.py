@@ -1,50 +1,19 @@
-"""Configuration of Modbus devices and points. Imports no protocol library."""
+"""Configuration of Modbus devices and points. Imports no protocol library.
+
+A device's request plan is made once, when its configuration is validated (a point
+that can never be read is a configuration error), and read by its driver as `plan`.
+"""
 
 from __future__ import annotations
 
-import enum
 from typing import Literal, Self
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, PrivateAttr, model_validator
 
+from drivers.modbus.planner import Plan, plan_points
+from drivers.modbus.tables import REGISTER_COUNT, DataType, Order, Table
 from gateway.model.devices import DeviceBase, PointBase
 from gateway.model.schema import StrictModel
-
-
-class Table(enum.StrEnum):
-    COIL = "coil"
-    DISCRETE_INPUT = "discrete_input"
-    INPUT_REGISTER = "input_register"
-    HOLDING_REGISTER = "holding_register"
-
-    @property
-    def is_bits(self) -> bool:
-        return self in (Table.COIL, Table.DISCRETE_INPUT)
-
-
-class DataType(enum.StrEnum):
-    BOOL = "bool"  # a coil or discrete input
-    BIT = "bit"  # one bit of a register (`bit:` 0 = least significant)
-    INT16 = "int16"
-    UINT16 = "uint16"
-    INT32 = "int32"
-    UINT32 = "uint32"
-    INT64 = "int64"
-    UINT64 = "uint64"
-    FLOAT32 = "float32"
-    FLOAT64 = "float64"
-    STRING = "string"  # `length:` registers, two characters each
-
-
-REGISTER_COUNT: dict[DataType, int] = {
-    DataType.BIT: 1, DataType.INT16: 1, DataType.UINT16: 1, DataType.INT32: 2, DataType.UINT32: 2,
-    DataType.INT64: 4, DataType.UINT64: 4, DataType.FLOAT32: 2, DataType.FLOAT64: 4,
-}
-
-
-class Order(enum.StrEnum):
-    BIG = "big"
-    LITTLE = "little"
 
 
 class ModbusPoint(PointBase):
@@ -112,14 +81,19 @@ class ModbusDeviceBase(DeviceBase):
     never_read: list[AddressRange] = Field(default_factory=list,
                                            description="Address ranges a merged request must never cover.")
     points: list[ModbusPoint]  # type: ignore[assignment]
+    _plan: Plan[ModbusPoint] = PrivateAttr()
 
     @model_validator(mode="after")
     def _plannable(self) -> Self:
-        # Every point must fit in one request and outside the never-read ranges; the planner knows how.
-        from drivers.modbus.planner import plan_device
-
-        plan_device(self)
+        # Raises ValueError for a point that cannot be read: longer than a request, or in a never_read range.
+        self._plan = plan_points(self.points, self.max_registers_per_request, self.max_bits_per_request,
+                                 self.max_gap, self.never_read)
         return self
+
+    @property
+    def plan(self) -> Plan[ModbusPoint]:
+        """The requests one poll makes, as planned at validation (a driver copies it to learn splits)."""
+        return self._plan
 
 
 class ModbusTcpDevice(ModbusDeviceBase):

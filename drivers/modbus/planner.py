@@ -15,15 +15,51 @@ one request per point would find it in a single step, but would leave the device
 with n requests per poll for ever. The plan remembers its splits, so later polls
 go straight to the requests that work.
 
-Pure: no protocol library, no I/O.
+Pure: no protocol library, no I/O. It plans anything with a name, a table, an
+address and a size (the configuration's points), so the configuration can plan
+its devices when it is validated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-from drivers.modbus.config import AddressRange, ModbusDeviceBase, ModbusPoint, Table
+from drivers.modbus.tables import Table
+
+
+class Addressed(Protocol):
+    """What the planner needs of a point."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def table(self) -> Table: ...
+
+    @property
+    def address(self) -> int: ...
+
+    @property
+    def register_count(self) -> int:
+        """Registers (or bits, for bit tables) the point occupies."""
+
+
+class Span(Protocol):
+    """An address range of one table (inclusive), e.g. a `never_read` range."""
+
+    @property
+    def table(self) -> Table: ...
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+
+P = TypeVar("P", bound=Addressed)
 
 # Requests are made table by table in this order, then by address, so a plan
 # (and the `municipal-gateway plan` listing) is the same on every run.
@@ -33,13 +69,13 @@ TABLE_ORDER = (Table.COIL, Table.DISCRETE_INPUT, Table.INPUT_REGISTER, Table.HOL
 # eq=False: a request is identified by the object itself, so the driver can key
 # per-request caches by it cheaply and a split request is never mistaken for its halves.
 @dataclass(frozen=True, slots=True, eq=False)
-class Request:
+class Request(Generic[P]):
     """One read: `count` registers (or bits) of `table` from `start`, feeding `points`."""
 
     table: Table
     start: int
     count: int
-    points: tuple[ModbusPoint, ...]
+    points: tuple[P, ...]
 
     @property
     def end(self) -> int:
@@ -52,17 +88,17 @@ class Request:
                 f"({_plural(self.count, unit)}, {_plural(len(self.points), 'point')})")
 
 
-class Plan:
+class Plan(Generic[P]):
     """The requests of one poll of one device, in order. Remembers the splits made by `split()`."""
 
-    def __init__(self, requests: Sequence[Request]) -> None:
+    def __init__(self, requests: Sequence[Request[P]]) -> None:
         self._requests = list(requests)
 
     @property
-    def requests(self) -> tuple[Request, ...]:
+    def requests(self) -> tuple[Request[P], ...]:
         return tuple(self._requests)
 
-    def __iter__(self) -> Iterator[Request]:
+    def __iter__(self) -> Iterator[Request[P]]:
         return iter(tuple(self._requests))
 
     def __len__(self) -> int:
@@ -71,7 +107,7 @@ class Plan:
     def describe(self) -> list[str]:
         return [request.describe() for request in self._requests]
 
-    def split(self, request: Request) -> tuple[Request, Request]:
+    def split(self, request: Request[P]) -> tuple[Request[P], Request[P]]:
         """Replace `request` by two requests, each with half of its points, and return them.
 
         Raises ValueError for a request of a single point (nothing left to split)
@@ -89,26 +125,28 @@ class Plan:
         return halves
 
 
-def plan_device(device: ModbusDeviceBase) -> Plan:
-    """The merged requests for every point of `device`.
+def plan_points(points: Sequence[P], max_registers: int, max_bits: int, max_gap: int,
+                never_read: Sequence[Span] = ()) -> Plan[P]:
+    """The merged requests for `points`: at most `max_registers` registers (or `max_bits` bits) per
+    request, bridging gaps of at most `max_gap`, never covering a `never_read` span.
 
     Raises ValueError when a point can never be read: it is longer than one
     request may be, or it lies in a `never_read` range.
     """
-    requests: list[Request] = []
+    requests: list[Request[P]] = []
     for table in TABLE_ORDER:
-        points = [point for point in device.points if point.table is table]
-        if not points:
+        in_table = [point for point in points if point.table is table]
+        if not in_table:
             continue
-        limit = device.max_bits_per_request if table.is_bits else device.max_registers_per_request
-        forbidden = [span for span in device.never_read if span.table is table]
-        for point in points:
+        limit = max_bits if table.is_bits else max_registers
+        forbidden = [span for span in never_read if span.table is table]
+        for point in in_table:
             _check_readable(point, limit, forbidden, table)
-        requests.extend(_merge(table, points, limit, device.max_gap, forbidden))
+        requests.extend(_merge(table, in_table, limit, max_gap, forbidden))
     return Plan(requests)
 
 
-def _check_readable(point: ModbusPoint, limit: int, forbidden: Sequence[AddressRange], table: Table) -> None:
+def _check_readable(point: Addressed, limit: int, forbidden: Sequence[Span], table: Table) -> None:
     size = point.register_count
     if size > limit:
         setting = "max_bits_per_request" if table.is_bits else "max_registers_per_request"
@@ -121,13 +159,13 @@ def _check_readable(point: ModbusPoint, limit: int, forbidden: Sequence[AddressR
                              f"range {span.start}-{span.end}")
 
 
-def _merge(table: Table, points: Sequence[ModbusPoint], limit: int, max_gap: int,
-           forbidden: Sequence[AddressRange]) -> list[Request]:
+def _merge(table: Table, points: Sequence[P], limit: int, max_gap: int,
+           forbidden: Sequence[Span]) -> list[Request[P]]:
     """Greedy merge of the points of one table, in address order."""
     # Longer points first at the same address, then by name: a stable, repeatable order.
     ordered = sorted(points, key=lambda p: (p.address, -p.register_count, p.name))
-    requests: list[Request] = []
-    group: list[ModbusPoint] = [ordered[0]]
+    requests: list[Request[P]] = []
+    group: list[P] = [ordered[0]]
     start = ordered[0].address
     end = start + ordered[0].register_count  # exclusive
     for point in ordered[1:]:
@@ -146,12 +184,12 @@ def _merge(table: Table, points: Sequence[ModbusPoint], limit: int, max_gap: int
     return requests
 
 
-def _covers_forbidden(start: int, end: int, forbidden: Sequence[AddressRange]) -> bool:
+def _covers_forbidden(start: int, end: int, forbidden: Sequence[Span]) -> bool:
     """Does [start, end) touch any never_read range?"""
     return any(start <= span.end and span.start < end for span in forbidden)
 
 
-def _request_for(table: Table, points: Sequence[ModbusPoint]) -> Request:
+def _request_for(table: Table, points: Sequence[P]) -> Request[P]:
     """The smallest request reading all of `points`."""
     start = min(point.address for point in points)
     end = max(point.address + point.register_count for point in points)

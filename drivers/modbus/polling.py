@@ -33,8 +33,9 @@ from typing import Protocol
 
 from drivers.modbus.client import ILLEGAL_DATA_ADDRESS, MalformedReply, ModbusExceptionReply, ReplyTimeout
 from drivers.modbus.codec import BitBlockDecoder, EncodeError, RegisterBlockDecoder, encode, encode_bool
-from drivers.modbus.config import DataType, ModbusDeviceBase, ModbusPoint, Table
-from drivers.modbus.planner import Plan, Request, plan_device
+from drivers.modbus.config import ModbusDeviceBase, ModbusPoint
+from drivers.modbus.planner import Plan, Request
+from drivers.modbus.tables import DataType, Table
 from gateway.model.driver import WriteRefused
 from gateway.model.readings import Quality, Reason, Sample, Value
 
@@ -74,12 +75,12 @@ class ModbusDevicePoller:
     """One Modbus device: its plan (with the splits learnt so far), decoders and counters."""
 
     device: ModbusDeviceBase
-    plan: Plan = field(init=False)
+    plan: Plan[ModbusPoint] = field(init=False)
     counters: DeviceCounters = field(default_factory=DeviceCounters)
-    _decoders: dict[Request, Decoder] = field(default_factory=dict)  # keyed by request identity
+    _decoders: dict[Request[ModbusPoint], Decoder] = field(default_factory=dict)  # keyed by request identity
 
     def __post_init__(self) -> None:
-        self.plan = plan_device(self.device)
+        self.plan = Plan(self.device.plan.requests)  # its own copy: the splits it learns are this link's
 
     def describe(self) -> list[str]:
         return self.plan.describe()
@@ -91,7 +92,7 @@ class ModbusDevicePoller:
                 by_name[sample.point] = sample
         return [by_name[point.name] for point in self.device.points]
 
-    async def _read_request(self, link: RegisterLink, request: Request) -> list[Sample]:
+    async def _read_request(self, link: RegisterLink, request: Request[ModbusPoint]) -> list[Sample]:
         device = self.device
         counters = self.counters
         counters.requests += 1
@@ -118,14 +119,14 @@ class ModbusDevicePoller:
         counters.decode_errors += errors
         return samples
 
-    async def _split_and_read(self, link: RegisterLink, request: Request) -> list[Sample]:
+    async def _split_and_read(self, link: RegisterLink, request: Request[ModbusPoint]) -> list[Sample]:
         halves = self.plan.split(request)
         self._decoders.pop(request, None)
         log.info("device %s refused %s (illegal data address); now reading it as %s and %s",
                  self.device.id, request.describe(), halves[0].describe(), halves[1].describe())
         return [sample for half in halves for sample in await self._read_request(link, half)]
 
-    def _decoder(self, request: Request) -> Decoder:
+    def _decoder(self, request: Request[ModbusPoint]) -> Decoder:
         decoder = self._decoders.get(request)
         if decoder is None:
             if request.table.is_bits:

@@ -17,8 +17,9 @@ from drivers.modbus.client import (
     rtu_write_coil_request,
     rtu_write_registers_request,
 )
-from drivers.modbus.config import ModbusDeviceBase, Table
+from drivers.modbus.config import ModbusDeviceBase
 from drivers.modbus.polling import ModbusDevicePoller
+from drivers.modbus.tables import Table
 from drivers.serial.bus import Bus, NoReply
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import FrameCounters

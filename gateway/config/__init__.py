@@ -1,0 +1,1 @@
+"""Loading the configuration: YAML files (with the place of every key) → validated, checked models."""
