@@ -1,0 +1,132 @@
+"""Bounded configuration loading: each file is read within limits, and as text, before YAML expands anything.
+
+Every test runs with libyaml's parser (CSafeLoader, used when PyYAML has it) and with the pure-Python one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.config import yamlsource
+from gateway.config.errors import ConfigError
+from gateway.config.loader import load_config
+from gateway.config.yamlsource import YamlLimits, YamlLoadError, load_yaml
+
+CATALOGUE = Path(__file__).parent / "config_cases" / "common" / "catalogue.yaml"
+
+_C_LOADER = getattr(yaml, "CSafeLoader", None)
+
+
+@pytest.fixture(autouse=True, params=[
+    pytest.param(yaml.SafeLoader, id="python"),
+    pytest.param(_C_LOADER, id="libyaml", marks=pytest.mark.skipif(_C_LOADER is None, reason="PyYAML without libyaml")),
+])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> type[yaml.SafeLoader]:
+    monkeypatch.setattr(yamlsource, "_Loader", request.param)
+    return request.param  # type: ignore[no-any-return]
+
+
+def issues_of(path: Path, limits: YamlLimits | None = None) -> list[str]:
+    with pytest.raises(YamlLoadError) as caught:
+        load_yaml(path, environ={}, limits=limits)
+    return [str(issue) for issue in caught.value.issues]
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+# -- size ------------------------------------------------------------------------------------------------------
+
+def test_the_default_file_size_limit_is_4_mib() -> None:
+    assert yamlsource.LIMITS.max_bytes == 4 * 1024 * 1024
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as file:
+        file.truncate(4 * 1024 * 1024 + 1)  # sparse: costs no disk, and is refused from its size alone
+    (issue,) = issues_of(big)
+    assert issue.startswith(f"{big}: 4,194,305 bytes, larger than the 4,194,304 bytes")
+
+
+def test_a_file_at_the_size_limit_is_read(tmp_path: Path) -> None:
+    text = "a: 1\n"
+    assert load_yaml(write(tmp_path / "ok.yaml", text), limits=YamlLimits(max_bytes=len(text))) == {"a": 1}
+
+
+def test_a_device_file_swept_in_by_a_glob_is_held_to_the_module_limit(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(yamlsource, "LIMITS", YamlLimits(max_bytes=1100))
+    (tmp_path / "devices").mkdir()
+    write(tmp_path / "devices" / "small.yaml", "devices: []\n")
+    write(tmp_path / "devices" / "huge.yaml", "devices:\n" + "  # padding\n" * 100)
+    main = write(tmp_path / "gateway.yaml", f"gateway: {{id: gw-1}}\ncatalogue: {CATALOGUE}\n"
+                                            "include: ['devices/*.yaml']\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(main, environ={})
+    assert str(caught.value) == (f"{tmp_path}/devices/huge.yaml: 1,209 bytes, larger than the 1,100 bytes a "
+                                 "configuration file may have; expected a smaller file (devices can be split "
+                                 "over several files)")
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "devices.yaml"
+    os.mkfifo(fifo)
+    assert issues_of(fifo) == [f"{fifo}: not a regular file; expected a YAML file"]
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    assert issues_of(tmp_path) == [f"{tmp_path}: not a regular file; expected a YAML file"]
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert issues_of(missing) == [f"cannot read {missing}: No such file or directory"]
+
+
+# -- text --------------------------------------------------------------------------------------------------------
+
+def test_a_gbk_file_names_the_first_byte_that_is_not_utf8(tmp_path: Path) -> None:
+    gbk = write(tmp_path / "gbk.yaml", b"gateway:\n  name: " + "供水泵站".encode("gbk"))
+    (issue,) = issues_of(gbk)
+    assert issue.startswith(f"{gbk}: not UTF-8 text at byte 17 (line 2, column 9: byte 0xb9); expected UTF-8")
+
+
+def test_a_binary_file_names_the_first_byte_that_is_not_utf8(tmp_path: Path) -> None:
+    binary = write(tmp_path / "binary.yaml", bytes(range(256)))
+    (issue,) = issues_of(binary)
+    assert issue.startswith(f"{binary}: not UTF-8 text at byte 128 (line 3, column 115: byte 0x80)")
+
+
+def test_a_byte_offset_counts_the_bom(tmp_path: Path) -> None:
+    (issue,) = issues_of(write(tmp_path / "bom.yaml", b"\xef\xbb\xbfa: \xff\n"))
+    assert "not UTF-8 text at byte 6 (line 1, column 4: byte 0xff)" in issue
+
+
+def test_a_utf8_bom_is_accepted_and_moves_no_location(tmp_path: Path) -> None:
+    plain = load_yaml(write(tmp_path / "plain.yaml", "gateway:\n  id: gw-1\n"))
+    with_bom = load_yaml(write(tmp_path / "bom.yaml", b"\xef\xbb\xbfgateway:\n  id: gw-1\n"))
+    assert with_bom == plain
+    assert str(with_bom["gateway"].where("id")).endswith("bom.yaml:2:3")
+
+
+@pytest.mark.parametrize(("content", "where", "code"), [
+    ("a: 1\nb: x\x00y\n", "2:5", "U+0000"),
+    ("a: \x1b[31m\n", "1:4", "U+001B"),
+    ("a: 1\r\nb: \x7f\n", "2:4", "U+007F"),
+])
+def test_a_control_character_is_located(tmp_path: Path, content: str, where: str, code: str) -> None:
+    path = write(tmp_path / "control.yaml", content)
+    (issue,) = issues_of(path)
+    assert issue.startswith(f"{path}:{where}: control character {code} is not allowed in YAML")
+
+
+def test_an_escaped_control_character_in_double_quotes_is_text(tmp_path: Path) -> None:
+    assert load_yaml(write(tmp_path / "escaped.yaml", 'a: "x\\x00y"\n')) == {"a": "x\x00y"}
