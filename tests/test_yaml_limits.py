@@ -6,6 +6,7 @@ Every test runs with libyaml's parser (CSafeLoader, used when PyYAML has it) and
 from __future__ import annotations
 
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,108 @@ def test_a_control_character_is_located(tmp_path: Path, content: str, where: str
 
 def test_an_escaped_control_character_in_double_quotes_is_text(tmp_path: Path) -> None:
     assert load_yaml(write(tmp_path / "escaped.yaml", 'a: "x\\x00y"\n')) == {"a": "x\x00y"}
+
+
+# -- nesting and aliases: refused while composing, before anything is expanded ---------------------------------
+
+def billion_laughs(levels: int = 9, fan_out: int = 9) -> str:
+    lines = ["lol0: &l0 lol"]
+    lines += [f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * fan_out)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def nested(depth: int, flow: bool) -> str:
+    if flow:
+        return "[" * depth + "]" * depth + "\n"
+    return "".join(f"{'  ' * level}k{level}:\n" for level in range(depth - 1)) + "  " * (depth - 1) + "k: v\n"
+
+
+def test_the_default_nesting_and_value_limits() -> None:
+    assert (yamlsource.LIMITS.max_depth, yamlsource.LIMITS.max_values) == (64, 1_000_000)
+
+
+@pytest.mark.timeout(10)  # unbounded, this grows by gigabytes a minute
+def test_a_billion_laughs_is_refused_at_once_in_little_memory(tmp_path: Path) -> None:
+    bomb = write(tmp_path / "bomb.yaml", billion_laughs())
+    tracemalloc.start()
+    try:
+        (issue,) = issues_of(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert issue.startswith(f"{bomb}:8:12: alias *l6 takes the file past 1,000,000 values (an alias bomb?)")
+    assert peak < 2_000_000
+
+
+def test_aliases_may_stand_for_values_up_to_the_limit(tmp_path: Path) -> None:
+    text = billion_laughs(levels=2, fan_out=3)  # 1 + (1 + 3) + (1 + 3 * 4) values, the top mapping and keys: 22
+    assert load_yaml(write(tmp_path / "ok.yaml", text), limits=YamlLimits(max_values=22))["lol2"] == [["lol"] * 3] * 3
+    (issue,) = issues_of(tmp_path / "ok.yaml", limits=YamlLimits(max_values=21))
+    assert issue.startswith(f"{tmp_path}/ok.yaml:3:22: alias *l1 takes the file past 21 values")
+
+
+def test_a_file_with_too_many_values_is_refused_where_it_passes_the_limit(tmp_path: Path) -> None:
+    path = write(tmp_path / "flat.yaml", "[" + ", ".join(["0"] * 11) + "]\n")
+    (issue,) = issues_of(path, limits=YamlLimits(max_values=10))
+    assert issue == (f"{path}:1:29: more than 10 values (scalars, mappings and lists) in one file; "
+                     "expected at most 10 (devices can be split over several files)")
+
+
+def test_device_defaults_shared_by_merge_keys_are_well_within_the_limits(tmp_path: Path) -> None:
+    devices = "".join(f"  - {{<<: *defaults, id: plc-{n}, host: 10.0.0.{n % 250}}}\n" for n in range(2000))
+    path = write(tmp_path / "devices.yaml", "defaults: &defaults {protocol: modbus-tcp, port: 502, timeout: 2,"
+                                            " poll_interval: 5, byte_order: big, word_order: little}\n"
+                                            "devices:\n" + devices)
+    loaded = load_yaml(path)
+    assert len(loaded["devices"]) == 2000
+    assert loaded["devices"][1999] == {"protocol": "modbus-tcp", "port": 502, "timeout": 2, "poll_interval": 5,
+                                       "byte_order": "big", "word_order": "little", "id": "plc-1999",
+                                       "host": "10.0.0.249"}
+
+
+@pytest.mark.parametrize("flow", [True, False], ids=["flow", "block"])
+def test_nesting_up_to_the_limit_is_read(tmp_path: Path, flow: bool) -> None:
+    load_yaml(write(tmp_path / "deep.yaml", nested(64, flow)))
+
+
+@pytest.mark.parametrize(("flow", "where"), [(True, "1:65"), (False, "65:129")], ids=["flow", "block"])
+def test_nesting_past_the_limit_is_refused_where_it_passes(tmp_path: Path, flow: bool, where: str) -> None:
+    path = write(tmp_path / "deep.yaml", nested(65, flow))
+    assert issues_of(path) == [f"{path}:{where}: nesting deeper than 64 levels (mappings and lists inside each "
+                               "other); expected at most 64"]
+
+
+@pytest.mark.parametrize("depth", [500, 5000, 100_000])
+def test_very_deep_nesting_is_refused_without_recursion(tmp_path: Path, depth: int) -> None:
+    path = write(tmp_path / "deep.yaml", "a: " + "{b: " * depth + "1" + "}" * depth + "\n")
+    (issue,) = issues_of(path)
+    assert issue.startswith(f"{path}:1:")  # libyaml's own limit (1,000 levels) may speak first, at its place
+    assert "nesting" in issue
+
+
+def test_nesting_through_an_alias_counts_what_the_alias_stands_for(tmp_path: Path) -> None:
+    path = write(tmp_path / "deep.yaml", "a: &deep " + "[" * 40 + "]" * 40 + "\nb: " + "[" * 24 + "*deep" + "]" * 24
+                 + "\n")
+    assert issues_of(path) == [f"{path}:2:28: nesting deeper than 64 levels with what alias *deep stands for; "
+                               "expected at most 64"]
+
+
+def test_an_alias_inside_the_node_it_names_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "loop.yaml", "a: &loop\n  b: [*loop]\n")
+    assert issues_of(path) == [f"{path}:2:7: alias *loop is used inside the node it names; expected an alias to a "
+                               "node written before it (a structure cannot contain itself)"]
+
+
+@pytest.mark.parametrize(("content", "issue"), [
+    ("a: *nowhere\n", "1:4: YAML syntax: found undefined alias 'nowhere'"),
+    ("a: &x 1\nb: &x 2\n", "2:4: YAML syntax: found duplicate anchor 'x' (first at line 1, column 4)"),
+    ("a: 1\n---\nb: 2\n", "2:1: YAML syntax: but found another document"),
+])
+def test_yaml_errors_while_composing_stay_located(tmp_path: Path, content: str, issue: str) -> None:
+    path = write(tmp_path / "bad.yaml", content)
+    assert issues_of(path) == [f"{path}:{issue}"]
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n", "---\n...\n"])
+def test_a_file_without_content_is_an_empty_mapping(tmp_path: Path, content: str) -> None:
+    assert load_yaml(write(tmp_path / "empty.yaml", content)) in ({}, None)

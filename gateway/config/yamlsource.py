@@ -7,7 +7,9 @@ string is replaced by the environment variable NAME (secrets stay out of YAML).
 
 Loading is bounded (`YamlLimits`): a file is refused, with a located error,
 when it is too large, is not UTF-8 text or holds control characters, before the
-YAML parser sees it.
+YAML parser sees it; and when it nests too deep or stands for too many values
+(aliases counted as what they stand for: an alias bomb), while it is composed,
+before anything is expanded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -36,11 +38,15 @@ class YamlLimits:
     """
 
     max_bytes: int = 4 * 1024 * 1024  # per file as stored, files swept in by an include glob too
+    max_depth: int = 64  # mappings and lists inside each other; a device file needs about 6
+    # Scalars, mappings and lists in one file, each alias counted as the values it stands for. A realistic
+    # 4 MiB device file has about 500,000; merge keys (`<<: *defaults`) add what they copy.
+    max_values: int = 1_000_000
 
 
 # The limits `load_yaml` applies when its caller passes none. The loader passes none today; a main-file
 # key (say `limits.max_file_bytes`) can be wired by reading the main file with these defaults and passing
-# `YamlLimits(max_bytes=...)` to every later `load_yaml` call.
+# `YamlLimits(max_bytes=...)` to every later `load_yaml` call (the main file itself is read with the defaults).
 LIMITS = YamlLimits()
 
 _BOM = b"\xef\xbb\xbf"
@@ -87,6 +93,164 @@ def _mark(file: str, node: yaml.Node) -> Location:
 
 # libyaml's parser when PyYAML was built with it: several times faster and far lighter on large files.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Parser(Protocol):
+    """What the composer needs of a loader, PyYAML's or libyaml's (the stubs leave these untyped)."""
+
+    def get_event(self) -> Any: ...
+    def check_event(self, *choices: type[yaml.Event]) -> bool: ...
+    def resolve(self, kind: type[yaml.Node], value: str | None, implicit: Any) -> str: ...
+
+
+# A yaml.events.* object. Typed loosely: the stubs give libyaml's events a Mark class nodes do not accept.
+_Event = Any
+
+
+@dataclass
+class _Open:
+    """A mapping or list being composed."""
+
+    node: yaml.CollectionNode
+    anchor: str | None
+    values_before: int  # the file's count when it opened: what is counted until it closes is its own size
+    height: int = 1  # collections inside each other, this one included
+    key: yaml.Node | None = None  # a mapping's key waiting for its value
+
+    def add(self, node: yaml.Node, height: int) -> None:
+        self.height = max(self.height, height + 1)
+        if isinstance(self.node, yaml.SequenceNode):
+            self.node.value.append(node)
+        elif self.key is None:
+            self.key = node
+        else:
+            self.node.value.append((self.key, node))
+            self.key = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Anchored:
+    node: yaml.Node
+    values: int | None  # what an alias to it stands for; None while it is still open (an alias inside is a loop)
+    height: int
+
+
+class _Composer:
+    """Parser events to the node graph, without recursion, refusing a file as soon as it passes a limit.
+
+    PyYAML's composers count nothing, and the pure-Python one recurses (Python's stack overflows at a few
+    hundred levels). An alias costs them one reference, but the builder copies what it refers to, so here
+    an alias costs the values it stands for: a billion laughs is refused after a few hundred events.
+    """
+
+    def __init__(self, file: str, loader: _Parser, limits: YamlLimits) -> None:
+        self.file = file
+        self.loader = loader
+        self.limits = limits
+        self.values = 0
+        self.anchors: dict[str, _Anchored] = {}
+
+    def compose(self) -> yaml.Node | None:
+        """The root node of the file's one document; None when the file holds none."""
+        loader = self.loader
+        loader.get_event()  # stream start
+        if loader.check_event(yaml.StreamEndEvent):
+            return None
+        loader.get_event()  # document start
+        root = self._document()
+        loader.get_event()  # document end
+        if not loader.check_event(yaml.StreamEndEvent):
+            raise yaml.composer.ComposerError("expected a single document in the stream", root.start_mark,
+                                              "but found another document", loader.get_event().start_mark)
+        return root
+
+    def _document(self) -> yaml.Node:
+        stack: list[_Open] = []
+        while True:
+            event = self.loader.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                stack.append(self._open(event, depth=len(stack) + 1))
+                continue
+            if isinstance(event, yaml.CollectionEndEvent):
+                node, height = self._close(stack.pop(), event)
+            elif isinstance(event, yaml.AliasEvent):
+                node, height = self._alias(event, depth=len(stack))
+            else:
+                node, height = self._scalar(event), 0
+            if not stack:
+                return node
+            stack[-1].add(node, height)
+
+    def _open(self, event: _Event, depth: int) -> _Open:
+        if depth > self.limits.max_depth:
+            raise self._refuse(event, f"nesting deeper than {self.limits.max_depth} levels (mappings and lists "
+                                      f"inside each other); expected at most {self.limits.max_depth}")
+        kind = yaml.SequenceNode if isinstance(event, yaml.SequenceStartEvent) else yaml.MappingNode
+        node = kind(self._tag(kind, event, None), [], event.start_mark, None, flow_style=event.flow_style)
+        opened = _Open(node, event.anchor, self.values)
+        self._count(1, event)
+        self._remember(event, _Anchored(node, None, 0))  # registered now, as PyYAML does, to see loops
+        return opened
+
+    def _close(self, opened: _Open, event: _Event) -> tuple[yaml.Node, int]:
+        opened.node.end_mark = event.end_mark
+        if opened.anchor is not None:
+            self.anchors[opened.anchor] = _Anchored(opened.node, self.values - opened.values_before, opened.height)
+        return opened.node, opened.height
+
+    def _scalar(self, event: _Event) -> yaml.Node:
+        node = yaml.ScalarNode(self._tag(yaml.ScalarNode, event, event.value), event.value,
+                               event.start_mark, event.end_mark, style=event.style)
+        self._count(1, event)
+        self._remember(event, _Anchored(node, 1, 0))
+        return node
+
+    def _alias(self, event: _Event, depth: int) -> tuple[yaml.Node, int]:
+        name = event.anchor
+        anchored = self.anchors.get(name or "")
+        if anchored is None:
+            raise yaml.composer.ComposerError(None, None, f"found undefined alias {name!r}", event.start_mark)
+        if anchored.values is None:
+            raise self._refuse(event, f"alias *{name} is used inside the node it names; expected an alias to "
+                                      "a node written before it (a structure cannot contain itself)")
+        if depth + anchored.height > self.limits.max_depth:
+            raise self._refuse(event, f"nesting deeper than {self.limits.max_depth} levels with what alias "
+                                      f"*{name} stands for; expected at most {self.limits.max_depth}")
+        self._count(anchored.values, event, alias=name)
+        return anchored.node, anchored.height
+
+    def _tag(self, kind: type[yaml.Node], event: _Event, value: str | None) -> str:
+        tag: str | None = event.tag
+        if tag is None or tag == "!":  # untagged (or `!`, "not specific"): YAML's rules decide, as in PyYAML
+            tag = self.loader.resolve(kind, value, event.implicit)
+        return tag
+
+    def _remember(self, event: _Event, anchored: _Anchored) -> None:
+        if event.anchor is None:
+            return
+        first = self.anchors.get(event.anchor)
+        if first is not None:
+            mark = first.node.start_mark
+            where = f" (first at line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise yaml.composer.ComposerError(None, None, f"found duplicate anchor {event.anchor!r}{where}",
+                                              event.start_mark)
+        self.anchors[event.anchor] = anchored
+
+    def _count(self, values: int, event: _Event, alias: str | None = None) -> None:
+        self.values += values
+        most = self.limits.max_values
+        if self.values <= most:
+            return
+        if alias is not None:
+            raise self._refuse(event, f"alias *{alias} takes the file past {most:,} values (an alias bomb?); "
+                                      f"expected at most {most:,}, each alias counted as the values it stands for")
+        raise self._refuse(event, f"more than {most:,} values (scalars, mappings and lists) in one file; "
+                                  f"expected at most {most:,} (devices can be split over several files)")
+
+    def _refuse(self, event: _Event, message: str) -> YamlLoadError:
+        mark = event.start_mark
+        location = Location(self.file, mark.line + 1, mark.column + 1) if mark else None
+        return YamlLoadError([ConfigIssue(location, "", message)])
 
 
 class _Builder:
@@ -144,10 +308,11 @@ def load_yaml(path: Path, environ: Mapping[str, str] | None = None, limits: Yaml
     `limits` defaults to the module's `LIMITS`, read at each call.
     """
     file = str(path)
-    text = _text(_read(path, file, (limits or LIMITS).max_bytes), file)
+    limits = LIMITS if limits is None else limits
+    text = _text(_read(path, file, limits.max_bytes), file)
     loader = _Loader(text)
     try:
-        node = loader.get_single_node()
+        node = _Composer(file, loader, limits).compose()
         if node is None:
             return located_dict(Location(file, 1, 1))
         builder = _Builder(file, loader, os.environ if environ is None else environ)
