@@ -236,3 +236,81 @@ def test_yaml_errors_while_composing_stay_located(tmp_path: Path, content: str, 
 @pytest.mark.parametrize("content", ["", "# only a comment\n", "---\n...\n"])
 def test_a_file_without_content_is_an_empty_mapping(tmp_path: Path, content: str) -> None:
     assert load_yaml(write(tmp_path / "empty.yaml", content)) in ({}, None)
+
+
+# -- merge keys, keys and scalars: what PyYAML leaves to chance -------------------------------------------------
+
+DEFAULTS = "defaults: &defaults {protocol: modbus-tcp, port: 502, timeout: 2}\n"
+
+
+def test_a_mapping_s_own_keys_override_merged_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path / "merge.yaml", DEFAULTS + "device:\n  <<: *defaults\n  port: 1502\n")
+    device = load_yaml(path)["device"]
+    assert device == {"protocol": "modbus-tcp", "port": 1502, "timeout": 2}
+    assert str(device.where("port")).endswith("merge.yaml:4:3"), "an override is located where it was written"
+    assert str(device.where("timeout")).endswith("merge.yaml:1:55"), "a default is located in the anchor"
+
+
+def test_earlier_merged_mappings_win_and_merges_nest(tmp_path: Path) -> None:
+    path = write(tmp_path / "merge.yaml", DEFAULTS + "fast: &fast {<<: *defaults, timeout: 0.5}\n"
+                                                     "rtu: &rtu {protocol: modbus-rtu, baud: 9600}\n"
+                                                     "device: {<<: [*fast, *rtu], id: plc-1}\n")
+    assert load_yaml(path)["device"] == {"id": "plc-1", "protocol": "modbus-tcp", "port": 502, "timeout": 0.5,
+                                         "baud": 9600}
+
+
+def test_a_key_written_twice_is_still_a_duplicate(tmp_path: Path) -> None:
+    path = write(tmp_path / "dup.yaml", DEFAULTS + "device: {<<: *defaults, port: 1, port: 2}\n")
+    assert issues_of(path) == [f"{path}:2:34: device.port: duplicate key; expected each key once in a mapping, "
+                               "found it again"]
+
+
+@pytest.mark.parametrize(("merge", "where"), [("5", "2:14"), ("[*defaults, x]", "2:26"), ("[[1]]", "2:15")])
+def test_a_merge_of_something_else_than_mappings_is_located(tmp_path: Path, merge: str, where: str) -> None:
+    path = write(tmp_path / "merge.yaml", DEFAULTS + f"device: {{<<: {merge}, id: plc-1}}\n")
+    assert issues_of(path) == [f"{path}:{where}: device: expected a mapping to merge with `<<` "
+                               "(such as `<<: *defaults`) or a list of them"]
+
+
+def test_device_defaults_merged_into_devices_load_as_a_configuration(tmp_path: Path) -> None:
+    write(tmp_path / "devices.yaml", """devices:
+  - &plc {id: plc-1, protocol: modbus-tcp, host: 127.0.0.1, word_order: little,
+          asset: {domain: water-supply, site: ps01, id: ps01-station, type: water-pumping-station},
+          points: [{name: flow, indicator: flow, table: input_register, address: 10, type: float32}]}
+  - <<: *plc
+    id: plc-2
+    asset: {domain: water-supply, site: ps02, id: ps02-station, type: water-pumping-station}
+""")
+    main = write(tmp_path / "gateway.yaml", f"gateway: {{id: gw-1}}\ncatalogue: {CATALOGUE}\n"
+                                            "include: [devices.yaml]\n")
+    config = load_config(main, environ={})
+    assert [(d.id, d.asset.id, d.word_order) for d in config.devices] == [  # type: ignore[attr-defined]
+        ("plc-1", "ps01-station", "little"), ("plc-2", "ps02-station", "little")]
+
+
+def test_a_key_that_is_a_mapping_or_list_is_located(tmp_path: Path) -> None:
+    path = write(tmp_path / "keys.yaml", "gateway:\n  ? [a, b]\n  : 1\n  {c: d}: 2\n  id: gw-1\n")
+    assert issues_of(path) == [f"{path}:2:5: gateway: expected a key (a name) in this mapping, found a list",
+                               f"{path}:4:3: gateway: expected a key (a name) in this mapping, found a mapping"]
+
+
+def test_scalars_that_are_not_what_they_look_like_are_located_all_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path / "scalars.yaml", "since: 2001-13-01\nbig: 1" + "0" * 5000 + "\nratio: !!float abc\n"
+                                            "flag: !!bool maybe\nwhen: !!timestamp soon\n2001-02-30: x\nok: 1\n")
+    assert issues_of(path) == [
+        f"{path}:1:8: since: expected a valid date or time (YYYY-MM-DD), found text that is not one "
+        "(quote it if it is text)",
+        f"{path}:2:6: big: expected a valid integer, found text that is not one (quote it if it is text)",
+        f"{path}:3:8: ratio: expected a valid number, found text that is not one (quote it if it is text)",
+        f"{path}:4:7: flag: expected a valid true or false, found text that is not one (quote it if it is text)",
+        f"{path}:5:7: when: expected a valid date or time (YYYY-MM-DD), found text that is not one "
+        "(quote it if it is text)",
+        f"{path}:6:1: expected a valid date or time (YYYY-MM-DD), found text that is not one "
+        "(quote it if it is text)"]
+
+
+def test_a_problem_behind_an_alias_is_reported_once(tmp_path: Path) -> None:
+    path = write(tmp_path / "alias.yaml", "a: &bad [2001-13-01, '${UNSET}']\nb: [*bad, *bad, *bad]\n")
+    first, second = issues_of(path)
+    assert first.startswith(f"{path}:1:10: a[0]: expected a valid date or time")
+    assert second.startswith(f"{path}:1:22: a[1]: expected environment variable UNSET to be set")

@@ -253,12 +253,25 @@ class _Composer:
         return YamlLoadError([ConfigIssue(location, "", message)])
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+_KINDS = {"tag:yaml.org,2002:int": "integer", "tag:yaml.org,2002:float": "number",
+          "tag:yaml.org,2002:bool": "true or false", "tag:yaml.org,2002:timestamp": "date or time (YYYY-MM-DD)"}
+_UNREADABLE = object()  # a scalar whose text is not what its tag says; already reported
+
+
 class _Builder:
     def __init__(self, file: str, loader: yaml.SafeLoader, environ: Mapping[str, str]) -> None:
         self.file = file
         self.loader = loader
         self.environ = environ
         self.issues: list[ConfigIssue] = []
+        self._reported: set[tuple[Location, str]] = set()
+
+    def issue(self, node: yaml.Node, path: str, message: str) -> None:
+        location = _mark(self.file, node)
+        if (location, message) not in self._reported:  # an alias repeats its node's problems: say each once
+            self._reported.add((location, message))
+            self.issues.append(ConfigIssue(location, path, message))
 
     def build(self, node: yaml.Node, path: str) -> Any:
         if isinstance(node, yaml.MappingNode):
@@ -268,34 +281,70 @@ class _Builder:
             items.location = _mark(self.file, node)
             items.item_locations = [_mark(self.file, child) for child in node.value]
             return items
-        value = self.loader.construct_object(node, deep=True)
+        value = self._scalar(node, path)
         if isinstance(value, str):
             return self._expand_env(value, node, path)
-        return value
+        return None if value is _UNREADABLE else value
+
+    def _scalar(self, node: yaml.Node, path: str) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError):
+            # PyYAML's constructors trust the text its resolver matched, or an explicit tag, and raise Python
+            # errors for `2001-13-01`, a 5,000-digit integer or `!!float abc`. Forget the attempt, so an alias
+            # to the same node is reported here again rather than as a "recursive node".
+            self.loader.recursive_objects.pop(node, None)
+            kind = _KINDS.get(node.tag, node.tag)
+            self.issue(node, path, f"expected a valid {kind}, found text that is not one (quote it if it is text)")
+            return _UNREADABLE
 
     def _mapping(self, node: yaml.MappingNode, path: str) -> LocatedDict:
-        self.loader.flatten_mapping(node)  # resolve YAML merge keys (<<)
         result = located_dict(_mark(self.file, node))
+        merges = []
         for key_node, value_node in node.value:
-            key = self.loader.construct_object(key_node, deep=True)
-            key_text = str(key)
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _MERGE:
+                merges.append(value_node)
+                continue
+            key_text = self._key(key_node, path)
+            if key_text is None:
+                continue
             child_path = f"{path}.{key_text}" if path else key_text
             if key_text in result:
-                self.issues.append(ConfigIssue(
-                    _mark(self.file, key_node), child_path,
-                    "duplicate key; expected each key once in a mapping, found it again"))
+                self.issue(key_node, child_path, "duplicate key; expected each key once in a mapping, found it again")
                 continue
             result[key_text] = self.build(value_node, child_path)
             result.key_locations[key_text] = _mark(self.file, key_node)
+        for merge in merges:
+            self._merge(result, merge, path)
         return result
+
+    def _key(self, node: yaml.Node, path: str) -> str | None:
+        if not isinstance(node, yaml.ScalarNode):
+            found = "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
+            self.issue(node, path, f"expected a key (a name) in this mapping, found {found}")
+            return None
+        key = self._scalar(node, path)
+        return None if key is _UNREADABLE else str(key)
+
+    def _merge(self, result: LocatedDict, node: yaml.Node, path: str) -> None:
+        """A YAML merge key (`<<: *defaults`): the mapping's own keys win, then earlier merged mappings."""
+        for source in node.value if isinstance(node, yaml.SequenceNode) else [node]:
+            if not isinstance(source, yaml.MappingNode):
+                self.issue(source, path, "expected a mapping to merge with `<<` (such as `<<: *defaults`) "
+                                         "or a list of them")
+                continue
+            merged = self._mapping(source, path)
+            for key, value in merged.items():
+                if key not in result:
+                    result[key] = value
+                    result.key_locations[key] = merged.key_locations[key]
 
     def _expand_env(self, text: str, node: yaml.Node, path: str) -> str:
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in self.environ:
-                self.issues.append(ConfigIssue(
-                    _mark(self.file, node), path,
-                    f"expected environment variable {name} to be set (referenced as ${{{name}}}), found it unset"))
+                self.issue(node, path, f"expected environment variable {name} to be set "
+                                       f"(referenced as ${{{name}}}), found it unset")
                 return ""
             return self.environ[name]
 
