@@ -5,9 +5,11 @@ Every test runs with libyaml's parser (CSafeLoader, used when PyYAML has it) and
 
 from __future__ import annotations
 
+import gc
 import os
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -314,3 +316,23 @@ def test_a_problem_behind_an_alias_is_reported_once(tmp_path: Path) -> None:
     first, second = issues_of(path)
     assert first.startswith(f"{path}:1:10: a[0]: expected a valid date or time")
     assert second.startswith(f"{path}:1:22: a[1]: expected environment variable UNSET to be set")
+
+
+# -- speed ---------------------------------------------------------------------------------------------------
+
+def test_the_collector_is_held_off_while_a_file_is_composed_and_built_and_back_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Composing and building allocate up to a million objects that all live on: collections would only slow it.
+    enabled_during: list[bool] = []
+    build = yamlsource._Builder.build
+
+    def recording_build(self: Any, node: yaml.Node, path: str) -> Any:
+        enabled_during.append(gc.isenabled())
+        return build(self, node, path)
+
+    monkeypatch.setattr(yamlsource._Builder, "build", recording_build)
+    load_yaml(write(tmp_path / "points.yaml", "points:\n  - {name: p, address: 1}\n"))
+    assert gc.isenabled()
+    issues_of(write(tmp_path / "bad.yaml", "a: [\n"))
+    assert gc.isenabled()
+    assert enabled_during and not any(enabled_during)
