@@ -94,6 +94,11 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
     assert issues_of(missing) == [f"cannot read {missing}: No such file or directory"]
 
 
+def test_a_file_name_with_a_nul_character_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "a\x00b.yaml"  # from a "\0" in the YAML that names it
+    assert issues_of(path) == [f"{str(path)!r}: cannot be read: a file name cannot hold a NUL character"]
+
+
 # -- text --------------------------------------------------------------------------------------------------------
 
 def test_a_gbk_file_names_the_first_byte_that_is_not_utf8(tmp_path: Path) -> None:

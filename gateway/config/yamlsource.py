@@ -413,6 +413,8 @@ def _read(path: Path, file: str, max_bytes: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise _unreadable(file, exc) from exc
+    except ValueError as exc:  # a NUL in the name, written in the YAML as "\0": no file can have it
+        raise _file_issue(repr(file), "cannot be read: a file name cannot hold a NUL character") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
