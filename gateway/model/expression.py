@@ -16,6 +16,11 @@ Indicator ids contain hyphens (`active-power`), so a hyphen between two letters
 or digits belongs to the name; subtraction needs spaces: `a - b`.
 A parsed expression is compiled once into nested closures; evaluating it is a
 few Python calls, with no access to anything but the values it is given.
+
+An expression is at most `MAX_LENGTH` characters and `MAX_NESTING` levels deep
+(parentheses, function calls, `-` and `not` inside each other), so neither parsing
+nor evaluating it can exhaust Python's stack; a chain such as `a + b + c ...`
+is evaluated in a loop, so its length costs no depth.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 Number = float | int | bool
@@ -37,6 +43,13 @@ _TOKEN = re.compile(r"""
 """, re.VERBOSE)
 
 _KEYWORDS = {"and", "or", "not", "true", "false"}
+
+# Real formulas are a line long and a few levels deep. Each level costs the parser about ten Python frames,
+# and `check` runs it under pydantic and the loader, so 32 levels stay far from Python's 1,000-frame limit.
+MAX_NESTING = 32
+MAX_LENGTH = 4096
+
+
 def _ordering(compare: Callable[[float, float], bool], what: str) -> Callable[[Number, Number], bool]:
     # Ordering needs numbers (a missing or text value must not crash the processor); equality takes anything.
     return lambda a, b: compare(_number(a, what), _number(b, what))
@@ -75,6 +88,11 @@ def parse(text: str) -> Expression:
     return Expression(text, frozenset(parser.names), evaluate)
 
 
+def _quoted(text: str) -> str:
+    """The expression as an error message shows it: whole when short, its start when long."""
+    return repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
+
+
 def _number(value: Number, what: str) -> float | int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise EvaluationError(f"{what} needs numbers, found {value!r}")
@@ -99,24 +117,47 @@ _ARITHMETIC: dict[str, Callable[[Number, Number], Number]] = {
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
+        # Tokens are read as the parser needs them, so a problem near the start of a huge text (nesting too
+        # deep, or the text too long) is found after a few tokens, not after reading all of it.
         self.tokens: list[tuple[str, int]] = []  # (token, position)
+        self.scanned = 0  # where reading tokens has got to in the text
         self.index = 0
+        self.depth = 0  # parentheses, calls, `-` and `not` open around the current token
         self.names: set[str] = set()
-        position = 0
-        while position < len(text):
-            match = _TOKEN.match(text, position)
+
+    def scan(self) -> None:
+        """Read tokens until the one at `index` is read or the text ends."""
+        while len(self.tokens) <= self.index and self.scanned < len(self.text):
+            position = self.scanned
+            match = _TOKEN.match(self.text, position)
             if match is None:
-                raise ValueError(f"in {text!r} at column {position + 1}: unexpected {text[position]!r}")
+                raise ValueError(f"in {_quoted(self.text)} at column {position + 1}: "
+                                 f"unexpected {self.text[position]!r}")
             if match.lastgroup != "space":
+                if match.end() > MAX_LENGTH:
+                    raise ValueError(f"in {_quoted(self.text)} at column {MAX_LENGTH + 1}: longer than "
+                                     f"{MAX_LENGTH:,} characters; expected at most {MAX_LENGTH:,} (split it into "
+                                     "derived indicators that use each other)")
                 self.tokens.append((match.group(), position))
-            position = match.end()
+            self.scanned = match.end()
 
     def error(self, message: str) -> ValueError:
         column = self.tokens[self.index][1] + 1 if self.index < len(self.tokens) else len(self.text) + 1
-        return ValueError(f"in {self.text!r} at column {column}: {message}")
+        return ValueError(f"in {_quoted(self.text)} at column {column}: {message}")
 
     def peek(self) -> str | None:
+        self.scan()
         return self.tokens[self.index][0] if self.index < len(self.tokens) else None
+
+    @contextmanager
+    def deeper(self) -> Iterator[None]:
+        """One level deeper, opened by the current token; refused past MAX_NESTING, before recursing."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.error(f"nesting deeper than {MAX_NESTING} (parentheses, function calls, `-` and `not` "
+                             f"inside each other); expected at most {MAX_NESTING}")
+        yield
+        self.depth -= 1
 
     def take(self, expected: str | None = None) -> str:
         token = self.peek()
@@ -130,23 +171,24 @@ class _Parser:
         return self.either()
 
     def either(self) -> Evaluator:
-        left = self.both()
+        operands = [self.both()]
         while self.peek() == "or":
             self.take()
-            left = _or(left, self.both())
-        return left
+            operands.append(self.both())
+        return operands[0] if len(operands) == 1 else _any(operands)
 
     def both(self) -> Evaluator:
-        left = self.negation()
+        operands = [self.negation()]
         while self.peek() == "and":
             self.take()
-            left = _and(left, self.negation())
-        return left
+            operands.append(self.negation())
+        return operands[0] if len(operands) == 1 else _all(operands)
 
     def negation(self) -> Evaluator:
         if self.peek() == "not":
-            self.take()
-            inner = self.negation()
+            with self.deeper():
+                self.take()
+                inner = self.negation()
             return lambda values: not inner(values)
         return self.comparison()
 
@@ -159,32 +201,35 @@ class _Parser:
         return left
 
     def sum(self) -> Evaluator:
-        left = self.product()
+        first, rest = self.product(), []
         while (token := self.peek()) in ("+", "-"):
             self.take()
-            left = _binary(_ARITHMETIC[token], left, self.product())
-        return left
+            rest.append((_ARITHMETIC[token], self.product()))
+        return _fold(first, rest)
 
     def product(self) -> Evaluator:
-        left = self.unary()
+        first, rest = self.unary(), []
         while (token := self.peek()) in ("*", "/"):
             self.take()
-            left = _binary(_ARITHMETIC[token], left, self.unary())
-        return left
+            rest.append((_ARITHMETIC[token], self.unary()))
+        return _fold(first, rest)
 
     def unary(self) -> Evaluator:
         if self.peek() == "-":
-            self.take()
-            inner = self.unary()
+            with self.deeper():
+                self.take()
+                inner = self.unary()
             return lambda values: -_number(inner(values), "-")
         return self.atom()
 
     def atom(self) -> Evaluator:
-        token = self.take()
-        if token == "(":
-            inner = self.expression()
-            self.take(")")
+        if self.peek() == "(":
+            with self.deeper():
+                self.take()
+                inner = self.expression()
+                self.take(")")
             return inner
+        token = self.take()
         if token[0].isdigit() or token[0] == ".":
             constant = float(token)
             return lambda values: constant
@@ -195,7 +240,8 @@ class _Parser:
             self.index -= 1
             raise self.error(f"unexpected {token!r}")
         if self.peek() == "(":
-            return self.call(token)
+            with self.deeper():
+                return self.call(token)
         self.names.add(token)
         return lambda values: values[token]
 
@@ -224,9 +270,23 @@ def _binary(function: Callable[[Number, Number], Number], left: Evaluator, right
     return lambda values: function(left(values), right(values))
 
 
-def _or(left: Evaluator, right: Evaluator) -> Evaluator:
-    return lambda values: bool(left(values)) or bool(right(values))
+def _fold(first: Evaluator, rest: list[tuple[Callable[[Number, Number], Number], Evaluator]]) -> Evaluator:
+    """`a - b + c` as one loop, left to right: a long chain nests no deeper than one operation."""
+    if not rest:
+        return first
+
+    def evaluate(values: Mapping[str, Number]) -> Number:
+        result = first(values)
+        for function, operand in rest:
+            result = function(result, operand(values))
+        return result
+
+    return evaluate
 
 
-def _and(left: Evaluator, right: Evaluator) -> Evaluator:
-    return lambda values: bool(left(values)) and bool(right(values))
+def _any(operands: list[Evaluator]) -> Evaluator:
+    return lambda values: any(bool(operand(values)) for operand in operands)
+
+
+def _all(operands: list[Evaluator]) -> Evaluator:
+    return lambda values: all(bool(operand(values)) for operand in operands)
