@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load_config
-from gateway.processing.expression import MAX_LENGTH, MAX_NESTING, parse
+from gateway.model.expression import MAX_LENGTH, MAX_NESTING, parse
 
 CATALOGUE = Path(__file__).parent / "config_cases" / "common" / "catalogue.yaml"
 
