@@ -22,6 +22,7 @@ from gateway.mapping import DeviceMapper
 from gateway.model.catalogue import Catalogue
 from gateway.model.devices import DeviceBase
 from gateway.model.readings import Sample
+from gateway.model.resolved import assets_of, resolve_device
 from gateway.payload import encode_alarm_events, encode_batch, encode_statistics
 from gateway.processing import Output, Processor
 from gateway.topics import Topics
@@ -126,8 +127,9 @@ def simulate_hour(catalogue: Catalogue, with_rbe: bool) -> tuple[int, int, int]:
     """(messages, bytes, readings) for one hour of polling."""
     clock = _Clock()
     devices = station_devices(with_rbe)
-    processor = Processor(catalogue, devices, clock=clock)
-    mappers = {d.id: DeviceMapper(d, catalogue) for d in devices}
+    resolved = [resolve_device(d, catalogue) for d in devices]
+    processor = Processor(assets_of(resolved, catalogue), clock=clock)
+    mappers = {d.id: DeviceMapper(d) for d in resolved}
     field = Field()
     messages = size = readings = 0
     for poll in range(HOUR_S // POLL_S):
@@ -157,8 +159,9 @@ def cpu_per_thousand(catalogue: Catalogue, with_rbe: bool, bare: bool = False, r
     """CPU milliseconds the processor spends per 1,000 readings (mapping excluded)."""
     clock = _Clock()
     devices = station_devices(with_rbe, bare)
-    processor = Processor(catalogue, devices, clock=clock)
-    mappers = {d.id: DeviceMapper(d, catalogue) for d in devices}
+    resolved = [resolve_device(d, catalogue) for d in devices]
+    processor = Processor(assets_of(resolved, catalogue), clock=clock)
+    mappers = {d.id: DeviceMapper(d) for d in resolved}
     field = Field()
     polls = []
     for round_ in range(rounds):

@@ -24,13 +24,14 @@ from drivers.registry import make_driver
 from gateway.buffer import Buffer
 from gateway.config.loader import GatewayConfig
 from gateway.links import DeviceStatus, LinkRunner
-from gateway.mapping import DeviceMapper, asset_of
+from gateway.mapping import DeviceMapper
 from gateway.model.devices import DeviceBase
 from gateway.model.driver import Driver, LinkContext
 from gateway.model.readings import Sample, now_ms
+from gateway.model.resolved import ResolvedDevice
 from gateway.payload import encode_asset_description, encode_json
 from gateway.pipeline import Pipeline
-from gateway.processing import Processor, derived_by_asset
+from gateway.processing import Processor
 from gateway.publisher import Publisher
 from gateway.state import DeviceRegistry
 from gateway.systemd import notify
@@ -45,12 +46,12 @@ HEALTH_INTERVAL = 60.0
 FLUSH_LIMIT = 5.0
 
 
-def links(devices: Sequence[DeviceBase]) -> dict[str, list[DeviceBase]]:
+def links(devices: Sequence[ResolvedDevice[DeviceBase]]) -> dict[str, list[DeviceBase]]:
     """Enabled devices grouped by the physical link they share."""
     grouped: dict[str, list[DeviceBase]] = defaultdict(list)
     for device in devices:
-        if device.enabled:
-            grouped[device.link_id()].append(device)
+        if device.config.enabled:
+            grouped[device.config.link_id()].append(device.config)
     return dict(grouped)
 
 
@@ -79,9 +80,9 @@ class Gateway:
             resources.push_async_callback(buffer.close)
             self._registry = DeviceRegistry(config.state_dir / "devices.json")
             resources.callback(self._registry.close)
-            mappers = {d.id: DeviceMapper(d, config.catalogue) for d in config.devices if d.enabled}
+            mappers = {d.id: DeviceMapper(d) for d in config.enabled_devices}
             self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
-            processor = Processor(config.catalogue, config.devices, derived=derived_by_asset(config.devices))
+            processor = Processor(config.assets)
             self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
                                      on_active_alarms=self.publisher.set_retained)
             self._announce_assets()
@@ -123,14 +124,9 @@ class Gateway:
 
     def _announce_assets(self) -> None:
         assert self.publisher is not None
-        by_asset: dict[str, list[DeviceBase]] = defaultdict(list)
-        for device in self.config.devices:
-            if device.enabled:
-                by_asset[device.asset.id].append(device)
-        for devices in by_asset.values():
-            derived = [rule for device in devices for rule in device.derived]
-            body = encode_asset_description(self.gateway_id, devices, self.config.catalogue, now_ms(), derived)
-            self.publisher.set_retained(self.topics.meta(asset_of(devices[0])), body)
+        for asset in self.config.assets:
+            body = encode_asset_description(self.gateway_id, asset, now_ms())
+            self.publisher.set_retained(self.topics.meta(asset.ref), body)
 
     def _on_samples(self, device: DeviceBase, samples: Sequence[Sample], receive_time_ms: int) -> None:
         assert self.pipeline is not None

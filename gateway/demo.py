@@ -41,16 +41,16 @@ import yaml
 
 from drivers.cjt188.config import Cjt188Device, Cjt188Field
 from drivers.dlt645.config import Dlt645Device
-from drivers.modbus.config import ModbusDeviceBase, ModbusTcpDevice
+from drivers.modbus.config import ModbusTcpDevice
 from drivers.modbus.rtu_config import ModbusRtuDevice
 from drivers.opcua.config import OpcUaDevice
 from drivers.serial.config import SerialDevice
 from gateway.app import Gateway
 from gateway.config.loader import GatewayConfig, load_config
-from gateway.mapping import point_mapping
-from gateway.model.catalogue import Catalogue, IndicatorKind
-from gateway.model.devices import DeviceBase, PointBase
+from gateway.model.catalogue import IndicatorKind
+from gateway.model.devices import DeviceBase
 from gateway.model.readings import format_time_ms
+from gateway.model.resolved import ResolvedDevice, ResolvedPoint
 from simulators.mqtt import Watcher
 from simulators.serial import Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
 
@@ -123,10 +123,9 @@ async def _demo(seconds: float | None, view: View, embedded_broker: bool) -> int
 
 def _demo_config(config: GatewayConfig, field: SimulatedField, broker_port: int, state_dir: Path) -> GatewayConfig:
     """The demo configuration pointed at what runs now: every setting only known at run time is set here."""
-    devices: list[DeviceBase] = []
-    for device in config.devices:
+    def simulated(device: DeviceBase) -> DeviceBase | None:
         if device.protocol in field.left_out:
-            continue
+            return None
         update: dict[str, object] = {}
         if isinstance(device, ModbusTcpDevice):
             update = {"port": field.modbus_ports[device.port]}
@@ -134,13 +133,14 @@ def _demo_config(config: GatewayConfig, field: SimulatedField, broker_port: int,
             update = {"endpoint": field.opcua_endpoint}
         elif isinstance(device, SerialDevice):
             update = {"port": str(field.serial_paths[device.port])}
-        devices.append(device.model_copy(update=update))
+        return device.model_copy(update=update)
+
     main = config.main.model_copy(update={
         "mqtt": config.main.mqtt.model_copy(update={"port": broker_port}),
         "gateway": config.main.gateway.model_copy(update={"state_dir": state_dir}),
         "buffer": config.main.buffer.model_copy(update={"path": state_dir / "buffer.sqlite"}),
     })
-    return dataclasses.replace(config, main=main, devices=devices)
+    return dataclasses.replace(config.with_devices(simulated), main=main)
 
 
 async def _move_values(field: SimulatedField) -> None:
@@ -175,12 +175,10 @@ async def _simulated_field(config: GatewayConfig, typical: Mapping[str, Band],
     """Every device of the demo configuration, simulated, until the block is left."""
     from simulators.fieldsim import FieldSimulator
 
-    modbus = FieldSimulator([d for d in config.devices if isinstance(d, ModbusDeviceBase)], config.catalogue,
-                            typical=typical, free_ports=True)
-    buses = SerialBuses([d for d in config.devices if isinstance(d, SerialDevice)], modbus, config.catalogue,
-                        typical, workdir)
+    modbus = FieldSimulator(config.devices, typical=typical, free_ports=True)
+    buses = SerialBuses([d for d in config.devices if isinstance(d.config, SerialDevice)], modbus, typical, workdir)
     left_out: dict[str, str] = {}
-    wants_opcua = any(isinstance(d, OpcUaDevice) for d in config.devices)
+    wants_opcua = any(isinstance(d.config, OpcUaDevice) for d in config.devices)
     if wants_opcua and importlib.util.find_spec("asyncua") is None:
         left_out["opcua"] = "asyncua is not installed (pip install 'municipal-gateway[opcua]')"
     async with contextlib.AsyncExitStack() as running:
@@ -229,30 +227,34 @@ class SerialBuses:
     """Each serial port of the configuration as a pseudo-terminal, with its devices simulated on the far end:
     Modbus RTU units from the Modbus field simulator, CJ/T 188 and DL/T 645 meters with moving readings."""
 
-    def __init__(self, devices: Sequence[SerialDevice], modbus: FieldSimulator, catalogue: Catalogue,
+    def __init__(self, devices: Sequence[ResolvedDevice[DeviceBase]], modbus: FieldSimulator,
                  typical: Mapping[str, Band], workdir: Path) -> None:
-        self._catalogue, self._typical = catalogue, typical
+        self._typical = typical
         self._random = random.Random(1)
         self._movers: list[Callable[[float], None]] = []  # each sets one reading to `seconds` into the demo
-        on_port: dict[str, list[SerialDevice]] = collections.defaultdict(list)
+        on_port: dict[str, list[ResolvedDevice[DeviceBase]]] = collections.defaultdict(list)
         for device in devices:
-            on_port[device.port].append(device)
+            if isinstance(device.config, SerialDevice):
+                on_port[device.config.port].append(device)
         self.paths = {port: workdir / f"ttyRS485-{index}" for index, port in enumerate(on_port)}
         self.buses: list[SimulatedBus] = []
         for port, these in on_port.items():
             slaves = [slave for device in these if (slave := self._meter(device)) is not None]
-            if any(isinstance(device, ModbusRtuDevice) for device in these):
+            if any(isinstance(device.config, ModbusRtuDevice) for device in these):
                 slaves.append(modbus.rtu_slaves(port))
-            settings = these[0].serial  # the loader has checked that every device on a port agrees
+            first = these[0].config
+            assert isinstance(first, SerialDevice)
+            settings = first.serial  # the loader has checked that every device on a port agrees
             # Replies take as long as on a real line at the configured rate.
             self.buses.append(SimulatedBus(self.paths[port], slaves, baud=settings.baud,
                                            bits_per_char=round(settings.char_time * settings.baud)))
 
-    def _meter(self, device: SerialDevice) -> Slave | None:
+    def _meter(self, resolved: ResolvedDevice[DeviceBase]) -> Slave | None:
+        device = resolved.config
         if isinstance(device, Dlt645Device):
             dlt645 = Dlt645MeterSim(device.address)
-            for dlt_point in device.points:
-                self._follow(device, dlt_point, functools.partial(dlt645.values.__setitem__, dlt_point.identifier))
+            for dlt_point, point in zip(device.points, resolved.points, strict=True):
+                self._follow(device, point, functools.partial(dlt645.values.__setitem__, dlt_point.identifier))
             return dlt645
         if isinstance(device, Cjt188Device):
             cjt188 = Cjt188MeterSim(device.address, device.meter_type_code, device.data_id_order)
@@ -265,24 +267,22 @@ class SerialBuses:
             def settlement_volume(value: float) -> None:
                 cjt188.settlement_hundredths = round(value * 100)
 
-            for cjt_point in device.points:
+            for cjt_point, point in zip(device.points, resolved.points, strict=True):
                 if cjt_point.field is Cjt188Field.VOLUME:
-                    self._follow(device, cjt_point, volume)
+                    self._follow(device, point, volume)
                 elif cjt_point.field is Cjt188Field.SETTLEMENT_VOLUME:
-                    self._follow(device, cjt_point, settlement_volume)
+                    self._follow(device, point, settlement_volume)
             return cjt188
         return None  # Modbus RTU units come from the Modbus field simulator
 
-    def _follow(self, device: SerialDevice, point: PointBase, set_value: Callable[[float], None]) -> None:
+    def _follow(self, device: DeviceBase, point: ResolvedPoint, set_value: Callable[[float], None]) -> None:
         """Move `point` along its typical values, handing `set_value` the meter's own reading."""
-        indicator = self._catalogue.indicator(point.indicator)
-        assert indicator is not None, "devices come from a validated configuration"
-        mapping = point_mapping(point, self._catalogue)
-        band = (self._typical.get(f"{device.asset.id}/{point.indicator}") or self._typical.get(point.indicator)
-                or (mapping.low or 0.0, mapping.high or 100.0))
+        indicator, transform = point.indicator, point.transform
+        band = (self._typical.get(f"{device.asset.id}/{indicator.id}") or self._typical.get(indicator.id)
+                or (transform.low or 0.0, transform.high or 100.0))
         wander = _Wander(*band, counter=indicator.kind is IndicatorKind.COUNTER,
                          phase=self._random.uniform(0, 2 * math.pi))
-        self._movers.append(lambda seconds: set_value((wander.at(seconds) - mapping.shift) / mapping.scale))
+        self._movers.append(lambda seconds: set_value(transform.invert(wander.at(seconds))))
 
     async def start(self) -> None:
         self.move(0.0)
@@ -426,7 +426,7 @@ class View:
         self.started_at = time.monotonic()
 
     def started(self, broker: str, port: int, config: GatewayConfig, left_out: Mapping[str, str]) -> None:
-        protocols = collections.Counter(d.protocol for d in config.devices)
+        protocols = collections.Counter(d.config.protocol for d in config.devices)
         print(f"demo: broker {broker} on 127.0.0.1:{port}; {len(config.devices)} simulated devices "
               f"({', '.join(f'{n} {protocol}' for protocol, n in protocols.items())}); "
               f"gateway {config.main.gateway.id}. Subscribe with: mosquitto_sub -p {port} -t 'city/#' -v")

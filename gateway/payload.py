@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.model.catalogue import Catalogue, Indicator
-from gateway.model.devices import DeviceBase
+from gateway.model.catalogue import Indicator
 from gateway.model.readings import AssetRef, Reading
-from gateway.model.rules import DerivedIndicator, Processing
+from gateway.model.resolved import ResolvedAsset
+from gateway.model.rules import Processing
 
 if TYPE_CHECKING:
     from gateway.processing import AlarmEvent, Statistics
@@ -86,34 +86,28 @@ def describe_processing(indicator: Indicator, rules: Processing) -> dict[str, ob
     }
 
 
-def encode_asset_description(gateway_id: str, devices: Sequence[DeviceBase], catalogue: Catalogue,
-                             updated_ms: int, derived: Sequence[DerivedIndicator] = ()) -> bytes:
+def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: int) -> bytes:
     """Retained self-description of one asset: what it is and every indicator it reports.
 
-    `devices` are all devices feeding the asset; a subscriber learns indicators,
-    units, ranges, sources and processing rules from this message alone.
+    A subscriber learns indicators, units, ranges, sources and processing rules from this message alone.
     """
-    asset = devices[0].asset
-    asset_type = catalogue.asset_type(asset.type)
+    settings = asset.settings
     indicators = []
-    for device in devices:
+    for device in asset.devices:
         for point in device.points:
-            indicator = catalogue.indicator(point.indicator)
-            if indicator is not None:
-                indicators.append({**_describe_indicator(indicator, point.processing),
-                                   "device": device.id, "point": point.name, "writable": point.writable})
-    for definition in derived:
-        indicator = catalogue.indicator(definition.indicator)
-        if indicator is not None:
-            formula: object = (definition.expression if definition.night_minimum is None
-                               else {"night_minimum": definition.night_minimum.model_dump()})
-            indicators.append({**_describe_indicator(indicator, definition.processing),
-                               "device": "gateway", "derived": formula, "writable": False})
+            indicators.append({**_describe_indicator(point.indicator, point.rules),
+                               "device": device.id, "point": point.name, "writable": point.config.writable})
+    for derived in asset.derived:
+        definition = derived.definition
+        formula: object = (definition.expression if definition.night_minimum is None
+                           else {"night_minimum": definition.night_minimum.model_dump()})
+        indicators.append({**_describe_indicator(derived.indicator, derived.rules),
+                           "device": "gateway", "derived": formula, "writable": False})
     body = {
         "gateway": gateway_id,
         "asset": {
-            "domain": asset.domain, "site": asset.site, "id": asset.id, "type": asset.type,
-            "type_name": asset_type.name.model_dump() if asset_type else None, "name": asset.name,
+            "domain": settings.domain, "site": settings.site, "id": settings.id, "type": settings.type,
+            "type_name": asset.type.name.model_dump() if asset.type else None, "name": settings.name,
         },
         "indicators": indicators,
         "updated": updated_ms,
@@ -122,7 +116,7 @@ def encode_asset_description(gateway_id: str, devices: Sequence[DeviceBase], cat
     return _compact(body).encode()
 
 
-def _describe_indicator(indicator: Indicator, override: Processing | None) -> dict[str, object]:
+def _describe_indicator(indicator: Indicator, rules: Processing) -> dict[str, object]:
     """What a subscriber needs to read an indicator's values: meaning, unit, range and processing rules."""
     return {
         "id": indicator.id,
@@ -132,7 +126,7 @@ def _describe_indicator(indicator: Indicator, override: Processing | None) -> di
         "unit_code": indicator.unit_code,
         "range": list(indicator.range) if indicator.range else None,
         "quantified": indicator.quantified.value,
-        **describe_processing(indicator, indicator.processing.overridden_by(override)),
+        **describe_processing(indicator, rules),
     }
 
 

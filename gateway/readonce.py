@@ -16,14 +16,16 @@ from gateway.mapping import DeviceMapper
 from gateway.model.devices import DeviceBase
 from gateway.model.driver import Driver, DriverError, LinkContext, Poller, Pusher
 from gateway.model.readings import Reading, Sample, now_ms
+from gateway.model.resolved import ResolvedDevice
 
 # How many reply timeouts a pushing device gets to send its first values.
 _PUSH_WAIT_FACTOR = 10
 
 
-async def read_once(config: GatewayConfig, device: DeviceBase) -> int:
+async def read_once(config: GatewayConfig, resolved: ResolvedDevice[DeviceBase]) -> int:
+    device = resolved.config
     driver = make_driver([device], LinkContext(state_dir=config.state_dir))
-    mapper = DeviceMapper(device, config.catalogue)
+    mapper = DeviceMapper(resolved)
     try:
         await driver.open()
         samples = await _first_batch(driver, device)

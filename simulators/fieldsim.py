@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from drivers.modbus.codec import EncodeError, encode
 from drivers.modbus.config import ModbusDeviceBase, ModbusPoint
 from drivers.modbus.tables import DataType, Table
-from gateway.mapping import PointMapping, point_mapping
-from gateway.model.catalogue import Catalogue, IndicatorKind
+from gateway.model.catalogue import IndicatorKind
+from gateway.model.devices import DeviceBase
+from gateway.model.resolved import ResolvedDevice, ResolvedPoint, Transform
 from simulators.modbus import ModbusSimulator, RtuSlaves
 
 
@@ -28,7 +29,7 @@ from simulators.modbus import ModbusSimulator, RtuSlaves
 class _SimulatedPoint:
     device: ModbusDeviceBase
     point: ModbusPoint
-    mapping: PointMapping
+    transform: Transform
     kind: IndicatorKind
     low: float
     high: float
@@ -45,32 +46,34 @@ class FieldSimulator:
     `<asset id>/<indicator id>` gives it for one asset only.
     """
 
-    def __init__(self, devices: Sequence[ModbusDeviceBase], catalogue: Catalogue, *,
+    def __init__(self, devices: Sequence[ResolvedDevice[DeviceBase]], *,
                  typical: Mapping[str, tuple[float, float]] | None = None, free_ports: bool = False,
                  seed: int = 1) -> None:
+        """The Modbus devices among `devices` (others are left out)."""
         self._random = random.Random(seed)
         self._typical = dict(typical or {})
+        modbus = [(d.config, d) for d in devices if isinstance(d.config, ModbusDeviceBase)]
         ports: dict[int | str, set[int]] = {}
-        for device in devices:
-            ports.setdefault(_port_of(device), set()).add(device.unit_id)
+        for config, _ in modbus:
+            ports.setdefault(_port_of(config), set()).add(config.unit_id)
         # With free_ports, each configured port is served on a free one instead (see port_map).
         # Serial ports get tables only: the bus simulator answers from them (see rtu_slaves).
         self.servers = {port: ModbusSimulator(units, port=0 if free_ports or isinstance(port, str) else port)
                         for port, units in ports.items()}
-        self._points = [self._simulated(d, p, catalogue) for d in devices for p in d.points]
+        self._points = [self._simulated(config, point) for config, resolved in modbus for point in resolved.points]
 
-    def _simulated(self, device: ModbusDeviceBase, point: ModbusPoint, catalogue: Catalogue) -> _SimulatedPoint:
-        indicator = catalogue.indicator(point.indicator)
-        assert indicator is not None, "devices come from a validated configuration"
-        mapping = point_mapping(point, catalogue)
-        typical = self._typical.get(f"{device.asset.id}/{point.indicator}") or self._typical.get(point.indicator)
+    def _simulated(self, device: ModbusDeviceBase, resolved: ResolvedPoint) -> _SimulatedPoint:
+        point, transform = resolved.config, resolved.transform
+        assert isinstance(point, ModbusPoint), "the points of a Modbus device are Modbus points"
+        indicator = resolved.indicator
+        typical = self._typical.get(f"{device.asset.id}/{indicator.id}") or self._typical.get(indicator.id)
         if typical is not None:
             low, high = typical
-        elif mapping.low is not None and mapping.high is not None:
-            low, high = mapping.low, mapping.high
+        elif transform.low is not None and transform.high is not None:
+            low, high = transform.low, transform.high
         else:
             low, high = 0.0, 100.0
-        return _SimulatedPoint(device, point, mapping, indicator.kind, low, high,
+        return _SimulatedPoint(device, point, transform, indicator.kind, low, high,
                                phase=self._random.uniform(0, 2 * math.pi), total=low)
 
     async def start(self) -> None:
@@ -118,7 +121,7 @@ class FieldSimulator:
             return
         if point.data_type is DataType.STRING:
             return
-        raw = (float(canonical) - simulated.mapping.shift) / simulated.mapping.scale
+        raw = simulated.transform.invert(float(canonical))
         try:
             registers = encode(point, raw, point.byte_order or device.byte_order, point.word_order or device.word_order)
         except EncodeError:

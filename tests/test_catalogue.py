@@ -53,7 +53,7 @@ def demo() -> GatewayConfig:
 
 def _modbus_devices(config: GatewayConfig) -> list[ModbusTcpDevice]:
     """The Modbus TCP devices (the production example has only those; the demo adds OPC-UA and serial)."""
-    return [d for d in config.devices if isinstance(d, ModbusTcpDevice)]
+    return [d.config for d in config.devices if isinstance(d.config, ModbusTcpDevice)]
 
 
 def _profile_device(profile: Mapping[str, Any]) -> ModbusTcpDevice:
@@ -457,7 +457,7 @@ def test_example_configuration_loads_with_the_expected_devices(config_name: str,
 def test_example_devices_feed_only_indicators_of_their_asset_type(config_name: str,
                                                                   request: pytest.FixtureRequest) -> None:
     config: GatewayConfig = request.getfixturevalue(config_name)
-    for device in config.devices:
+    for device in (d.config for d in config.devices):
         asset_type = config.catalogue.asset_type(device.asset.type)
         assert asset_type is not None
         assert asset_type.domain == device.asset.domain, device.id

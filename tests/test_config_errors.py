@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers.modbus.config import ModbusTcpDevice
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load_config
 
@@ -67,7 +68,8 @@ def test_profile_points_are_merged_with_device_overrides() -> None:
     config = load_config(CASES / "valid" / "gateway.yaml", environ={})
     (device,) = config.devices
     assert [p.name for p in device.points] == ["outlet_pressure", "pump_running", "flow"]
-    assert device.word_order == "little", "profile defaults fill device keys the device does not set"
+    assert isinstance(device.config, ModbusTcpDevice)
+    assert device.config.word_order == "little", "profile defaults fill device keys the device does not set"
 
 
 def test_password_comes_from_the_environment(tmp_path: Path) -> None:

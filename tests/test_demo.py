@@ -92,11 +92,11 @@ def demo_data_topics() -> dict[str, str]:
     """Asset id -> the data topic of every asset in the demo configuration."""
     config = load_config(DEMO_CONFIG)
     prefix = config.main.mqtt.topic_prefix
-    return {d.asset.id: f"{prefix}/{d.asset.domain}/{d.asset.site}/{d.asset.id}/data" for d in config.devices}
+    return {a.ref.asset: f"{prefix}/{a.ref.path()}/data" for a in config.assets}
 
 
 def test_the_demo_configuration_has_every_kind_of_simulated_device() -> None:
-    protocols = {device.protocol for device in load_config(DEMO_CONFIG).devices}
+    protocols = {device.config.protocol for device in load_config(DEMO_CONFIG).devices}
     assert {"modbus-tcp", "opcua", "modbus-rtu", "cjt188", "dlt645"} <= protocols
 
 

@@ -19,6 +19,7 @@ from gateway.model.catalogue import Catalogue, Indicator
 from gateway.model.devices import DeviceBase, PointBase
 from gateway.model.expression import EvaluationError, parse
 from gateway.model.readings import AssetRef, Quality, Reading, Sample
+from gateway.model.resolved import assets_of, resolve_derived, resolve_device
 from gateway.model.rules import (
     AlarmLevel,
     AlarmRule,
@@ -265,7 +266,7 @@ def test_division_by_zero_and_wrong_types_have_no_value() -> None:
 
 def test_a_derived_reading_takes_the_worst_quality_and_the_newest_time() -> None:
     definition = DerivedIndicator(indicator="power-factor", expression="active-power / apparent-power", max_age=60)
-    rule = ExpressionRule(definition, ASSET, indicator("power-factor", "1", (-1, 1)))
+    rule = ExpressionRule(resolve_derived(definition, indicator("power-factor", "1", (-1, 1))), ASSET)
     latest = {"active-power": reading("active-power", 8.0, T0), "apparent-power": reading("apparent-power", 10.0, T0)}
     assert rule.compute({"active-power": latest["active-power"]}, T0) is None  # not every input seen yet
     result = rule.compute(latest, T0 + 1_000)
@@ -287,7 +288,7 @@ def test_a_derived_reading_takes_the_worst_quality_and_the_newest_time() -> None
 
 def test_a_comparison_on_a_missing_or_text_value_is_a_bad_reading_not_a_crash() -> None:
     definition = DerivedIndicator(indicator="high-pressure", expression="outlet-pressure > 500")
-    rule = ExpressionRule(definition, ASSET, indicator("high-pressure", "state"))
+    rule = ExpressionRule(resolve_derived(definition, indicator("high-pressure", "state")), ASSET)
     for value in (None, "n/a"):
         result = rule.compute({"outlet-pressure": reading("outlet-pressure", value, T0)}, T0)
         assert result is not None and (result.quality, result.reason) == (Quality.BAD, "calculation-error")
@@ -458,9 +459,17 @@ def pushing_device(poll_interval: float = 10) -> DeviceBase:
     return PushingDevice.model_validate(device(poll_interval=poll_interval).model_dump())
 
 
+def make_processor(cat: Catalogue, devices: list[DeviceBase], derived: list[DerivedIndicator] | None = None,
+                   **options: Any) -> Processor:
+    """A processor for `devices` (`derived` indicators on the first one's asset), resolved as the loader would."""
+    if derived:
+        devices = [devices[0].model_copy(update={"derived": derived}), *devices[1:]]
+    return Processor(assets_of([resolve_device(d, cat) for d in devices], cat), **options)
+
+
 def test_a_pushing_device_repeats_its_steady_value_once_per_poll_interval() -> None:
     clock = Clock()
-    processor = Processor(catalogue(), [pushing_device(poll_interval=10)], clock=clock)
+    processor = make_processor(catalogue(), [pushing_device(poll_interval=10)], clock=clock)
     clock.now = T0
     first = reading("outlet-pressure", 5.0, T0 - 3_600_000, point="p")  # the source time of the last change
     assert processor.process("plc", [first]).readings == [first]
@@ -475,7 +484,7 @@ def test_a_pushing_device_repeats_its_steady_value_once_per_poll_interval() -> N
 
 def test_a_pushing_device_that_failed_repeats_nothing() -> None:
     clock = Clock()
-    processor = Processor(catalogue(), [pushing_device()], clock=clock)
+    processor = make_processor(catalogue(), [pushing_device()], clock=clock)
     processor.process("plc", [reading("outlet-pressure", 5.0, T0, point="p")])
     clock.now = T0 + 1_000
     bad = reading("outlet-pressure", None, clock.now, Quality.BAD, point="p", reason="communication-failure")
@@ -487,7 +496,7 @@ def test_a_pushing_device_that_failed_repeats_nothing() -> None:
 def test_a_pushed_value_holds_in_its_window_until_the_next_one_and_a_polled_one_for_three_polls() -> None:
     def coverage(made: DeviceBase) -> float:
         clock = Clock()
-        processor = Processor(catalogue(windows=[60]), [made], clock=clock)
+        processor = make_processor(catalogue(windows=[60]), [made], clock=clock)
         clock.now = T0
         processor.process("plc", [reading("outlet-pressure", 5.0, T0, point="p")])
         clock.now = T0 + MINUTE + 2_000
@@ -501,7 +510,7 @@ def test_a_pushed_value_holds_in_its_window_until_the_next_one_and_a_polled_one_
 
 def test_a_silent_pushing_device_is_not_stale_but_its_communication_loss_is_an_alarm() -> None:
     clock = Clock()
-    processor = Processor(catalogue(), [pushing_device(poll_interval=1)], clock=clock)
+    processor = make_processor(catalogue(), [pushing_device(poll_interval=1)], clock=clock)
     processor.process("plc", [reading("outlet-pressure", 5.0, T0, point="p")])
     clock.now = T0 + 3_600_000
     assert processor.tick().events == []
@@ -513,7 +522,7 @@ def test_a_silent_pushing_device_is_not_stale_but_its_communication_loss_is_an_a
 
 def test_a_device_without_rules_passes_its_readings_through_untouched() -> None:
     clock = Clock()
-    processor = Processor(catalogue(), [device({"name": "p", "indicator": "outlet-pressure"})], clock=clock)
+    processor = make_processor(catalogue(), [device({"name": "p", "indicator": "outlet-pressure"})], clock=clock)
     readings = [reading("outlet-pressure", 5.0, T0, point="p")]
     out = processor.process("plc", readings)
     assert out.readings == readings and out.statistics == [] and out.events == []
@@ -523,7 +532,7 @@ def test_held_back_readings_still_feed_windows_and_alarms() -> None:
     clock = Clock()
     defaults = {"reporting": {"deadband": 5, "max_silence": 3600}, "windows": [60],
                 "alarms": [{"level": "high", "limit": 103}]}
-    processor = Processor(catalogue(**defaults), [device()], clock=clock)
+    processor = make_processor(catalogue(**defaults), [device()], clock=clock)
     published = []
     for second, value in enumerate([100, 101, 102, 103, 104, 100]):
         clock.now = T0 + second * 10_000
@@ -540,7 +549,7 @@ def test_held_back_readings_still_feed_windows_and_alarms() -> None:
 def test_a_steady_value_with_an_old_source_time_is_still_counted_in_the_current_window() -> None:
     # OPC-UA gives the time of the last change as source time: hours ago for a steady value.
     clock = Clock()
-    processor = Processor(catalogue(windows=[60]), [device()], clock=clock)
+    processor = make_processor(catalogue(windows=[60]), [device()], clock=clock)
     hours_ago = T0 - 3 * 3_600_000
     for second in range(0, 60, 10):
         clock.now = T0 + second * 1_000
@@ -557,7 +566,7 @@ def test_a_point_override_replaces_whole_keys_of_the_catalogue_defaults() -> Non
     clock = Clock()
     defaults = {"reporting": {"deadband": 5}, "alarms": [{"level": "high", "limit": 900}]}
     point = {"name": "p", "indicator": "outlet-pressure", "processing": {"alarms": [{"level": "low", "limit": 2}]}}
-    processor = Processor(catalogue(**defaults), [device(point)], clock=clock)
+    processor = make_processor(catalogue(**defaults), [device(point)], clock=clock)
     out = processor.process("plc", [reading("outlet-pressure", 1.0, T0, point="p")])
     assert [(e.alarm, e.event) for e in out.events] == [("outlet-pressure-low", "raised")]
     clock.now += 1_000
@@ -570,7 +579,7 @@ def test_derived_indicators_are_computed_and_processed_like_measured_ones() -> N
     drop = DerivedIndicator.model_validate({
         "indicator": "pressure-drop", "expression": "inlet-pressure - outlet-pressure",
         "processing": {"alarms": [{"level": "high", "limit": 300, "severity": "minor"}]}})
-    processor = Processor(catalogue(), [device(*points)], derived={"regulator-1": [drop]}, clock=clock)
+    processor = make_processor(catalogue(), [device(*points)], derived=[drop], clock=clock)
     out = processor.process("plc", [reading("inlet-pressure", 400.0, T0, point="in"),
                                     reading("outlet-pressure", 50.0, T0, point="out")])
     derived = [r for r in out.readings if r.indicator == "pressure-drop"]
@@ -582,7 +591,7 @@ def test_derived_indicators_are_computed_and_processed_like_measured_ones() -> N
 def test_counters_of_a_device_are_published_as_consumption_windows() -> None:
     clock = Clock()
     point = {"name": "v", "indicator": "gas-volume", "processing": {"counter": {"rollover_bits": 16}}}
-    processor = Processor(catalogue(), [device(point)], clock=clock)
+    processor = make_processor(catalogue(), [device(point)], clock=clock)
     for second, value in enumerate([65_530, 65_535, 3, 10]):
         clock.now = T0 + second * 10_000
         processor.process("plc", [reading("gas-volume", value, clock.now, point="v")])
@@ -594,7 +603,7 @@ def test_counters_of_a_device_are_published_as_consumption_windows() -> None:
 
 def test_failed_polls_raise_communication_loss_through_the_processor() -> None:
     clock = Clock()
-    processor = Processor(catalogue(), [device(poll_interval=10)], clock=clock)
+    processor = make_processor(catalogue(), [device(poll_interval=10)], clock=clock)
     for step in range(7):
         clock.now = T0 + step * 10_000
         out = processor.failed("plc", "timeout", [reading("outlet-pressure", None, clock.now, Quality.BAD, "p")])
@@ -604,20 +613,15 @@ def test_failed_polls_raise_communication_loss_through_the_processor() -> None:
     assert processor.alarm_assets() == [ASSET]
 
 
-def test_duplicate_alarm_ids_on_one_asset_are_refused() -> None:
-    points = [{"name": "a", "indicator": "inlet-pressure", "processing": {"alarms": [{"id": "x", "level": "state"}]}},
-              {"name": "b", "indicator": "outlet-pressure", "processing": {"alarms": [{"id": "x", "level": "state"}]}}]
-    with pytest.raises(ValueError, match="used twice"):
-        Processor(catalogue(), [device(*points)])
-
-
 def test_the_self_description_lists_reporting_windows_and_alarm_limits() -> None:
     import json
 
     defaults = {"reporting": {"deadband": 2, "max_silence": 600}, "windows": [60, 900],
                 "alarms": [{"level": "low", "limit": 140, "hysteresis": 5, "delay_on": 30}]}
     drop = DerivedIndicator(indicator="pressure-drop", expression="inlet-pressure - outlet-pressure")
-    body = json.loads(encode_asset_description("gw", [device()], catalogue(**defaults), 1, derived=[drop]))
+    cat = catalogue(**defaults)
+    (asset,) = assets_of([resolve_device(device().model_copy(update={"derived": [drop]}), cat)], cat)
+    body = json.loads(encode_asset_description("gw", asset, 1))
     outlet, derived = body["indicators"]
     assert outlet["reporting"] == {"deadband": 2, "deadband_percent": 0, "max_silence": 600, "min_interval": 0}
     assert outlet["windows"] == [60, 900]
@@ -640,8 +644,8 @@ async def test_alarm_events_are_buffered_with_priority_ahead_of_readings(tmp_pat
     retained: dict[str, bytes] = {}
     buffer = await Buffer.open(tmp_path / "buffer.sqlite", 10_000_000)
     try:
-        pipeline = Pipeline("gw", Topics("city", "gw"), {"plc": DeviceMapper(dev, cat)}, buffer,
-                            Processor(cat, [dev], clock=clock), on_active_alarms=retained.__setitem__)
+        pipeline = Pipeline("gw", Topics("city", "gw"), {"plc": DeviceMapper(resolve_device(dev, cat))}, buffer,
+                            make_processor(cat, [dev], clock=clock), on_active_alarms=retained.__setitem__)
         pipeline.announce_alarm_states()
         assert b'"active":[]' in retained["city/gas/station-1/regulator-1/active-alarms"]
         for step, value in enumerate([5, 15, 5]):

@@ -24,6 +24,7 @@ from gateway.config.loader import load_catalogue
 from gateway.mapping import DeviceMapper
 from gateway.model.driver import Driver
 from gateway.model.readings import now_ms
+from gateway.model.resolved import assets_of, resolve_device
 from gateway.model.settings import MqttSettings
 from gateway.pipeline import Pipeline
 from gateway.processing import Processor, Supervision
@@ -77,8 +78,9 @@ async def test_alarm_events_raised_during_an_outage_arrive_first_and_in_order(
     settings = MqttSettings.model_validate({"host": "127.0.0.1", "port": broker.port,
                                             "reconnect": {"initial_delay": 0.1, "max_delay": 0.3}})
     publisher = Publisher(settings, "gw-1", buffer, topics.gateway_status())
-    processor = Processor(catalogue, [device], supervision={device.id: Supervision(None, None)})
-    pipeline = Pipeline("gw-1", topics, {device.id: DeviceMapper(device, catalogue)}, buffer, processor,
+    resolved = resolve_device(device, catalogue)
+    processor = Processor(assets_of([resolved], catalogue), supervision={device.id: Supervision(None, None)})
+    pipeline = Pipeline("gw-1", topics, {device.id: DeviceMapper(resolved)}, buffer, processor,
                         on_active_alarms=publisher.set_retained)
     driver = make_driver([device])
     tasks = [asyncio.create_task(publisher.run()), asyncio.create_task(pipeline.run())]

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from drivers.modbus.config import ModbusTcpDevice
 from gateway.config.loader import load_catalogue
-from gateway.mapping import DeviceMapper, point_mapping
+from gateway.mapping import DeviceMapper
 from gateway.model import units
 from gateway.model.devices import AssetSettings, PointBase
 from gateway.model.readings import Quality, Sample
+from gateway.model.resolved import ResolvedDevice, resolve_device, resolve_point
 
 CATALOGUE = load_catalogue(Path(__file__).parent / "config_cases" / "common" / "catalogue.yaml")
 
@@ -60,18 +61,24 @@ def device(points: list[dict[str, object]]) -> ModbusTcpDevice:
     })
 
 
+def resolved(points: list[dict[str, object]]) -> ResolvedDevice[ModbusTcpDevice]:
+    return resolve_device(device(points), CATALOGUE)
+
+
 def test_scale_offset_and_unit_fold_into_one_linear_transform() -> None:
     point = PointBase(name="p", indicator="outlet-pressure", unit="bar", scale=0.01, offset=-1.0)
-    mapping = point_mapping(point, CATALOGUE)
-    value, in_range = mapping.convert(450)  # 4.50 bar - 1 bar = 3.5 bar = 350 kPa
+    indicator = CATALOGUE.indicator("outlet-pressure")
+    assert indicator is not None
+    transform = resolve_point(point, indicator).transform
+    value, in_range = transform.convert(450)  # 4.50 bar - 1 bar = 3.5 bar = 350 kPa
     assert value == pytest.approx(350.0)
     assert in_range
-    assert (mapping.unit, mapping.unit_code) == ("kPa", "KPA")
+    assert isinstance(value, float) and transform.invert(value) == pytest.approx(450)
 
 
 def test_reading_outside_the_valid_range_is_bad_but_keeps_its_value() -> None:
-    mapper = DeviceMapper(device([{"name": "p", "indicator": "outlet-pressure", "table": "holding_register",
-                                   "address": 0, "unit": "bar", "range": [0, 16]}]), CATALOGUE)
+    mapper = DeviceMapper(resolved([{"name": "p", "indicator": "outlet-pressure", "table": "holding_register",
+                                   "address": 0, "unit": "bar", "range": [0, 16]}]))
     (reading,) = mapper.readings([Sample("p", 17.0)], receive_time_ms=1000)
     assert reading.quality is Quality.BAD and reading.reason == "out-of-range"
     assert reading.value == pytest.approx(1700.0)
@@ -80,34 +87,34 @@ def test_reading_outside_the_valid_range_is_bad_but_keeps_its_value() -> None:
 
 
 def test_catalogue_range_applies_when_the_point_has_none() -> None:
-    mapper = DeviceMapper(device([{"name": "p", "indicator": "outlet-pressure", "table": "holding_register",
-                                   "address": 0}]), CATALOGUE)
+    mapper = DeviceMapper(resolved([{"name": "p", "indicator": "outlet-pressure", "table": "holding_register",
+                                   "address": 0}]))
     (reading,) = mapper.readings([Sample("p", 2600)], receive_time_ms=1)
     assert reading.quality is Quality.BAD
 
 
 def test_integers_stay_exact_without_a_transform_and_states_pass_through() -> None:
-    mapper = DeviceMapper(device([
+    mapper = DeviceMapper(resolved([
         {"name": "f", "indicator": "flow", "table": "holding_register", "address": 0, "type": "uint32"},
         {"name": "run", "indicator": "pump-running", "table": "coil", "address": 0},
-    ]), CATALOGUE)
+    ]))
     flow, run = mapper.readings([Sample("f", 1234), Sample("run", True)], receive_time_ms=1)
     assert flow.value == 1234 and isinstance(flow.value, int)
     assert run.value is True and run.quality is Quality.GOOD
 
 
 def test_non_finite_values_become_bad_readings_not_crashes() -> None:
-    mapper = DeviceMapper(device([{"name": "f", "indicator": "flow", "table": "holding_register",
-                                   "address": 0, "type": "float32"}]), CATALOGUE)
+    mapper = DeviceMapper(resolved([{"name": "f", "indicator": "flow", "table": "holding_register",
+                                   "address": 0, "type": "float32"}]))
     (reading,) = mapper.readings([Sample("f", math.nan)], receive_time_ms=1)
     assert reading.value is None and reading.quality is Quality.BAD and reading.reason == "decode-error"
 
 
 def test_a_failed_poll_gives_a_bad_reading_per_point() -> None:
-    mapper = DeviceMapper(device([
+    mapper = DeviceMapper(resolved([
         {"name": "p", "indicator": "outlet-pressure", "table": "holding_register", "address": 0},
         {"name": "f", "indicator": "flow", "table": "holding_register", "address": 1},
-    ]), CATALOGUE)
+    ]))
     readings = mapper.failed("timeout", receive_time_ms=5)
     assert [(r.point, r.quality, r.reason) for r in readings] == [("p", Quality.BAD, "timeout"),
                                                                    ("f", Quality.BAD, "timeout")]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from drivers.modbus.config import ModbusTcpDevice
 from gateway.config import yamlsource
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load_config
@@ -291,7 +292,8 @@ def test_device_defaults_merged_into_devices_load_as_a_configuration(tmp_path: P
     main = write(tmp_path / "gateway.yaml", f"gateway: {{id: gw-1}}\ncatalogue: {CATALOGUE}\n"
                                             "include: [devices.yaml]\n")
     config = load_config(main, environ={})
-    assert [(d.id, d.asset.id, d.word_order) for d in config.devices] == [  # type: ignore[attr-defined]
+    assert [(d.id, d.config.asset.id, d.config.word_order) for d in config.devices
+            if isinstance(d.config, ModbusTcpDevice)] == [
         ("plc-1", "ps01-station", "little"), ("plc-2", "ps02-station", "little")]
 
 

@@ -15,10 +15,10 @@ import re
 import uuid
 from typing import Literal, Self
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, model_validator
+from pydantic import Field, PositiveInt, SecretStr, model_validator
 
 from gateway.model.devices import DeviceBase, PointBase
-from gateway.model.schema import ConfigPath, StrictModel
+from gateway.model.schema import ConfigPath, Seconds, StrictModel
 
 # nsu=<uri>;<type>=<id>  or  [ns=0;]<type>=<id>, type one of i (numeric), s (string), g (guid), b (opaque)
 _NODE_ID = re.compile(r"^(?:nsu=(?P<uri>[^;]+);|ns=(?P<index>\d+);)?(?P<kind>[isgb])=(?P<ident>.+)$", re.DOTALL)
@@ -129,7 +129,7 @@ class OpcUaPoint(PointBase):
     browse_path: str | None = Field(
         None, description="Browse names from the Objects folder, separated by '/'; each name in the device's "
                           "`namespace` unless written as <namespace-uri>|<name>.")
-    sampling_interval: PositiveFloat | None = Field(None, description="Seconds; the device default when absent.")
+    sampling_interval: Seconds | None = Field(None, description="Seconds; the device default when absent.")
     queue_size: PositiveInt | None = Field(None, le=10000)
     deadband: Deadband | None = None
 
@@ -155,17 +155,17 @@ class OpcUaDevice(DeviceBase):
     username: str | None = None
     password: SecretStr | None = Field(None, description="Use ${ENV_VAR}; or password_file.")
     password_file: ConfigPath | None = None
-    session_timeout: PositiveFloat = Field(60.0, ge=5, description="Seconds the server keeps our session alive.")
-    keepalive: PositiveFloat = Field(
+    session_timeout: Seconds = Field(60.0, ge=5, description="Seconds the server keeps our session alive.")
+    keepalive: Seconds = Field(
         2.0, le=60, description="Seconds between liveness checks; a dead server is noticed within about twice this.")
-    publishing_interval: PositiveFloat = Field(1.0, description="Seconds between subscription notifications.")
-    sampling_interval: PositiveFloat | None = Field(
+    publishing_interval: Seconds = Field(1.0, description="Seconds between subscription notifications.")
+    sampling_interval: Seconds | None = Field(
         None, description="Seconds; default: the publishing interval (subscription) or poll interval.")
     queue_size: PositiveInt = Field(1, le=10000)
     max_nodes_per_read: PositiveInt | None = Field(
         None, description="Nodes per Read call; default: the server's MaxNodesPerRead, else unlimited.")
     # A server restart should be picked up within seconds; the default device back-off is made for polling.
-    backoff_max: PositiveFloat = Field(8.0, description="Longest wait between reconnect attempts.")
+    backoff_max: Seconds = Field(8.0, description="Longest wait between reconnect attempts.")
     points: list[OpcUaPoint]  # type: ignore[assignment]
 
     @model_validator(mode="after")

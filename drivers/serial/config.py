@@ -16,10 +16,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, field_validator
+from pydantic import Field, field_validator
 
 from gateway.model.devices import DeviceBase
-from gateway.model.schema import StrictModel
+from gateway.model.schema import Seconds, StrictModel
 
 # Above this baud rate Modbus fixes the inter-frame silence instead of scaling it with the character time.
 _FIXED_SILENCE_ABOVE_BAUD = 19_200
@@ -50,7 +50,7 @@ class SerialSettings(StrictModel):
     parity: Parity = Parity.EVEN
     stop_bits: float = Field(1, description="1, 1.5 or 2.")
     rs485: Rs485Settings | None = None
-    silence: PositiveFloat | None = Field(
+    silence: Seconds | None = Field(
         None, description="Seconds of silence before each frame; default 3.5 character times (1.75 ms above "
                           "19200 baud), as Modbus RTU requires.")
 

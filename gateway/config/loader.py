@@ -8,12 +8,13 @@ daemon.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import itertools
 import os
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ from pydantic import BaseModel, ValidationError
 import drivers
 from drivers.registry import protocols
 from gateway.config.errors import ConfigError, ConfigIssue, Location, format_path, suggest
+from gateway.config.resolve import Resolver
 from gateway.config.yamlsource import LocatedDict, LocatedList, YamlLoadError, load_yaml, located_dict
-from gateway.model import units
 from gateway.model.catalogue import Catalogue
 from gateway.model.devices import DeviceBase
+from gateway.model.resolved import ResolvedAsset, ResolvedDevice
 from gateway.model.settings import MainFile
 
 _SECRET_KEYS = ("password", "key_password", "passphrase", "secret", "token")
@@ -34,12 +36,13 @@ _SECRET_KEYS = ("password", "key_password", "passphrase", "secret", "token")
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """The validated configuration. Paths in it are absolute."""
+    """The validated, resolved configuration. Paths in it are absolute."""
 
     main_file: Path
     main: MainFile
     catalogue: Catalogue
-    devices: list[DeviceBase]
+    devices: tuple[ResolvedDevice[DeviceBase], ...]  # every configured device, enabled or not
+    assets: tuple[ResolvedAsset, ...]  # every asset an enabled device feeds
 
     @property
     def state_dir(self) -> Path:
@@ -49,8 +52,27 @@ class GatewayConfig:
     def buffer_path(self) -> Path:
         return self.main.buffer.path or self.state_dir / "buffer.sqlite"
 
-    def device(self, device_id: str) -> DeviceBase | None:
+    @property
+    def enabled_devices(self) -> list[ResolvedDevice[DeviceBase]]:
+        return [device for device in self.devices if device.config.enabled]
+
+    def device(self, device_id: str) -> ResolvedDevice[DeviceBase] | None:
         return next((d for d in self.devices if d.id == device_id), None)
+
+    def with_devices(self, change: Callable[[DeviceBase], DeviceBase | None]) -> GatewayConfig:
+        """This configuration with each device's settings replaced by `change(device)`, or the device left
+        out where it returns None (the demo points its devices at the simulators it started)."""
+        kept = {}
+        for device in self.devices:
+            changed = change(device.config)
+            if changed is not None:
+                kept[device.id] = dataclasses.replace(device, config=changed)
+        assets = []
+        for asset in self.assets:
+            devices = tuple(kept[d.id] for d in asset.devices if d.id in kept)
+            if devices:
+                assets.append(dataclasses.replace(asset, devices=devices))
+        return dataclasses.replace(self, devices=tuple(kept.values()), assets=tuple(assets))
 
 
 @dataclass
@@ -58,13 +80,6 @@ class _Loader:
     environ: Mapping[str, str] | None
     issues: list[ConfigIssue] = field(default_factory=list)
     _profiles: dict[Path, LocatedDict | None] = field(default_factory=dict)
-    # What the whole-configuration checks have seen so far (first place each id was used).
-    _device_ids: dict[str, str] = field(default_factory=dict)
-    _assets: dict[str, tuple[Any, str]] = field(default_factory=dict)
-    _fed: dict[tuple[str, str], str] = field(default_factory=dict)
-    # Where each valid device was written (its keys' locations and its path), for checks across devices.
-    _written: dict[str, tuple[LocatedDict, str]] = field(default_factory=dict)
-    _derived_written: dict[str, Any] = field(default_factory=dict)  # device id -> its raw `derived:` list
 
     # -- small helpers ------------------------------------------------------------------------------------
 
@@ -169,8 +184,8 @@ class _Loader:
         return None if profile is None else _merge_profile(profile, raw)
 
     def load_profile(self, file: Path, used_at: Location, path: str) -> LocatedDict | None:
-        if not file.is_file():
-            available = sorted(p.stem for p in file.parent.glob("*.yaml"))
+        if not _is_file(file):
+            available = sorted(p.stem for p in file.parent.glob("*.yaml")) if _is_dir(file.parent) else []
             self.issue(used_at, path, f"profile {file.stem!r} not found in {file.parent}; expected one of: "
                        f"{', '.join(available) or '(none)'}" + suggest(file.stem, available))
             return None
@@ -195,115 +210,6 @@ class _Loader:
             self.issue(raw.where("defaults"), "defaults", f"expected a mapping, found {_kind(raw['defaults'])}")
         return raw if len(self.issues) == problems else None
 
-    # -- whole-configuration checks ------------------------------------------------------------------------
-
-    def check_device(self, device: DeviceBase, raw: LocatedDict, path: str, catalogue: Catalogue) -> None:
-        """Checks that need the catalogue or the devices seen before this one."""
-        if device.id in self._device_ids:
-            self.issue(raw.where("id"), f"{path}.id",
-                       f"duplicate device id {device.id!r}; expected unique ids, "
-                       f"first used at {self._device_ids[device.id]}")
-        self._device_ids.setdefault(device.id, str(raw.where("id")))
-        self._written.setdefault(device.id, (located_dict(raw.location, key_locations=raw.key_locations), path))
-        if device.derived:
-            self._derived_written[device.id] = raw.get("derived")
-        self.check_asset(device, raw, path, catalogue)
-        self.check_points(device, raw, path, catalogue)
-
-    def check_derived(self, devices: Sequence[DeviceBase], catalogue: Catalogue) -> None:
-        """Derived indicators must be in the catalogue and computed from indicators their asset has."""
-        available: dict[str, set[str]] = {}
-        for (asset_id, indicator_id) in self._fed:
-            available.setdefault(asset_id, set()).add(indicator_id)
-        for device in devices:
-            for rule in device.derived:
-                if catalogue.indicator(rule.indicator) is not None:
-                    available.setdefault(device.asset.id, set()).add(rule.indicator)
-        for device in devices:
-            written = self._derived_written.get(device.id)
-            _, path = self._written[device.id]
-            for index, rule in enumerate(device.derived):
-                entry = written[index] if isinstance(written, LocatedList) else None
-                where = entry.where("indicator") if isinstance(entry, LocatedDict) else None
-                rule_path = f"{path}.derived[{index}]"
-                if catalogue.indicator(rule.indicator) is None:
-                    self.issue(where, f"{rule_path}.indicator",
-                               f"unknown indicator {rule.indicator!r}; expected an indicator id from the catalogue"
-                               + suggest(rule.indicator, [i.id for i in catalogue.indicators]))
-                has = available.get(device.asset.id, set())
-                for name in sorted(rule.inputs() - has):
-                    self.issue(where, rule_path,
-                               f"input {name!r} is not an indicator of asset {device.asset.id!r}; expected one of: "
-                               f"{', '.join(sorted(has))}" + suggest(name, has))
-
-    def check_processing(self, devices: Sequence[DeviceBase], catalogue: Catalogue) -> None:
-        """Build the processing rules once, as the gateway will, so what fails there fails in `check`."""
-        from gateway.processing import Processor, derived_by_asset
-
-        try:
-            Processor(catalogue, devices, derived=derived_by_asset(devices))
-        except ValueError as exc:
-            self.issue(None, "processing", str(exc))
-
-    def check_links(self, devices: Sequence[DeviceBase]) -> None:
-        """Devices sharing a link (a serial port, a TCP gateway) must agree; their protocol says how."""
-        by_link: dict[str, list[DeviceBase]] = {}
-        for device in devices:
-            if device.enabled:
-                by_link.setdefault(device.link_id(), []).append(device)
-        for group in by_link.values():
-            for device, key, problem in type(group[0]).link_conflicts(group):
-                where, path = self._written[device.id]
-                self.issue(where.where(key), f"{path}.{key}", problem)
-
-    def check_asset(self, device: DeviceBase, raw: LocatedDict, path: str, catalogue: Catalogue) -> None:
-        assets = self._assets
-        asset = device.asset
-        where = raw["asset"]
-        if catalogue.asset_type(asset.type) is None:
-            names = [t.id for t in catalogue.asset_types]
-            self.issue(where.where("type"), f"{path}.asset.type",
-                       f"unknown asset type {asset.type!r}; expected one from the catalogue"
-                       + suggest(asset.type, names))
-        if asset.id in assets and assets[asset.id][0] != (asset.domain, asset.site, asset.type):
-            self.issue(where.location, f"{path}.asset",
-                       f"asset {asset.id!r} is described differently at {assets[asset.id][1]}; "
-                       "expected the same domain, site and type wherever an asset appears")
-        assets.setdefault(asset.id, ((asset.domain, asset.site, asset.type), str(where.location)))
-        if not any(d.id == asset.domain for d in catalogue.domains):
-            names = [d.id for d in catalogue.domains]
-            self.issue(where.where("domain"), f"{path}.asset.domain",
-                       f"unknown domain {asset.domain!r}" + suggest(asset.domain, names))
-
-    def check_points(self, device: DeviceBase, raw: LocatedDict, path: str, catalogue: Catalogue) -> None:
-        fed = self._fed
-        names: set[str] = set()
-        raw_points = raw.get("points")
-        for index, point in enumerate(device.points):
-            point_raw = raw_points[index] if isinstance(raw_points, LocatedList) else raw
-            point_path = f"{path}.points[{index}]"
-            if point.name in names:
-                self.issue(point_raw.where("name"), f"{point_path}.name", f"duplicate point name {point.name!r}")
-            names.add(point.name)
-            indicator = catalogue.indicator(point.indicator)
-            if indicator is None:
-                self.issue(point_raw.where("indicator"), f"{point_path}.indicator",
-                           f"unknown indicator {point.indicator!r}; expected an indicator id from the catalogue"
-                           + suggest(point.indicator, [i.id for i in catalogue.indicators]))
-                continue
-            source_unit = point.unit or indicator.unit
-            try:
-                units.conversion(source_unit, indicator.unit)
-            except units.UnitError as exc:
-                self.issue(point_raw.where("unit"), f"{point_path}.unit",
-                           f"{exc}; indicator {indicator.id!r} is measured in {indicator.unit}")
-            feeds = (device.asset.id, indicator.id)
-            if feeds in fed:
-                self.issue(point_raw.where("indicator"), f"{point_path}.indicator",
-                           f"indicator {indicator.id!r} of asset {device.asset.id!r} is already fed by {fed[feeds]}; "
-                           "expected one source per indicator of an asset")
-            fed.setdefault(feeds, f"device {device.id!r} point {point.name!r}")
-
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Load the main file at `path` and everything it refers to, or raise ConfigError listing every issue."""
@@ -312,23 +218,22 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Gateway
     if main is None:
         raise ConfigError(loader.issues)
     catalogue = _load_catalogue(loader, main.catalogue)
-    devices: list[DeviceBase] = []
+    resolver = Resolver(catalogue) if catalogue is not None else None
     # One device file at a time, so the raw YAML of a large site never sits in memory all at once.
     for entries in itertools.chain([inline], (loader.device_file(file) for file in files)):
         for raw, device_path in entries:
             device, merged_raw = loader.device(raw, device_path, main.profiles)
-            if device is not None:
-                devices.append(device)
-                if catalogue is not None:
-                    loader.check_device(device, merged_raw, device_path, catalogue)
-    if catalogue is not None:
-        loader.check_links(devices)
-        loader.check_derived(devices, catalogue)
-    if not loader.issues and catalogue is not None:
-        loader.check_processing(devices, catalogue)
-    if loader.issues or catalogue is None:
+            if device is not None and resolver is not None:
+                resolver.add_device(device, merged_raw, device_path)
+    if resolver is None or catalogue is None:
         raise ConfigError(loader.issues)
-    return GatewayConfig(path.resolve(), main, catalogue, devices)
+    resolver.check_links()
+    resolver.check_derived()
+    resolver.check_alarm_ids()
+    issues = loader.issues + resolver.issues
+    if issues:
+        raise ConfigError(issues)
+    return GatewayConfig(path.resolve(), main, catalogue, tuple(resolver.devices), resolver.assets())
 
 
 def load_catalogue(path: Path) -> Catalogue:
@@ -477,6 +382,21 @@ def _absolute_paths(main: MainFile, base: Path) -> MainFile:
         "gateway": gateway, "buffer": buffer,
         "catalogue": absolute(main.catalogue), "profiles": absolute(main.profiles),
     })
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file(), False also for a name the system refuses (longer than 255 bytes, say)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _path_parts(path: str) -> Iterator[str | int]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Self
 
-from pydantic import Field, PositiveFloat, model_validator
+from pydantic import Field, model_validator
 
 from gateway.model.rules import DerivedIndicator, Processing
-from gateway.model.schema import Id, PointName, StrictModel
+from gateway.model.schema import Id, PointName, Seconds, StrictModel
 
 
 class AssetSettings(StrictModel):
@@ -49,9 +49,9 @@ class DeviceBase(StrictModel):
     asset: AssetSettings
     profile: str | None = Field(None, description="A device profile (register map) under the profiles directory.")
     enabled: bool = True
-    poll_interval: PositiveFloat = Field(10.0, description="Seconds between polls.")
-    timeout: PositiveFloat = Field(3.0, description="Seconds to wait for one reply.")
-    backoff_max: PositiveFloat = Field(300.0, description="Longest wait between retries of a failing device.")
+    poll_interval: Seconds = Field(10.0, description="Seconds between polls.")
+    timeout: Seconds = Field(3.0, description="Seconds to wait for one reply.")
+    backoff_max: Seconds = Field(300.0, description="Longest wait between retries of a failing device.")
     points: list[PointBase]
     derived: list[DerivedIndicator] = Field(
         default_factory=list,

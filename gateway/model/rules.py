@@ -12,7 +12,7 @@ from typing import Self
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from gateway.model.expression import parse
-from gateway.model.schema import Id, StrictModel
+from gateway.model.schema import Id, Seconds, SecondsOrZero, StrictModel
 
 
 class Reporting(StrictModel):
@@ -21,9 +21,9 @@ class Reporting(StrictModel):
     deadband: NonNegativeFloat = Field(0.0, description="Publish when the value moves MORE than this (canonical unit).")
     deadband_percent: NonNegativeFloat = Field(
         0.0, description="Or more than this percentage of the last published value; the larger band wins.")
-    max_silence: PositiveFloat | None = Field(
+    max_silence: Seconds | None = Field(
         900.0, description="Seconds after which the current value is published anyway (heartbeat); null: never.")
-    min_interval: NonNegativeFloat = Field(0.0, description="Seconds between two publications of a changed value.")
+    min_interval: SecondsOrZero = Field(0.0, description="Seconds between two publications of a changed value.")
 
     @model_validator(mode="after")
     def _interval_within_silence(self) -> Self:
@@ -87,8 +87,8 @@ class AlarmRule(StrictModel):
     limit: float | None = Field(None, description="Threshold in the canonical unit (not for level state).")
     state: bool | int | str | None = Field(None, description="For level state: the value meaning alarm (true).")
     hysteresis: NonNegativeFloat = Field(0.0, description="How far back across the limit the value must go to clear.")
-    delay_on: NonNegativeFloat = Field(0.0, description="Seconds the condition must hold before the alarm is raised.")
-    delay_off: NonNegativeFloat = Field(0.0, description="Seconds the clear condition must hold before it clears.")
+    delay_on: SecondsOrZero = Field(0.0, description="Seconds the condition must hold before the alarm is raised.")
+    delay_off: SecondsOrZero = Field(0.0, description="Seconds the clear condition must hold before it clears.")
     severity: Severity | None = Field(None, description="Defaults: critical for high-high/low-low, major otherwise.")
     message: str = ""
 
@@ -222,7 +222,7 @@ class DerivedIndicator(StrictModel):
     indicator: Id = Field(description="The catalogue indicator the result is published as.")
     expression: str | None = Field(None, description="e.g. 'prv-upstream-pressure - prv-downstream-pressure'.")
     night_minimum: NightMinimum | None = None
-    max_age: PositiveFloat = Field(300.0, description="Seconds an input may be old before the result is uncertain.")
+    max_age: Seconds = Field(300.0, description="Seconds an input may be old before the result is uncertain.")
     processing: Processing | None = Field(None, description="Overrides the catalogue's rules for the result.")
 
     @model_validator(mode="after")

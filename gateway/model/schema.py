@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo
 
 # Ids that appear in MQTT topics: lower case a-z, 0-9 and '-' (Homie's rule), so
 # the same ids work in every topic layout and platform downstream.
@@ -16,9 +16,16 @@ PointName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-
 
 
 class StrictModel(BaseModel):
-    """Rejects unknown keys (so a misspelt key is an error, never silently ignored) and is immutable."""
+    """Rejects unknown keys (so a misspelt key is an error, never silently ignored) and is immutable.
+    No number may be infinite or NaN: no setting means "forever" by being infinite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# A duration in seconds. Bounded, so every one of them also fits the milliseconds the gateway counts in.
+MAX_SECONDS = 366 * 86_400
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
+SecondsOrZero = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
 
 
 def _relative_to_file(path: Path, info: ValidationInfo) -> Path:

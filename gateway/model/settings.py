@@ -6,9 +6,9 @@ import enum
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, model_validator
+from pydantic import Field, PositiveInt, SecretStr, model_validator
 
-from gateway.model.schema import ConfigPath, Id, StrictModel
+from gateway.model.schema import ConfigPath, Id, Seconds, StrictModel
 
 
 class LogLevel(enum.StrEnum):
@@ -42,8 +42,8 @@ class TlsSettings(StrictModel):
 
 
 class ReconnectSettings(StrictModel):
-    initial_delay: PositiveFloat = 1.0
-    max_delay: PositiveFloat = 60.0
+    initial_delay: Seconds = 1.0
+    max_delay: Seconds = 60.0
 
 
 class MqttSettings(StrictModel):

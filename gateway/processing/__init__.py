@@ -18,10 +18,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.model.catalogue import Catalogue, Indicator, Quantification
+from gateway.model.catalogue import Indicator, Quantification
 from gateway.model.devices import DeviceBase
 from gateway.model.readings import AssetRef, Quality, Reading, now_ms
-from gateway.model.rules import DerivedIndicator, Processing, Reporting
+from gateway.model.resolved import ResolvedAsset, ResolvedDevice
+from gateway.model.rules import Processing, Reporting
 from gateway.processing.alarms import RAISED, AlarmEvent, DeviceSupervisor, Supervision, ThresholdAlarm
 from gateway.processing.counters import ConsumptionStats, ConsumptionWindow
 from gateway.processing.derived import ExpressionRule, NightMinimumRule
@@ -164,23 +165,21 @@ class _Device:
 
 
 class Processor:
-    def __init__(self, catalogue: Catalogue, devices: Sequence[DeviceBase],
-                 derived: Mapping[str, Sequence[DerivedIndicator]] | None = None,
+    def __init__(self, assets: Sequence[ResolvedAsset],
                  supervision: Mapping[str, Supervision | None] | None = None,
                  clock: Callable[[], int] = now_ms) -> None:
-        """`derived` by asset id; `supervision` by device id (None: not supervised; absent: from poll interval)."""
+        """`supervision` by device id (None: not supervised; absent: the default for the device)."""
         self._clock = clock
-        self._catalogue = catalogue
         self._assets: dict[str, _Asset] = {}
         self._devices: dict[str, _Device] = {}
         self._active: dict[str, dict[str, AlarmEvent]] = {}  # asset id -> alarm id -> the event that raised it
         start = clock()
-        for device in devices:
-            if device.enabled:
-                self._add_device(device, (supervision or {}).get(device.id, _DEFAULT), start)
-        for asset_id, definitions in (derived or {}).items():
-            self._add_derived(asset_id, definitions, devices)
-        self._check_unique_alarm_ids()
+        for resolved in assets:
+            asset = self._assets.setdefault(resolved.ref.asset, _Asset(resolved.ref))
+            for device in resolved.devices:
+                self._add_device(asset, device, (supervision or {}).get(device.id, _DEFAULT), start)
+            if resolved.derived:
+                self._add_derived(asset, resolved)
 
     # -- the three entry points ------------------------------------------------------------------------------
 
@@ -258,74 +257,40 @@ class Processor:
             else:
                 active.pop(event.alarm, None)
 
-    def _asset(self, asset: AssetRef) -> _Asset:
-        return self._assets.setdefault(asset.asset, _Asset(asset))
-
-    def _add_device(self, device: DeviceBase, supervision: Supervision | object | None, start: int) -> None:
-        asset = self._asset(AssetRef(device.asset.domain, device.asset.site, device.asset.id))
-        hold_ms = _hold_ms(device)
-        heartbeat = device.poll_interval if device.pushes else None
-        series = {}
-        for point in device.points:
-            indicator = self._catalogue.indicator(point.indicator)
-            if indicator is None:
-                continue
-            rules = indicator.processing.overridden_by(point.processing)
-            if not rules.is_empty or device.pushes:
-                series[point.name] = _Series(asset.asset, device.id, indicator, rules, hold_ms, heartbeat)
+    def _add_device(self, asset: _Asset, device: ResolvedDevice[DeviceBase], supervision: Supervision | object | None,
+                    start: int) -> None:
+        config = device.config
+        hold = _hold_ms(config)
+        heartbeat = config.poll_interval if config.pushes else None
+        series = {point.name: _Series(asset.asset, device.id, point.indicator, point.rules, hold, heartbeat)
+                  for point in device.points if not point.rules.is_empty or config.pushes}
         if supervision is _DEFAULT:
-            supervision = Supervision.for_device(device)
+            supervision = Supervision.for_device(config)
         supervisor = (DeviceSupervisor(asset.asset, device.id, supervision, start)
                       if isinstance(supervision, Supervision) else None)
         self._devices[device.id] = _Device(asset, series, supervisor, feeds_derived=False)
 
-    def _add_derived(self, asset_id: str, definitions: Sequence[DerivedIndicator],
-                     devices: Sequence[DeviceBase]) -> None:
-        asset = self._assets.get(asset_id)
-        if asset is None:
-            raise ValueError(f"derived indicators for asset {asset_id!r}, which no enabled device feeds")
-        feeding = [d for d in devices if d.enabled and d.asset.id == asset_id]
-        hold_ms = max(_hold_ms(d) for d in feeding)
-        for definition in definitions:
-            indicator = self._catalogue.indicator(definition.indicator)
-            if indicator is None:
-                raise ValueError(f"derived indicator {definition.indicator!r} of asset {asset_id!r} "
-                                 "is not in the catalogue")
-            rules = indicator.processing.overridden_by(definition.processing)
-            series = None if rules.is_empty else _Series(asset.asset, "gateway", indicator, rules, hold_ms)
-            if definition.night_minimum is not None:
-                night = NightMinimumRule(definition.night_minimum, asset.asset, indicator, hold_ms)
+    def _add_derived(self, asset: _Asset, resolved: ResolvedAsset) -> None:
+        hold = max(_hold_ms(device.config) for device in resolved.devices)
+        for derived in resolved.derived:
+            indicator = derived.indicator
+            series = None if derived.rules.is_empty else _Series(asset.asset, "gateway", indicator, derived.rules,
+                                                                 hold)
+            night_minimum = derived.definition.night_minimum
+            if night_minimum is not None:
+                night = NightMinimumRule(night_minimum, asset.asset, indicator, hold)
                 asset.nights.append((night, series))
                 asset.inputs |= night.inputs
             else:
-                rule = ExpressionRule(definition, asset.asset, indicator)
+                rule = ExpressionRule(derived, asset.asset)
                 asset.expressions.append((rule, series))
                 asset.inputs |= rule.inputs | {rule.indicator}
         for device in self._devices.values():
             if device.asset is asset:
                 device.passthrough = False
 
-    def _check_unique_alarm_ids(self) -> None:
-        seen: dict[str, set[str]] = {}
-        for series in self._all_series():
-            for alarm in series.alarms:
-                ids = seen.setdefault(series.asset.asset, set())
-                if alarm.alarm_id in ids:
-                    raise ValueError(f"alarm id {alarm.alarm_id!r} is used twice on asset "
-                                     f"{series.asset.asset!r}; give the rules distinct `id:`s")
-                ids.add(alarm.alarm_id)
-
 
 _DEFAULT = object()
-
-
-def derived_by_asset(devices: Sequence[DeviceBase]) -> dict[str, list[DerivedIndicator]]:
-    """The `derived:` rules of enabled devices, gathered per asset (inputs may come from any of its devices)."""
-    by_asset: dict[str, list[DerivedIndicator]] = {}
-    for device in devices:
-        if device.enabled and device.derived:
-            by_asset.setdefault(device.asset.id, []).extend(device.derived)
-    return by_asset
 
 
 def _hold_ms(device: DeviceBase) -> float:

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.model.catalogue import Indicator
-from gateway.model.expression import EvaluationError, parse
+from gateway.model.expression import EvaluationError
 from gateway.model.readings import AssetRef, Quality, Reading, Reason
-from gateway.model.rules import DerivedIndicator, NightMinimum
+from gateway.model.resolved import ResolvedDerived
+from gateway.model.rules import NightMinimum
 from gateway.processing.windows import SeriesInfo, StatisticsWindow, WindowStats
 
 CALCULATION_ERROR = Reason.CALCULATION.value
@@ -28,14 +29,16 @@ _QUALITY_ORDER = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}
 
 
 class ExpressionRule:
-    def __init__(self, definition: DerivedIndicator, asset: AssetRef, indicator: Indicator) -> None:
+    def __init__(self, derived: ResolvedDerived, asset: AssetRef) -> None:
+        indicator = derived.indicator
+        assert derived.expression is not None, "an expression rule is made for a derived expression"
         self.indicator = indicator.id
-        self._expression = parse(definition.expression or "")
+        self._expression = derived.expression
         self.inputs = self._expression.names
         self._asset = asset
         self._unit, self._unit_code = indicator.unit, indicator.unit_code
         self._range = indicator.range
-        self._max_age_ms = round(definition.max_age * 1000)
+        self._max_age_ms = round(derived.definition.max_age * 1000)
         self._point = f"derived:{indicator.id}"
 
     def compute(self, latest: Mapping[str, Reading], now_ms: int) -> Reading | None:
