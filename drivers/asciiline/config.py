@@ -33,7 +33,7 @@ class AsciiLineDevice(SerialDevice):
     pattern: str = Field(description="Regular expression with named groups, searched in each line.")
     terminator: str = Field("\n", min_length=1, description="End of a line; a \\r before it is dropped too.")
     encoding: Literal["ascii", "latin-1", "utf-8"] = "ascii"
-    points: list[AsciiPoint]  # type: ignore[assignment]
+    points: list[AsciiPoint]
 
     @model_validator(mode="after")
     def _groups_exist(self) -> Self:

@@ -59,7 +59,7 @@ class Cjt188Device(SerialDevice):
     valve_open: int = Field(0x0000, ge=0, le=0xFFFF)
     valve_closed: int = Field(0x0001, ge=0, le=0xFFFF, description="Any other valve value reads as abnormal.")
     battery_low_mask: int = Field(0x0004, ge=0, le=0xFFFF)
-    points: list[Cjt188Point]  # type: ignore[assignment]
+    points: list[Cjt188Point]
 
     @field_validator("meter_type")
     @classmethod

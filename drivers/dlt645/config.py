@@ -83,7 +83,7 @@ class Dlt645Device(SerialDevice):
     address: str = Field(pattern=r"^([0-9]{12}|A{12})$",
                          description="12 digits as on the nameplate; AAAAAAAAAAAA for a lone meter on its bus.")
     wake_up: int = Field(4, ge=0, le=8, description="FE bytes sent before each request.")
-    points: list[Dlt645Point]  # type: ignore[assignment]
+    points: list[Dlt645Point]
 
     def bus_address(self) -> str | None:
         return f"DL/T 645 address {self.address}"

@@ -96,12 +96,12 @@ class _PointDecoder:
         data = swapped if self.swap_bytes else as_sent
         if self.struct is None:  # string
             return _decode_string(data[self.offset:self.offset + self.size])
-        (value,) = self.struct.unpack_from(data, self.offset)
+        value: int | float = self.struct.unpack_from(data, self.offset)[0]
         if self.kind is DataType.BIT:
-            return bool((value >> self.bit) & 1)
+            return bool((int(value) >> self.bit) & 1)
         if isinstance(value, float) and not math.isfinite(value):
             raise DecodeError(f"{value} is not a measurement")
-        return value  # type: ignore[no-any-return]
+        return value
 
 
 class RegisterBlockDecoder:

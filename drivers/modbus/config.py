@@ -80,7 +80,7 @@ class ModbusDeviceBase(DeviceBase):
     max_gap: int = Field(16, ge=0, le=124, description="Unused registers (or bits) bridged to merge two reads.")
     never_read: list[AddressRange] = Field(default_factory=list,
                                            description="Address ranges a merged request must never cover.")
-    points: list[ModbusPoint]  # type: ignore[assignment]
+    points: list[ModbusPoint]
     _plan: Plan[ModbusPoint] = PrivateAttr()
 
     @model_validator(mode="after")

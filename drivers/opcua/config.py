@@ -166,7 +166,7 @@ class OpcUaDevice(DeviceBase):
         None, description="Nodes per Read call; default: the server's MaxNodesPerRead, else unlimited.")
     # A server restart should be picked up within seconds; the default device back-off is made for polling.
     backoff_max: Seconds = Field(8.0, description="Longest wait between reconnect attempts.")
-    points: list[OpcUaPoint]  # type: ignore[assignment]
+    points: list[OpcUaPoint]
 
     @model_validator(mode="after")
     def _checks(self) -> Self:

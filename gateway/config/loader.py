@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -31,6 +31,7 @@ from gateway.model.devices import DeviceBase
 from gateway.model.resolved import ResolvedAsset, ResolvedDevice
 from gateway.model.settings import MainFile
 
+_M = TypeVar("_M", bound=BaseModel)
 _SECRET_KEYS = ("password", "key_password", "passphrase", "secret", "token")
 
 
@@ -93,7 +94,7 @@ class _Loader:
             self.issues.extend(exc.issues)
             return None
 
-    def validate(self, model: type[BaseModel], raw: LocatedDict, prefix: Sequence[str | int] = ()) -> Any:
+    def validate(self, model: type[_M], raw: LocatedDict, prefix: Sequence[str | int] = ()) -> _M | None:
         # Relative paths inside (ConfigPath fields) are relative to the file the mapping was written in.
         context = {"base_dir": Path(raw.location.file).parent.resolve()}
         try:
@@ -251,7 +252,7 @@ def _load_catalogue(loader: _Loader, path: Path) -> Catalogue | None:
     if not isinstance(raw, LocatedDict):
         loader.issue(Location(str(path), 1, 1), "", f"expected the catalogue mapping, found {_kind(raw)}")
         return None
-    return loader.validate(Catalogue, raw)  # type: ignore[no-any-return]
+    return loader.validate(Catalogue, raw)
 
 
 # -- profiles ---------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ class DeviceBase(StrictModel):
     poll_interval: Seconds = Field(10.0, description="Seconds between polls.")
     timeout: Seconds = Field(3.0, description="Seconds to wait for one reply.")
     backoff_max: Seconds = Field(300.0, description="Longest wait between retries of a failing device.")
-    points: list[PointBase]
+    points: Sequence[PointBase]  # protocols narrow it to their own point model
     derived: list[DerivedIndicator] = Field(
         default_factory=list,
         description="Indicators of this device's asset computed from others (see docs/processing.md).")

@@ -32,8 +32,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-Number = float | int | bool
-Evaluator = Callable[[Mapping[str, Number]], Number]
+# What a name stands for is a reading's value, which may be a state or text (or missing); arithmetic and
+# ordering need numbers and raise EvaluationError for anything else, equality takes anything.
+Operand = float | int | bool | str | None
+Evaluator = Callable[[Mapping[str, Operand]], Operand]
 
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
@@ -50,12 +52,12 @@ MAX_NESTING = 32
 MAX_LENGTH = 4096
 
 
-def _ordering(compare: Callable[[float, float], bool], what: str) -> Callable[[Number, Number], bool]:
+def _ordering(compare: Callable[[float, float], bool], what: str) -> Callable[[Operand, Operand], bool]:
     # Ordering needs numbers (a missing or text value must not crash the processor); equality takes anything.
     return lambda a, b: compare(_number(a, what), _number(b, what))
 
 
-_COMPARISONS: dict[str, Callable[[Number, Number], bool]] = {
+_COMPARISONS: dict[str, Callable[[Operand, Operand], bool]] = {
     "<": _ordering(operator.lt, "<"), "<=": _ordering(operator.le, "<="),
     ">": _ordering(operator.gt, ">"), ">=": _ordering(operator.ge, ">="),
     "==": operator.eq, "!=": operator.ne}
@@ -71,9 +73,11 @@ class Expression:
     names: frozenset[str]  # the indicators it reads
     _evaluate: Evaluator
 
-    def evaluate(self, values: Mapping[str, Number]) -> Number:
+    def evaluate(self, values: Mapping[str, Operand]) -> Operand:
         """The value for `values` (every name must be present); raises EvaluationError."""
         result = self._evaluate(values)
+        if result is None:
+            raise EvaluationError(f"{self.text!r} has no value for these inputs")
         if isinstance(result, float) and not math.isfinite(result):
             raise EvaluationError(f"{self.text!r} is not finite for these inputs")
         return result
@@ -93,20 +97,20 @@ def _quoted(text: str) -> str:
     return repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
 
 
-def _number(value: Number, what: str) -> float | int:
+def _number(value: Operand, what: str) -> float | int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise EvaluationError(f"{what} needs numbers, found {value!r}")
     return value
 
 
-def _divide(left: Number, right: Number) -> float:
+def _divide(left: Operand, right: Operand) -> float:
     divisor = _number(right, "/")
     if divisor == 0:
         raise EvaluationError("division by zero")
     return _number(left, "/") / divisor
 
 
-_ARITHMETIC: dict[str, Callable[[Number, Number], Number]] = {
+_ARITHMETIC: dict[str, Callable[[Operand, Operand], Operand]] = {
     "+": lambda a, b: _number(a, "+") + _number(b, "+"),
     "-": lambda a, b: _number(a, "-") - _number(b, "-"),
     "*": lambda a, b: _number(a, "*") * _number(b, "*"),
@@ -266,16 +270,16 @@ class _Parser:
                          "expected min(a, b, ...), max(a, b, ...), abs(a) or if(condition, a, b)")
 
 
-def _binary(function: Callable[[Number, Number], Number], left: Evaluator, right: Evaluator) -> Evaluator:
+def _binary(function: Callable[[Operand, Operand], Operand], left: Evaluator, right: Evaluator) -> Evaluator:
     return lambda values: function(left(values), right(values))
 
 
-def _fold(first: Evaluator, rest: list[tuple[Callable[[Number, Number], Number], Evaluator]]) -> Evaluator:
+def _fold(first: Evaluator, rest: list[tuple[Callable[[Operand, Operand], Operand], Evaluator]]) -> Evaluator:
     """`a - b + c` as one loop, left to right: a long chain nests no deeper than one operation."""
     if not rest:
         return first
 
-    def evaluate(values: Mapping[str, Number]) -> Number:
+    def evaluate(values: Mapping[str, Operand]) -> Operand:
         result = first(values)
         for function, operand in rest:
             result = function(result, operand(values))

@@ -69,7 +69,7 @@ class _Series:
         self.reporting = ReportByException(reporting) if reporting is not None else None
         info = SeriesInfo(indicator.id, indicator.unit, indicator.unit_code)
         cumulative = indicator.quantified is Quantification.CUMULATIVE
-        self.windows: list[AlignedWindow] = [
+        self.windows: list[AlignedWindow[WindowStats] | AlignedWindow[ConsumptionStats]] = [
             ConsumptionWindow(info, size, rules.counter) if cumulative else StatisticsWindow(info, size, hold_ms)
             for size in rules.windows or ()]
         self.alarms = [ThresholdAlarm(rule, asset, device, indicator.id, indicator.unit) for rule in rules.alarms or ()]
@@ -80,7 +80,7 @@ class _Series:
         # change (OPC-UA), hours old for a steady value, which would file every sample into a closed window.
         for window in self.windows:
             for closed in window.add(reading.receive_time_ms, reading.value, quality is Quality.GOOD):
-                out.statistics.append((self.asset, closed))  # type: ignore[arg-type]
+                out.statistics.append((self.asset, closed))
         usable = quality is not Quality.BAD
         for alarm in self.alarms:
             event = alarm.update(reading.value, usable, now)
@@ -99,7 +99,7 @@ class _Series:
             out.readings.append(dataclasses.replace(last, receive_time_ms=now))
         for window in self.windows:
             for closed in window.close_until(now - CLOSE_GRACE_MS):
-                out.statistics.append((self.asset, closed))  # type: ignore[arg-type]
+                out.statistics.append((self.asset, closed))
         for alarm in self.alarms:
             event = alarm.tick(now)
             if event is not None:

@@ -75,7 +75,7 @@ class RegisterTracker:
         return 0, False, CounterReset(time_ms, previous, value)
 
 
-class ConsumptionWindow(AlignedWindow):
+class ConsumptionWindow(AlignedWindow[ConsumptionStats]):
     def __init__(self, info: SeriesInfo, size_s: int, counter: Counter | None) -> None:
         super().__init__(info, size_s)
         self._register = RegisterTracker(counter)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from gateway.model.catalogue import Indicator
 from gateway.model.expression import EvaluationError
-from gateway.model.readings import AssetRef, Quality, Reading, Reason
+from gateway.model.readings import AssetRef, Quality, Reading, Reason, Value
 from gateway.model.resolved import ResolvedDerived
 from gateway.model.rules import NightMinimum
 from gateway.processing.windows import SeriesInfo, StatisticsWindow, WindowStats
@@ -52,7 +52,7 @@ class ExpressionRule:
         if worst.quality is Quality.BAD:
             return self._reading(None, Quality.BAD, worst.reason, newest, now_ms)
         try:
-            value = self._expression.evaluate({r.indicator: r.value for r in present})  # type: ignore[misc]
+            value = self._expression.evaluate({r.indicator: r.value for r in present})
         except EvaluationError:
             return self._reading(None, Quality.BAD, CALCULATION_ERROR, newest, now_ms)
         quality: Quality = worst.quality
@@ -70,7 +70,7 @@ class ExpressionRule:
             return False
         return not self._range[0] <= value <= self._range[1]
 
-    def _reading(self, value: float | int | bool | None, quality: Quality, reason: str | None,
+    def _reading(self, value: Value, quality: Quality, reason: str | None,
                  source_ms: int, now_ms: int) -> Reading:
         return Reading(self._asset, self.indicator, value, self._unit, self._unit_code, quality, reason,
                        source_ms, now_ms, DERIVED_DEVICE, self._point)
@@ -101,10 +101,9 @@ class NightMinimumRule:
     def _local_minute(self, utc_ms: int) -> int:
         return (utc_ms // 60_000 + self._night.offset_minutes) % _MINUTES_PER_DAY
 
-    def _consume(self, closed: list[object], now_ms: int) -> list[Reading]:
+    def _consume(self, closed: list[WindowStats], now_ms: int) -> list[Reading]:
         results = []
         for stats in closed:
-            assert isinstance(stats, WindowStats)
             if (self._local_minute(stats.start_ms) - self._night.start_minute) % _MINUTES_PER_DAY >= self._length:
                 continue  # an interval outside the night
             if stats.mean is None:

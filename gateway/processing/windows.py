@@ -19,6 +19,7 @@ A window is closed by the first sample at or after its end, or by `close_until`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from gateway.model.readings import Value
 
@@ -64,7 +65,10 @@ class SeriesInfo:
     unit_code: str
 
 
-class AlignedWindow:
+S = TypeVar("S")  # what a closed window gives: WindowStats, or ConsumptionStats for a counter
+
+
+class AlignedWindow(Generic[S]):
     """Keeps the current window of one size for one series; subclasses say what is accumulated."""
 
     def __init__(self, info: SeriesInfo, size_s: int) -> None:
@@ -80,7 +84,7 @@ class AlignedWindow:
         assert self.start_ms is not None
         return self.start_ms + self.size_ms
 
-    def add(self, time_ms: int, value: Value, good: bool) -> list[object]:
+    def add(self, time_ms: int, value: Value, good: bool) -> list[S]:
         """Account one sample; the windows it closed, oldest first."""
         closed = self.close_until(time_ms)
         if self.start_ms is None:
@@ -92,13 +96,13 @@ class AlignedWindow:
         self._accumulate(time_ms, value, good)
         return closed
 
-    def close_until(self, now_ms: int) -> list[object]:
+    def close_until(self, now_ms: int) -> list[S]:
         """Close every window that has ended by `now_ms`.
 
         After a jump of the clock (or a device timestamp far in the future) the empty
         windows in between are skipped, not published one by one, past MAX_CATCH_UP.
         """
-        closed: list[object] = []
+        closed: list[S] = []
         while self.start_ms is not None and self.end_ms <= now_ms:
             closed.append(self._close(self.end_ms))
             self.start_ms = self.end_ms
@@ -114,11 +118,11 @@ class AlignedWindow:
     def _accumulate(self, time_ms: int, value: Value, good: bool) -> None:
         raise NotImplementedError
 
-    def _close(self, end_ms: int) -> object:
+    def _close(self, end_ms: int) -> S:
         raise NotImplementedError
 
 
-class StatisticsWindow(AlignedWindow):
+class StatisticsWindow(AlignedWindow[WindowStats]):
     def __init__(self, info: SeriesInfo, size_s: int, hold_ms: float) -> None:
         super().__init__(info, size_s)
         self._hold_ms = hold_ms
