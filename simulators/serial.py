@@ -30,7 +30,7 @@ from typing import Protocol
 
 from drivers.cjt188 import frames as cjt188
 from drivers.dlt645 import frames as dlt645
-from drivers.serial.frames import Accepted, NeedMore, address_bytes, address_matches
+from drivers.serial.frames import Accepted, F, NeedMore, Outcome, address_bytes, address_matches
 
 # A request split over reads is put back together; after this long without bytes, leftovers are dropped.
 _RESYNC_GAP = 0.05
@@ -185,6 +185,17 @@ def modbus_rtu_slaves(unit_ids: Sequence[int]) -> tuple[Slave, object]:
 
 # --- meters ----------------------------------------------------------------------------------------------
 
+def _request_to(address: bytes, outcome: Outcome[F]) -> Accepted[F] | tuple[int, None] | None:
+    """The parsed request when it is addressed to the meter at `address`; (0, None) when more bytes are needed;
+    None when no request to it starts here (another meter's, or a reply on the bus)."""
+    if isinstance(outcome, NeedMore):
+        return 0, None
+    if not isinstance(outcome, Accepted) or outcome.value.is_reply or not address_matches(outcome.value.address,
+                                                                                           address):
+        return None
+    return outcome
+
+
 @dataclass
 class Cjt188MeterSim:
     """A CJ/T 188 water meter answering 901F (and read address when alone on its bus)."""
@@ -202,15 +213,11 @@ class Cjt188MeterSim:
     silent: bool = False
 
     async def answer(self, data: bytes) -> tuple[int, bytes | None] | None:
-        outcome = cjt188.parse(data)
-        if isinstance(outcome, NeedMore):
-            return 0, None
-        if not isinstance(outcome, Accepted):
-            return None
-        request = outcome.value
         mine = address_bytes(self.address)
-        if request.is_reply or not address_matches(request.address, mine):
-            return None
+        outcome = _request_to(mine, cjt188.parse(data))
+        if not isinstance(outcome, Accepted):
+            return outcome
+        request = outcome.value
         if request.meter_type not in (cjt188.WILDCARD, self.meter_type) or self.silent:
             return outcome.consumed, None
         sequence = request.data[2] if len(request.data) > 2 else 0
@@ -242,15 +249,11 @@ class Dlt645MeterSim:
     silent: bool = False
 
     async def answer(self, data: bytes) -> tuple[int, bytes | None] | None:
-        outcome = dlt645.parse(data)
-        if isinstance(outcome, NeedMore):
-            return 0, None
-        if not isinstance(outcome, Accepted):
-            return None
-        request = outcome.value
         mine = address_bytes(self.address)
-        if request.is_reply or not address_matches(request.address, mine):
-            return None
+        outcome = _request_to(mine, dlt645.parse(data))
+        if not isinstance(outcome, Accepted):
+            return outcome
+        request = outcome.value
         if self.silent:
             return outcome.consumed, None
         if request.function == dlt645.READ_ADDRESS:

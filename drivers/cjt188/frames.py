@@ -22,22 +22,21 @@ from drivers.serial.frames import (
     METER_WILDCARD,
     Accepted,
     BcdError,
+    MeterControl,
     Outcome,
-    Rejected,
-    Rejection,
     ReplyParser,
     address_matches,
     bcd_to_int,
     find_meter_frame,
     int_to_bcd,
     meter_frame_bytes,
+    meter_reply_parser,
 )
 
 START, WILDCARD = METER_START, METER_WILDCARD
 HEADER = 11  # 68 T A0..A6 C L
 ADDRESS_SIZE = 7
 
-DIRECTION_REPLY, ABNORMAL, MORE_FRAMES, FUNCTION_MASK = 0x80, 0x40, 0x20, 0x1F
 READ_DATA, READ_ADDRESS = 0x01, 0x03
 DI_READ_DATA, DI_READ_ADDRESS = 0x901F, 0x810A
 
@@ -60,23 +59,11 @@ class PayloadError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(MeterControl):
     meter_type: int
     address: bytes  # 7 bytes, as on the wire (lowest first)
     control: int
     data: bytes  # DI, SER, payload
-
-    @property
-    def is_reply(self) -> bool:
-        return bool(self.control & DIRECTION_REPLY)
-
-    @property
-    def abnormal(self) -> bool:
-        return bool(self.control & ABNORMAL)
-
-    @property
-    def function(self) -> int:
-        return self.control & FUNCTION_MASK
 
     def data_id(self, order: DiOrder) -> int | None:
         if len(self.data) < 2:
@@ -125,24 +112,11 @@ def reply_parser(request: Frame, order: DiOrder) -> ReplyParser[Frame]:
     """A parser accepting only the reply to `request`: same function, an address and type it matches,
     and (for a normal reply) the same data identifier."""
     wanted_di = request.data_id(order)
-
-    def parse_reply(data: bytes) -> Outcome[Frame]:
-        outcome = parse(data)
-        if not isinstance(outcome, Accepted):
-            return outcome
-        frame = outcome.value
-        if not frame.is_reply:
-            return Rejected(Rejection.ECHO, outcome.consumed)  # a request on the bus: ours, read back
-        if not (address_matches(request.address, frame.address)
-                and address_matches(bytes([request.meter_type]), bytes([frame.meter_type]))):
-            return Rejected(Rejection.FOREIGN, outcome.consumed)
-        if frame.function != request.function:
-            return Rejected(Rejection.MALFORMED, outcome.consumed)
-        if not frame.abnormal and frame.data_id(order) != wanted_di:
-            return Rejected(Rejection.MALFORMED, outcome.consumed)
-        return outcome
-
-    return parse_reply
+    return meter_reply_parser(
+        request, parse,
+        from_meter=lambda frame: (address_matches(request.address, frame.address)
+                                  and address_matches(bytes([request.meter_type]), bytes([frame.meter_type]))),
+        same_data=lambda frame: frame.data_id(order) == wanted_di)
 
 
 # --- the 901F payload of water and gas meters -------------------------------------------------------------

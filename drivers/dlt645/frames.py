@@ -21,22 +21,21 @@ from drivers.serial.frames import (
     METER_WILDCARD,
     Accepted,
     BcdError,
+    MeterControl,
     Outcome,
-    Rejected,
-    Rejection,
     ReplyParser,
     address_matches,
     bcd_to_int,
     find_meter_frame,
     int_to_bcd,
     meter_frame_bytes,
+    meter_reply_parser,
 )
 
 START, WILDCARD, OFFSET = METER_START, METER_WILDCARD, 0x33
 HEADER = 10  # 68 A0..A5 68 C L
 ADDRESS_SIZE = 6
 
-DIRECTION_REPLY, ABNORMAL, FOLLOW_UP, FUNCTION_MASK = 0x80, 0x40, 0x20, 0x1F
 READ_DATA, READ_ADDRESS = 0x11, 0x13
 
 ERROR_NAMES = {0x01: "other error", 0x02: "no requested data", 0x04: "password error / unauthorised",
@@ -45,22 +44,10 @@ ERROR_NAMES = {0x01: "other error", 0x02: "no requested data", 0x04: "password e
 
 
 @dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(MeterControl):
     address: bytes  # 6 bytes, as on the wire (lowest first)
     control: int
     data: bytes  # without the +33H offset
-
-    @property
-    def is_reply(self) -> bool:
-        return bool(self.control & DIRECTION_REPLY)
-
-    @property
-    def abnormal(self) -> bool:
-        return bool(self.control & ABNORMAL)
-
-    @property
-    def function(self) -> int:
-        return self.control & FUNCTION_MASK
 
     @property
     def data_id(self) -> int | None:
@@ -103,23 +90,9 @@ def parse(data: bytes) -> Outcome[Frame]:
 def reply_parser(request: Frame) -> ReplyParser[Frame]:
     """A parser accepting only the reply to `request`: same function, from the addressed meter
     (any meter for a wildcard request), carrying the requested identifier unless abnormal."""
-
-    def parse_reply(data: bytes) -> Outcome[Frame]:
-        outcome = parse(data)
-        if not isinstance(outcome, Accepted):
-            return outcome
-        frame = outcome.value
-        if not frame.is_reply:
-            return Rejected(Rejection.ECHO, outcome.consumed)
-        if not address_matches(request.address, frame.address):
-            return Rejected(Rejection.FOREIGN, outcome.consumed)
-        if frame.function != request.function:
-            return Rejected(Rejection.MALFORMED, outcome.consumed)
-        if request.function == READ_DATA and not frame.abnormal and frame.data_id != request.data_id:
-            return Rejected(Rejection.MALFORMED, outcome.consumed)
-        return outcome
-
-    return parse_reply
+    return meter_reply_parser(
+        request, parse, from_meter=lambda frame: address_matches(request.address, frame.address),
+        same_data=lambda frame: request.function != READ_DATA or frame.data_id == request.data_id)
 
 
 # --- data formats ----------------------------------------------------------------------------------------

@@ -178,3 +178,51 @@ def find_meter_frame(data: bytes, header: int, second_start: int | None = None) 
 def address_matches(wanted: bytes, actual: bytes) -> bool:
     """Whether `actual` is the address asked for: equal, byte for byte, wherever `wanted` is not AA."""
     return len(wanted) == len(actual) and all(w in (METER_WILDCARD, a) for w, a in zip(wanted, actual, strict=True))
+
+
+METER_REPLY, METER_ABNORMAL, METER_MORE_FRAMES, METER_FUNCTION = 0x80, 0x40, 0x20, 0x1F
+
+
+class MeterControl:
+    """The address and control byte of both meter protocols; control: bit 7 reply, bit 6 abnormal, bit 5 more
+    frames, bits 4-0 the function. Mixed into each protocol's frame, which has the `address` and `control` fields."""
+
+    __slots__ = ()
+    address: bytes  # as on the wire, lowest byte first
+    control: int
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(self.control & METER_REPLY)
+
+    @property
+    def abnormal(self) -> bool:
+        return bool(self.control & METER_ABNORMAL)
+
+    @property
+    def function(self) -> int:
+        return self.control & METER_FUNCTION
+
+
+F = TypeVar("F", bound=MeterControl)
+
+
+def meter_reply_parser(request: F, parse: Callable[[bytes], Outcome[F]], *, from_meter: Callable[[F], bool],
+                       same_data: Callable[[F], bool]) -> ReplyParser[F]:
+    """A parser accepting only the reply to `request`: a reply (not our request read back), `from_meter` asked,
+    of the same function and, unless abnormal, with the `same_data` identifier."""
+
+    def parse_reply(data: bytes) -> Outcome[F]:
+        outcome = parse(data)
+        if not isinstance(outcome, Accepted):
+            return outcome
+        frame = outcome.value
+        if not frame.is_reply:
+            return Rejected(Rejection.ECHO, outcome.consumed)  # a request on the bus: ours, read back
+        if not from_meter(frame):
+            return Rejected(Rejection.FOREIGN, outcome.consumed)
+        if frame.function != request.function or (not frame.abnormal and not same_data(frame)):
+            return Rejected(Rejection.MALFORMED, outcome.consumed)
+        return outcome
+
+    return parse_reply
