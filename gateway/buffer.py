@@ -86,6 +86,7 @@ class Buffer:
         self._max_bytes = max_bytes
         self._size = size
         self._next_seq = last_seq + 1
+        # Set by every commit (and at open when rows are waiting): the publisher waits on it.
         self.new_data = asyncio.Event()
 
     @classmethod

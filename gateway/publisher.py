@@ -84,8 +84,9 @@ class Publisher:
         self._retained: dict[str, bytes] = {}
         self._link: _Link | None = None  # the established connection, if any
         self._connected = asyncio.Event()
-        # Set when the drain loop may have work: new rows in the buffer, room in the window, or a lost link.
-        self._wake = asyncio.Event()
+        # Set when the drain loop may have work: the buffer sets it when it commits new rows; PUBACKs that free
+        # room in the window and a lost link set it too. One event, so the loop waits on the buffer directly.
+        self._wake = buffer.new_data
         self._idle = asyncio.Event()  # set when the buffer had nothing more to send and nothing is in flight
         # Rows whose PUBACK has arrived but whose deletion is not committed yet; never sent again meanwhile.
         self._acked: set[int] = set()
@@ -129,7 +130,6 @@ class Publisher:
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._follow_buffer(), name="mqtt-follow-buffer")
                 tasks.create_task(self._delete_acked_forever(), name="mqtt-delete-acked")
                 tasks.create_task(self._stay_connected(), name="mqtt-connection")
         finally:
@@ -252,12 +252,6 @@ class Publisher:
     def _delete_soon(self, row_id: int) -> None:
         self._acked.add(row_id)
         self._acks_pending.set()
-
-    async def _follow_buffer(self) -> None:
-        while True:
-            await self._buffer.new_data.wait()
-            self._buffer.new_data.clear()
-            self._wake.set()
 
     async def _delete_acked_forever(self) -> None:
         # One task deletes acknowledged rows, batching whatever PUBACKs arrived while the last batch was written.

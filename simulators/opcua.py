@@ -215,6 +215,10 @@ class StationSimulator:
             await asyncio.gather(self._ticker, return_exceptions=True)
         if self._server is not None:
             await self._server.stop()
+            # asyncua's stop leaves the sessions of clients that were still connected, each with a timer task;
+            # close them as a real server's shutdown ends them.
+            for session in list(self._server.iserver._external_sessions.values()):
+                await session.close_session()
 
 
 def _discard(data: bytes | bytearray | memoryview) -> None:

@@ -1,16 +1,67 @@
-"""Shared fixtures. Real servers on 127.0.0.1 only; see tests/brokers.py for the MQTT helpers."""
+"""Shared fixtures. Real servers on 127.0.0.1 only; see tests/brokers.py for the MQTT helpers.
+
+Every test is watched for leaks: a task still running when its fixtures are torn down, or a thread still
+alive after the test, fails the test (either one would be a part that does not stop when it is told to).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import threading
+import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from tests.brokers import Broker, Subscriber, TlsFiles, make_tls_files, mosquitto_available
 
 BrokerFactory = Callable[..., Broker]
+# A part that was stopped may take this long to end (a thread joining, a task finishing its cancellation).
+_ENDING = 5.0
+
+
+_THREADS_BEFORE = pytest.StashKey[set[threading.Thread]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    item.stash[_THREADS_BEFORE] = set(threading.enumerate())
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """After every fixture of the test is torn down (its event loop closed too): no thread of its may be left."""
+    result = yield
+    before = item.stash.get(_THREADS_BEFORE, set())
+    deadline = time.monotonic() + _ENDING
+    for thread in [t for t in threading.enumerate() if t not in before]:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    leaked = [t for t in threading.enumerate() if t not in before]
+    assert not leaked, f"threads still running after the test: {[t.name for t in leaked]}\n" + _stacks(leaked)
+    return result
+
+
+def _stacks(threads: list[threading.Thread]) -> str:
+    frames = sys._current_frames()
+    return "\n".join(f"{t.name}:\n" + "".join(traceback.format_stack(frames[t.ident]))
+                     for t in threads if t.ident in frames)
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    yield
+    current = asyncio.current_task()
+    running = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    if running:
+        await asyncio.wait(running, timeout=_ENDING)
+    leaked = [f"{t.get_name()} ({t.get_coro().__qualname__})" for t in running if not t.done()]
+    assert not leaked, f"tasks still running after the test and its fixtures: {leaked}"
 SubscriberFactory = Callable[..., Awaitable[Subscriber]]
 
 
