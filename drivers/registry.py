@@ -2,8 +2,8 @@
 model, and either its driver (a link of its own) or its bus device (it runs on a shared serial bus), and,
 where it has them, its `scan` probe and its simulator.
 
-Everything but the configuration model is named as "package.module:name" and imported only when a
-configured device needs it, so a gateway that uses no OPC-UA device never imports asyncua.
+Each is named as "package.module:name" and imported only when a configured device needs it: a gateway
+that uses no OPC-UA device never imports asyncua, nor even the OPC-UA configuration model.
 """
 
 from __future__ import annotations
@@ -24,11 +24,16 @@ class ProtocolUnavailable(Exception):
 @dataclass(frozen=True)
 class Protocol:
     name: str
-    config_model: type[DeviceBase]
+    config: str  # its configuration model, a DeviceBase
     driver: str | None = None  # its Driver class, for a protocol with links of its own
     bus_device: str | None = None  # its BusDevice class, for a protocol on a shared serial bus
     probe: str | None = None  # its `scan` probe (drivers/serial/scan.py)
     simulator: str | None = None  # its simulated device, for tests, the demo and the benchmark
+
+    @property
+    def config_model(self) -> type[DeviceBase]:
+        model: type[DeviceBase] = self.load(self.config)
+        return model
 
     def load(self, path: str) -> Any:
         """The object named by one of the paths above, importing its module now."""
@@ -49,13 +54,13 @@ _REGISTRY: dict[str, Protocol] = {}
 BUS_DRIVER = "drivers.serial.driver:FieldBusDriver"
 
 
-def register(name: str, config_model: type[DeviceBase], *, driver: str | None = None,
-             bus_device: str | None = None, probe: str | None = None, simulator: str | None = None) -> None:
+def register(name: str, config: str, *, driver: str | None = None, bus_device: str | None = None,
+             probe: str | None = None, simulator: str | None = None) -> None:
     if name in _REGISTRY:
         raise ValueError(f"protocol {name!r} is registered twice")
     if (driver is None) == (bus_device is None):
         raise ValueError(f"protocol {name!r} needs a driver or a bus device, not both")
-    _REGISTRY[name] = Protocol(name, config_model, driver, bus_device, probe, simulator)
+    _REGISTRY[name] = Protocol(name, config, driver, bus_device, probe, simulator)
 
 
 def protocols() -> dict[str, Protocol]:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from drivers.registry import make_driver
@@ -124,9 +124,12 @@ class Gateway:
 
     def _announce_assets(self) -> None:
         assert self.publisher is not None
+        self.publisher.describe_with(self._descriptions)
+
+    def _descriptions(self) -> Iterator[tuple[str, bytes]]:
+        """The retained self-description of every asset, made when the publisher (re)connects."""
         for asset in self.config.assets:
-            body = encode_asset_description(self.gateway_id, asset, now_ms())
-            self.publisher.set_retained(self.topics.meta(asset.ref), body)
+            yield self.topics.meta(asset.ref), encode_asset_description(self.gateway_id, asset, now_ms())
 
     def _on_samples(self, device: DeviceBase, samples: Sequence[Sample], receive_time_ms: int) -> None:
         assert self.pipeline is not None

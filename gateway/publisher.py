@@ -26,7 +26,7 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,9 @@ class Publisher:
         self._status_topic = status_topic
         self._where = f"{settings.host}:{settings.port}"
         self._retained: dict[str, bytes] = {}
+        # Retained messages made afresh on every connect (the assets' self-descriptions: tens of kB each,
+        # not worth holding in memory between connects).
+        self._described: Callable[[], Iterable[tuple[str, bytes]]] = lambda: ()
         self._link: _Link | None = None  # the established connection, if any
         self._connected = asyncio.Event()
         # Set when the drain loop may have work: the buffer sets it when it commits new rows; PUBACKs that free
@@ -120,6 +123,10 @@ class Publisher:
         except TimeoutError:
             return False
         return True
+
+    def describe_with(self, descriptions: Callable[[], Iterable[tuple[str, bytes]]]) -> None:
+        """On every connect, publish retained each (topic, body) that `descriptions()` gives, made then."""
+        self._described = descriptions
 
     def set_retained(self, topic: str, body: bytes) -> None:
         """Publish `body` retained on `topic` now if connected, and again after every reconnect."""
@@ -185,6 +192,8 @@ class Publisher:
         self._last_problem = None
         log.info("Connected to MQTT broker %s as %s", self._where, self._client_id)
         link.publish(self._status_topic, self._status("online", since=link.connected_at_ms), retain=True)
+        for topic, body in self._described():
+            link.publish(topic, body, retain=True)
         for topic, body in self._retained.items():
             link.publish(topic, body, retain=True)
         self._link = link

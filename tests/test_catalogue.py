@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import TypeAdapter
 
 from drivers.modbus.config import ModbusPoint, ModbusTcpDevice
 from drivers.modbus.tables import DataType, Table
@@ -419,7 +420,7 @@ def test_profile_points_do_not_overlap_and_only_writable_tables_are_writable(pat
 
 def test_overlap_check_finds_a_shared_register_but_allows_bits_of_one_word() -> None:
     def point(name: str, address: int, **keys: Any) -> ModbusPoint:
-        return ModbusPoint.model_validate(
+        return TypeAdapter(ModbusPoint).validate_python(
             {"name": name, "indicator": "flow", "table": "holding_register", "address": address, **keys})
 
     assert overlaps([point("a", 0, type="bit", bit=0), point("b", 0, type="bit", bit=1)]) == []

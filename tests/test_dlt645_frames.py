@@ -7,7 +7,7 @@ import contextlib
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from drivers.dlt645 import frames
 from drivers.dlt645.config import Dlt645Point
@@ -60,7 +60,7 @@ def test_apparent_energy_blocks_and_unknown_identifiers_have_no_built_in_format(
 
 
 def point(**raw: object) -> Dlt645Point:
-    return Dlt645Point.model_validate({"name": "p", "indicator": "active-energy-import", **raw})
+    return TypeAdapter(Dlt645Point).validate_python({"name": "p", "indicator": "active-energy-import", **raw})
 
 
 def test_a_built_in_identifier_converts_to_the_points_unit_of_the_same_quantity() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from drivers.modbus.codec import (
     BitBlockDecoder,
@@ -20,7 +21,7 @@ from drivers.modbus.codec import (
     encode_bool,
 )
 from drivers.modbus.config import ModbusPoint
-from drivers.modbus.tables import DataType, Order
+from drivers.modbus.tables import REGISTER_COUNT, DataType, Order
 from gateway.model.readings import Quality, Sample
 
 BIG, LITTLE = Order.BIG, Order.LITTLE
@@ -28,8 +29,8 @@ ORDERS = [(BIG, BIG), (LITTLE, LITTLE), (BIG, LITTLE), (LITTLE, BIG)]  # (byte o
 
 
 def make_point(kind: str, address: int = 0, name: str = "p", **extra: Any) -> ModbusPoint:
-    return ModbusPoint.model_validate({"name": name, "indicator": "x", "table": "holding_register",
-                                       "address": address, "type": kind, **extra})
+    return TypeAdapter(ModbusPoint).validate_python({"name": name, "indicator": "x", "table": "holding_register",
+                                                     "address": address, "type": kind, **extra})
 
 
 # Each value's registers in the four orders, written out by hand from the bytes
@@ -163,7 +164,7 @@ def test_block_decoder_turns_a_bad_block_into_bad_samples(registers: list[int]) 
 
 
 def test_bit_block_decoder() -> None:
-    points = [ModbusPoint.model_validate({"name": n, "indicator": "x", "table": "coil", "address": a})
+    points = [TypeAdapter(ModbusPoint).validate_python({"name": n, "indicator": "x", "table": "coil", "address": a})
               for n, a in (("first", 10), ("third", 12))]
     decoder = BitBlockDecoder(10, 3, points)
     assert decoder.decode([True, False, False]) == ([Sample("first", True), Sample("third", False)], 0)
@@ -202,7 +203,7 @@ def test_bits_and_bools_are_not_register_values() -> None:
 
 
 def test_coil_values() -> None:
-    coil = ModbusPoint.model_validate({"name": "c", "indicator": "x", "table": "coil", "address": 0})
+    coil = TypeAdapter(ModbusPoint).validate_python({"name": "c", "indicator": "x", "table": "coil", "address": 0})
     assert encode_bool(coil, True) is True
     assert encode_bool(coil, 0) is False
     with pytest.raises(EncodeError):
@@ -259,3 +260,32 @@ def test_decode_then_encode_gives_the_registers_back(registers: list[int], order
     except DecodeError:
         return  # NaN / infinity
     assert encode(point, value, *orders) == registers
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), orders=st.sampled_from(ORDERS))
+def test_a_block_decodes_every_point_as_it_would_alone(data: st.DataObject, orders: tuple[Order, Order]) -> None:
+    # Points of every type and order, overlapping or not, decoded from one block with a struct per run of
+    # points sharing a layout: each value equals the one its own registers give.
+    registers = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=24, max_size=24), label="registers")
+    points = []
+    for index in range(data.draw(st.integers(1, 8), label="points")):
+        kind = data.draw(st.sampled_from([k for k in DataType if k is not DataType.BOOL]), label="type")
+        extra: dict[str, Any] = {"length": 3} if kind is DataType.STRING else {}
+        if kind is DataType.BIT:
+            extra["bit"] = data.draw(st.integers(0, 15), label="bit")
+        if data.draw(st.booleans(), label="own orders"):
+            byte, word = data.draw(st.sampled_from(ORDERS), label="orders")
+            extra.update(byte_order=byte.value, word_order=word.value)
+        address = data.draw(st.integers(0, 24 - (3 if kind is DataType.STRING else REGISTER_COUNT.get(kind, 1))))
+        points.append(make_point(kind.value, address, name=f"p{index}", **extra))
+    samples, errors = RegisterBlockDecoder(0, 24, points, *orders).decode(registers)
+    alone: dict[str, Sample] = {}
+    for point in points:
+        own = registers[point.address:point.address + point.register_count]
+        try:
+            alone[point.name] = Sample(point.name, decode_point(point, own, *orders))
+        except DecodeError:
+            alone[point.name] = Sample(point.name, None, Quality.BAD, "decode-error")
+    assert {s.point: s for s in samples} == alone
+    assert errors == sum(s.quality is Quality.BAD for s in alone.values())

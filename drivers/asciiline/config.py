@@ -15,8 +15,10 @@ from pydantic import Field, model_validator
 
 from drivers.serial.config import SerialDevice
 from gateway.model.devices import PointBase
+from gateway.model.schema import record
 
 
+@record
 class AsciiPoint(PointBase):
     group: str | None = Field(None, description="Named group of the pattern; defaults to the point name.")
     type: Literal["number", "text"] = "number"

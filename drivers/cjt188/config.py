@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from drivers.cjt188.frames import DiOrder
 from drivers.serial.config import SerialDevice
 from gateway.model.devices import PointBase
+from gateway.model.schema import record
 
 
 class Cjt188Field(enum.StrEnum):
@@ -35,6 +36,7 @@ WILDCARD_ADDRESS = "A" * 14
 HEAT_METER_TYPES = range(0x20, 0x23)
 
 
+@record
 class Cjt188Point(PointBase):
     field: Cjt188Field
 

@@ -17,10 +17,12 @@ from drivers.dlt645.frames import DataFormat, common_format
 from drivers.serial.config import SerialDevice
 from gateway.model import units
 from gateway.model.devices import PointBase
+from gateway.model.schema import record
 
 WILDCARD_ADDRESS = "A" * 12
 
 
+@record
 class Dlt645Point(PointBase):
     data_id: str = Field(pattern=r"^[0-9A-Fa-f]{8}$", description="DI3 DI2 DI1 DI0 in hex, e.g. 02010100.")
     size: PositiveInt | None = Field(None, le=16, description="Bytes of the value, for identifiers not built in.")

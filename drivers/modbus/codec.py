@@ -29,6 +29,7 @@ Pure: no protocol library, no I/O.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Sequence
@@ -90,7 +91,7 @@ class _PointDecoder:
         self.swap_bytes = layout.swap_bytes
         self.bit = point.bit or 0
         fmt = _FORMATS.get(self.kind)
-        self.struct = struct.Struct(layout.endian + fmt) if fmt else None
+        self.struct = _shared_struct(layout.endian + fmt) if fmt else None
 
     def decode(self, as_sent: bytes, swapped: bytes) -> Value:
         data = swapped if self.swap_bytes else as_sent
@@ -104,24 +105,82 @@ class _PointDecoder:
         return value
 
 
+# What to do with a value a block struct unpacked, by point (the bit number for type bit).
+_PLAIN, _FLOAT = -1, -2
+
+
+class _Run:
+    """Points of one block that share a byte layout and do not overlap: one struct unpacks all of them,
+    the gaps between them skipped as pad bytes."""
+
+    __slots__ = ("names", "post", "struct", "swap_bytes")
+
+    def __init__(self, layout: Layout, points: Sequence[ModbusPoint], block_start: int) -> None:
+        self.swap_bytes = layout.swap_bytes
+        self.names = tuple(point.name for point in points)
+        parts, cursor = [layout.endian], 0
+        post: list[int] = []
+        for point in points:
+            offset = (point.address - block_start) * 2
+            if offset > cursor:
+                parts.append(f"{offset - cursor}x")
+            kind = point.data_type
+            parts.append(_FORMATS[kind])
+            cursor = offset + point.register_count * 2
+            if kind is DataType.BIT:
+                post.append(point.bit or 0)
+            else:
+                post.append(_FLOAT if kind in (DataType.FLOAT32, DataType.FLOAT64) else _PLAIN)
+        self.post = tuple(post)
+        self.struct = _shared_struct("".join(parts))
+
+    def decode(self, as_sent: bytes, swapped: bytes, samples: list[Sample]) -> int:
+        """Append a sample per point; how many of them are not values (NaN, infinite)."""
+        values = self.struct.unpack_from(swapped if self.swap_bytes else as_sent)
+        errors = 0
+        for name, value, post in zip(self.names, values, self.post, strict=True):
+            if post == _PLAIN:
+                samples.append(Sample(name, value))
+            elif post >= 0:
+                samples.append(Sample(name, bool((value >> post) & 1)))
+            elif math.isfinite(value):
+                samples.append(Sample(name, value))
+            else:
+                samples.append(_bad(name))
+                errors += 1
+        return errors
+
+
 class RegisterBlockDecoder:
     """Decodes the registers of one read request into samples of its points.
 
-    Built once per request and reused on every poll: the per-point work left on
-    the hot path is one `unpack_from`.
+    Built once per request and reused on every poll. The response is packed into bytes once (twice when
+    some point needs its bytes swapped), then each run of points sharing a byte layout is unpacked by one
+    struct call; text, and points overlapping an earlier one, are decoded one by one.
     """
 
     def __init__(self, start: int, count: int, points: Sequence[ModbusPoint],
                  byte_order: Order, word_order: Order) -> None:
         self.count = count
-        self._decoders = [_PointDecoder(point, start, Layout.of(point, byte_order, word_order))
-                          for point in points]
-        self._needs_swapped = any(decoder.swap_bytes for decoder in self._decoders)
-        self._as_sent = struct.Struct(f">{count}H")
-        self._swapped = struct.Struct(f"<{count}H")
+        self._points = tuple(point.name for point in points)
+        by_layout: dict[Layout, list[ModbusPoint]] = {}
+        self._singles: list[_PointDecoder] = []
+        ends: dict[Layout, int] = {}
+        for point in sorted(points, key=lambda p: (p.address, p.name)):
+            layout = Layout.of(point, byte_order, word_order)
+            if point.data_type is DataType.STRING or point.address < ends.get(layout, 0):
+                self._singles.append(_PointDecoder(point, start, layout))
+                continue
+            by_layout.setdefault(layout, []).append(point)
+            ends[layout] = point.address + point.register_count
+        self._runs = [_Run(layout, run, start) for layout, run in by_layout.items()]
+        self._needs_swapped = (any(run.swap_bytes for run in self._runs)
+                               or any(single.swap_bytes for single in self._singles))
+        self._as_sent = _shared_struct(f">{count}H")
+        self._swapped = _shared_struct(f"<{count}H")
 
     def decode(self, registers: Sequence[int]) -> tuple[list[Sample], int]:
-        """Samples in point order, and how many of them failed to decode."""
+        """Samples of every point, and how many of them failed to decode."""
         if len(registers) != self.count:
             return self._all_bad()
         try:
@@ -130,17 +189,23 @@ class RegisterBlockDecoder:
         except struct.error:  # a register outside 0..65535
             return self._all_bad()
         samples: list[Sample] = []
-        errors = 0
-        for decoder in self._decoders:
+        errors = sum(run.decode(as_sent, swapped, samples) for run in self._runs)
+        for single in self._singles:
             try:
-                samples.append(Sample(decoder.name, decoder.decode(as_sent, swapped)))
+                samples.append(Sample(single.name, single.decode(as_sent, swapped)))
             except DecodeError:
-                samples.append(_bad(decoder.name))
+                samples.append(_bad(single.name))
                 errors += 1
         return samples, errors
 
     def _all_bad(self) -> tuple[list[Sample], int]:
-        return [_bad(decoder.name) for decoder in self._decoders], len(self._decoders)
+        return [_bad(name) for name in self._points], len(self._points)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_struct(fmt: str) -> struct.Struct:
+    """Structs are immutable: devices of one model share theirs."""
+    return struct.Struct(fmt)
 
 
 class BitBlockDecoder:

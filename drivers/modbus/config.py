@@ -13,9 +13,10 @@ from pydantic import Field, PositiveInt, PrivateAttr, model_validator
 from drivers.modbus.planner import Plan, plan_points
 from drivers.modbus.tables import REGISTER_COUNT, DataType, Order, Table
 from gateway.model.devices import DeviceBase, PointBase
-from gateway.model.schema import StrictModel
+from gateway.model.schema import StrictModel, record
 
 
+@record
 class ModbusPoint(PointBase):
     table: Table
     address: int = Field(ge=0, le=65535, description="Protocol address, 0-based (register 40001 is holding 0).")

@@ -18,7 +18,7 @@ from typing import Literal, Self
 from pydantic import Field, PositiveInt, SecretStr, model_validator
 
 from gateway.model.devices import DeviceBase, PointBase
-from gateway.model.schema import ConfigPath, Seconds, StrictModel
+from gateway.model.schema import ConfigPath, Seconds, StrictModel, record
 
 # nsu=<uri>;<type>=<id>  or  [ns=0;]<type>=<id>, type one of i (numeric), s (string), g (guid), b (opaque)
 _NODE_ID = re.compile(r"^(?:nsu=(?P<uri>[^;]+);|ns=(?P<index>\d+);)?(?P<kind>[isgb])=(?P<ident>.+)$", re.DOTALL)
@@ -124,6 +124,7 @@ class Security(StrictModel):
         return self
 
 
+@record
 class OpcUaPoint(PointBase):
     node: str | None = Field(None, description="NodeId with namespace URI: nsu=<uri>;s=<id> (or i=, g=, b=).")
     browse_path: str | None = Field(

@@ -8,6 +8,7 @@ daemon.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import glob
 import itertools
@@ -308,11 +309,11 @@ def _issue_from_pydantic(model: type[BaseModel], raw: LocatedDict, error: Any,
     location = _locate(raw, loc)
     path = format_path([*prefix, *loc])
     kind = error["type"]
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):  # a model's unknown key; a record's
         key = str(loc[-1])
         allowed = _fields_at(model, loc[:-1])
         message = f"unknown key {key!r}; expected one of: {', '.join(allowed)}" + suggest(key, allowed)
-    elif kind == "missing":
+    elif kind in ("missing", "missing_argument", "missing_keyword_only_argument"):
         message = "required key missing"
     else:
         message = str(error["msg"])
@@ -346,23 +347,28 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The keys allowed at `loc` inside `model`, found by following the field annotations."""
     current: Any = model
     for part in loc:
-        current = _strip_containers(current)
-        if isinstance(part, str) and isinstance(current, type) and issubclass(current, BaseModel):
-            field_info = current.model_fields.get(part)
+        fields = _fields_of(_strip_containers(current))
+        if isinstance(part, str) and fields is not None:
+            field_info = fields.get(part)
             if field_info is None:
                 return []
             current = field_info.annotation
-    current = _strip_containers(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+    return list(_fields_of(_strip_containers(current)) or ())
+
+
+def _fields_of(annotation: Any) -> dict[str, Any] | None:
+    """The fields of a model or of a record (a pydantic dataclass), None for anything else."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return dict(annotation.model_fields)
+    fields = getattr(annotation, "__pydantic_fields__", None) if isinstance(annotation, type) else None
+    return dict(fields) if isinstance(fields, dict) else None
 
 
 def _strip_containers(annotation: Any) -> Any:
     """list[X] -> X, X | None -> X, until a model class (or something else) remains."""
     for _ in range(4):
         origin = typing.get_origin(annotation)
-        if origin in (list, tuple, set, typing.Union, types.UnionType):
+        if origin in (list, tuple, set, typing.Union, types.UnionType, collections.abc.Sequence):
             args = [a for a in typing.get_args(annotation) if a is not type(None)]
             models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
             annotation = models[0] if models else (args[0] if args else annotation)

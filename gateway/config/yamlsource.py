@@ -18,6 +18,7 @@ import gc
 import os
 import re
 import stat
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -285,7 +286,7 @@ class _Builder:
             return items
         value = self._scalar(node, path)
         if isinstance(value, str):
-            return self._expand_env(value, node, path)
+            return _shared(self._expand_env(value, node, path))
         return None if value is _UNREADABLE else value
 
     def _scalar(self, node: yaml.Node, path: str) -> Any:
@@ -326,7 +327,7 @@ class _Builder:
             self.issue(node, path, f"expected a key (a name) in this mapping, found {found}")
             return None
         key = self._scalar(node, path)
-        return None if key is _UNREADABLE else str(key)
+        return None if key is _UNREADABLE else _shared(str(key))
 
     def _merge(self, result: LocatedDict, node: yaml.Node, path: str) -> None:
         """A YAML merge key (`<<: *defaults`): the mapping's own keys win, then earlier merged mappings."""
@@ -351,6 +352,14 @@ class _Builder:
             return self.environ[name]
 
         return _ENV_REFERENCE.sub(replace, text)
+
+
+def _shared(text: str) -> str:
+    """Short strings (ids, names, units, table and type names) repeat across thousands of points: keep one copy."""
+    return sys.intern(text) if len(text) <= _SHARED_LENGTH else text
+
+
+_SHARED_LENGTH = 64
 
 
 def load_yaml(path: Path, environ: Mapping[str, str] | None = None, limits: YamlLimits | None = None) -> Any:

@@ -64,6 +64,7 @@ class Indicator(StrictModel):
     windows: list[PositiveInt] | None = None
     counter: Counter | None = None
     alarms: list[AlarmRule] | None = None
+    _processing: Processing | None = PrivateAttr(None)
 
     _alarms_ok = field_validator("alarms")(check_alarms)
     _windows_ok = field_validator("windows")(check_windows)
@@ -87,10 +88,12 @@ class Indicator(StrictModel):
 
     @property
     def processing(self) -> Processing:
-        """The catalogue's default processing rules for this indicator."""
-        return Processing.model_construct(
-            _fields_set={k for k in ("reporting", "windows", "counter", "alarms") if getattr(self, k) is not None},
-            reporting=self.reporting, windows=self.windows, counter=self.counter, alarms=self.alarms)
+        """The catalogue's default processing rules for this indicator (one object, shared by its points)."""
+        if self._processing is None:
+            self._processing = Processing.model_construct(
+                _fields_set={k for k in ("reporting", "windows", "counter", "alarms") if getattr(self, k) is not None},
+                reporting=self.reporting, windows=self.windows, counter=self.counter, alarms=self.alarms)
+        return self._processing
 
 
 class Catalogue(StrictModel):

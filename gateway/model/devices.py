@@ -8,7 +8,7 @@ from typing import Self
 from pydantic import Field, model_validator
 
 from gateway.model.rules import DerivedIndicator, Processing
-from gateway.model.schema import Id, PointName, Seconds, StrictModel
+from gateway.model.schema import Id, PointName, Seconds, StrictModel, record
 
 
 class AssetSettings(StrictModel):
@@ -19,8 +19,10 @@ class AssetSettings(StrictModel):
     name: str = ""
 
 
-class PointBase(StrictModel):
-    """What every protocol's point has: which indicator it feeds and how its value becomes canonical."""
+@record
+class PointBase:
+    """What every protocol's point has: which indicator it feeds and how its value becomes canonical.
+    Protocols subclass it (each subclass a `@record` too)."""
 
     name: PointName
     indicator: Id

@@ -9,6 +9,7 @@ indicator, and raise ValueError (a UnitError for units) for what cannot be resol
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic
@@ -53,7 +54,8 @@ class Transform:
 
 
 def point_transform(point: PointBase, indicator: Indicator) -> Transform:
-    """The point's transform to `indicator`; raises UnitError when its unit does not convert."""
+    """The point's transform to `indicator`; raises UnitError when its unit does not convert.
+    Equal transforms are one object (a site's many devices of one model have the same ones)."""
     to_canonical = units.conversion(point.unit or indicator.unit, indicator.unit)
     scale = point.scale * to_canonical.scale
     shift = point.offset * to_canonical.scale + to_canonical.shift
@@ -61,6 +63,11 @@ def point_transform(point: PointBase, indicator: Indicator) -> Transform:
     own = own_range(point, indicator)
     if own is not None:
         low, high = own
+    return _shared_transform(scale, shift, low, high)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_transform(scale: float, shift: float, low: float | None, high: float | None) -> Transform:
     return Transform(scale, shift, low, high)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar, cast, dataclass_transform
 
+import pydantic.dataclasses
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo
 
 # Ids that appear in MQTT topics: lower case a-z, 0-9 and '-' (Homie's rule), so
@@ -20,6 +21,19 @@ class StrictModel(BaseModel):
     No number may be infinite or NaN: no setting means "forever" by being infinite."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_RECORD_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"additionalProperties": False})
+_T = TypeVar("_T")
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(Field,))
+def record(cls: type[_T]) -> type[_T]:
+    """A validated, immutable configuration record that a site has thousands of (a device's points): the rules
+    of StrictModel, as a slotted pydantic dataclass, which takes a tenth of a model's memory."""
+    made = pydantic.dataclasses.dataclass(frozen=True, slots=True, kw_only=True, config=_RECORD_CONFIG)(cls)
+    # pydantic types what its decorator returns as its own dataclass protocol, not as the class it was given.
+    return cast("type[_T]", made)
 
 
 # A duration in seconds. Bounded, so every one of them also fits the milliseconds the gateway counts in.
