@@ -141,6 +141,11 @@ class Buffer:
         if ids:
             await self._run(self._ack, tuple(ids))
 
+    async def synchronous(self) -> str:
+        """SQLite's own word for how it syncs commits on this connection: "full" or "normal"."""
+        (level,) = await self._run(lambda: self._db.execute("PRAGMA synchronous").fetchone())
+        return {0: "off", 1: "normal", 2: "full", 3: "extra"}[int(level)]
+
     async def stats(self) -> BufferStats:
         return await self._run(_read_stats, self._db)
 

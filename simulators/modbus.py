@@ -68,6 +68,7 @@ class ModbusSimulator:
         self.units = {unit: _Unit(size) for unit in unit_ids}
         self.refusals = list(refusals)
         self.requests: collections.Counter[int] = collections.Counter()  # requests received per unit id
+        self.connections = 0  # client connections accepted so far (to tell a reused connection from a new one)
         self.reply_mangler: Callable[[bytes], bytes] | None = None  # rewrites each reply frame (tests)
         self._port = port
         self._server: ModbusTcpServer | None = None
@@ -85,7 +86,7 @@ class ModbusSimulator:
         if self._server is not None:
             return
         server = ModbusTcpServer(_Datastore(self), address=("127.0.0.1", self._port),
-                                 trace_pdu=self._on_pdu, trace_packet=self._on_packet)
+                                 trace_pdu=self._on_pdu, trace_packet=self._on_packet, trace_connect=self._on_connect)
         await server.serve_forever(background=True)
         sockets = getattr(server.transport, "sockets", None) or ()
         if sockets:
@@ -117,6 +118,9 @@ class ModbusSimulator:
         self.refusals.append(Refusal(table, start, end, code, unit))
 
     # --- the datastore behind the pymodbus server ---
+
+    def _on_connect(self, connected: bool) -> None:
+        self.connections += connected
 
     def _on_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if not sending:

@@ -78,10 +78,11 @@ async def test_size_cap_drops_oldest_lowest_priority_and_counts_persistently(tmp
 
 
 @pytest.mark.parametrize("synchronous", ["full", "normal"])
-async def test_both_sync_modes_open(tmp_path: Path, synchronous: str) -> None:
+async def test_both_sync_modes_open_and_are_what_sqlite_uses(tmp_path: Path, synchronous: str) -> None:
     buffer = await Buffer.open(tmp_path / "b.sqlite", max_bytes=10**6, synchronous=synchronous)
     await buffer.commit([message(1)])
     assert (await buffer.stats()).messages == 1
+    assert await buffer.synchronous() == synchronous  # read back from SQLite, not from our setting
     await buffer.close()
 
 

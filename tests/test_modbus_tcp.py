@@ -244,6 +244,7 @@ async def test_open_is_idempotent(simulator: ModbusSimulator) -> None:
     await driver.open()
     assert driver.connected
     assert values(await driver.read(device)) == {"a": 0}
+    assert simulator.connections == 1  # opening an open link keeps its connection
     await driver.close()
     await driver.close()  # closing twice is harmless
     assert not driver.connected
@@ -265,6 +266,7 @@ async def test_a_stopped_server_raises_driver_error_and_a_restart_recovers(simul
     await simulator.start()
     await driver.open()
     assert values(await driver.read(device)) == {"a": 7}
+    assert simulator.connections == 2  # the lost connection was replaced by a new one
     await driver.close()
 
 
@@ -279,6 +281,7 @@ async def test_no_reply_is_a_timeout_and_the_link_stays_usable(simulator: Modbus
     simulator.reply_mangler = None
     await driver.open()
     assert values(await driver.read(device)) == {"a": 7}
+    assert simulator.connections == 1  # one device's silence did not cost the connection
     await driver.close()
 
 
