@@ -482,6 +482,20 @@ def test_a_pushing_device_repeats_its_steady_value_once_per_poll_interval() -> N
     assert processor.tick().readings == []  # not again until the next interval
 
 
+def test_a_value_derived_from_a_steady_pushed_input_stays_fresh() -> None:
+    # A subscription sends nothing while its value holds; the repeat keeps the input younger than max_age.
+    clock = Clock()
+    doubled = DerivedIndicator(indicator="pressure-drop", expression="outlet-pressure * 2", max_age=30)
+    processor = make_processor(catalogue(), [pushing_device(poll_interval=10)], derived=[doubled], clock=clock)
+    clock.now = T0
+    processor.process("plc", [reading("outlet-pressure", 5.0, T0, point="p")])
+    for step in range(1, 13):  # two minutes of silence from the device
+        clock.now = T0 + step * 10_000
+        out = processor.tick()
+    derived = [r for r in out.readings if r.indicator == "pressure-drop"]
+    assert [(r.value, r.quality) for r in derived] == [(10.0, Quality.GOOD)]
+
+
 def test_a_pushing_device_that_failed_repeats_nothing() -> None:
     clock = Clock()
     processor = make_processor(catalogue(), [pushing_device()], clock=clock)

@@ -91,12 +91,15 @@ class _Series:
         if self.reporting is None or self.reporting.should_publish(reading.value, quality, now):
             out.readings.append(reading)
 
-    def tick(self, now: int, out: Output) -> None:
+    def heartbeat(self, now: int) -> Reading | None:
+        """The last reading of a pushing device again, when it is due: still its current value, received now."""
         last = self.last
-        if last is not None and self.reporting is not None and self.reporting.heartbeat_due(now):
-            # Still the current value of a pushing device: say so, with the time it was received again.
-            self.reporting.should_publish(last.value, last.quality, now)
-            out.readings.append(dataclasses.replace(last, receive_time_ms=now))
+        if last is None or self.reporting is None or not self.reporting.heartbeat_due(now):
+            return None
+        self.reporting.should_publish(last.value, last.quality, now)
+        return dataclasses.replace(last, receive_time_ms=now)
+
+    def tick(self, now: int, out: Output) -> None:
         for window in self.windows:
             for closed in window.close_until(now - CLOSE_GRACE_MS):
                 out.statistics.append((self.asset, closed))
@@ -210,6 +213,10 @@ class Processor:
         now = self._clock()
         out = Output()
         for device in self._devices.values():
+            beats = [beat for series in device.series.values() if (beat := series.heartbeat(now)) is not None]
+            if beats:  # published, and fresh inputs for the asset's derived indicators
+                out.readings.extend(beats)
+                device.asset.feed(beats, now, out)
             for series in device.series.values():
                 series.tick(now, out)
             if device.supervisor is not None:
