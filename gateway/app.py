@@ -34,6 +34,7 @@ from gateway.pipeline import Pipeline
 from gateway.processing import Processor
 from gateway.publisher import Publisher
 from gateway.state import DeviceRegistry
+from gateway.statedir import StateLock
 from gateway.systemd import notify
 from gateway.tasks import cancel_requests, restore_cancel_requests
 from gateway.topics import Topics
@@ -75,6 +76,8 @@ class Gateway:
         """Run until `stop` is set; raise if any part fails unexpectedly."""
         config = self.config
         async with contextlib.AsyncExitStack() as resources:
+            # Before anything in the state directory is opened: one gateway per state directory.
+            resources.enter_context(StateLock(config.state_dir))
             buffer = await Buffer.open(config.buffer_path, config.main.buffer.max_bytes,
                                        config.main.buffer.synchronous)
             resources.push_async_callback(buffer.close)

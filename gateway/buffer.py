@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from gateway.model.readings import now_ms
+from gateway.statedir import private_file
 
 _T = TypeVar("_T")
 
@@ -42,6 +43,10 @@ INSERT OR IGNORE INTO counters VALUES ('last_seq', 0), ('dropped_messages', 0), 
 """
 # Rough per-row overhead on top of topic and body, so the cap tracks the file size closely enough.
 _ROW_OVERHEAD = 48
+
+
+class SequenceConflict(Exception):
+    """The sequence numbers of a commit were already used: another process writes to this buffer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +97,7 @@ class Buffer:
     @classmethod
     async def open(cls, path: Path, max_bytes: int,
                    synchronous: Literal["full", "normal"] = "full") -> Buffer:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # SQLite gives its -wal and -shm files the database file's mode
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
 
         def connect() -> tuple[sqlite3.Connection, int, int]:
@@ -166,7 +171,14 @@ class Buffer:
         rows = [(m.priority, m.topic, m.body, m.first_seq, m.last_seq, m.created_ms or created) for m in messages]
         added = sum(len(m.body) + len(m.topic) + _ROW_OVERHEAD for m in messages)
         last_seq = max(m.last_seq for m in messages)
+        first_seq = min(m.first_seq for m in messages)
         with _transaction(self._db):
+            stored = _counter(self._db, "last_seq")
+            if first_seq <= stored:
+                # Only a second process on this file can have taken these numbers (the state lock should
+                # have stopped it): committing would publish one seq for two different readings.
+                raise SequenceConflict(f"sequence numbers from {first_seq} are already used (up to {stored}) "
+                                       "by another process writing to this buffer")
             self._db.executemany(
                 "INSERT INTO messages (priority, topic, body, first_seq, last_seq, created_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?)", rows)

@@ -22,6 +22,7 @@ from drivers.registry import ProtocolUnavailable
 from gateway import __version__
 from gateway.config.errors import ConfigError
 from gateway.config.loader import GatewayConfig, load_config
+from gateway.statedir import StateDirInUse
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -33,11 +34,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     command: Callable[[argparse.Namespace], int] = args.command
+    os.umask(os.umask(0o077) | 0o077)  # whatever the caller's umask: what we create is ours alone
     try:
         return command(args)
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_CONFIG
+    except StateDirInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG  # like a configuration error: restarting cannot help (systemd does not retry 2)
     except ProtocolUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -90,8 +95,11 @@ def cmd_read(args: argparse.Namespace) -> int:
               + suggest(args.device, [d.id for d in config.devices]), file=sys.stderr)
         return EXIT_CONFIG
     from gateway.readonce import read_once
+    from gateway.statedir import StateLock
 
-    return asyncio.run(read_once(config, device))
+    # A running gateway owns the devices' links (a serial port, a PLC that takes one connection).
+    with StateLock(config.state_dir):
+        return asyncio.run(read_once(config, device))
 
 
 def cmd_buffer(args: argparse.Namespace) -> int:
@@ -103,9 +111,12 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     if not config.buffer_path.exists():
         print(f"no buffer yet at {config.buffer_path} (the gateway has not run with this configuration)")
         return EXIT_OK
-    stats = read_stats(config.buffer_path)
+    from gateway.statedir import holder
+
+    stats = read_stats(config.buffer_path)  # read-only: safe beside a running gateway
     oldest = format_time_ms(stats.oldest_created_ms) if stats.oldest_created_ms else "-"
-    print(f"buffer {config.buffer_path}")
+    running = holder(config.state_dir)
+    print(f"buffer {config.buffer_path}" + (f" (gateway running: process {running})" if running else ""))
     print(f"  waiting:  {stats.messages} messages, {stats.readings} readings, {stats.bytes} bytes "
           f"(cap {config.main.buffer.max_bytes})")
     print(f"  oldest:   {oldest}")
@@ -144,6 +155,9 @@ async def _run(config: GatewayConfig) -> int:
         loop.add_signal_handler(sig, on_signal)
     try:
         await Gateway(config).run(stop)
+    except StateDirInUse as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("cannot run: %s", exc)
         return EXIT_FAILURE

@@ -12,11 +12,12 @@ from typing import Any
 
 from tinydb import Query, TinyDB
 
+from gateway.statedir import private_file
+
 
 class DeviceRegistry:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = TinyDB(path, indent=1)
+        self._db = TinyDB(private_file(path), indent=1)
 
     def record(self, status: dict[str, Any]) -> None:
         self._db.upsert(status, Query().device == status["device"])

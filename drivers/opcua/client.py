@@ -592,10 +592,15 @@ async def client_certificate(options: ConnectOptions) -> tuple[Path, Path]:
     cert_file, key_file = directory / "client-cert.der", directory / "client-key.pem"
     fresh = not key_file.exists()
     _make_dir(directory)
-    await cert_gen.setup_self_signed_certificate(
-        key_file, cert_file, options.app_uri, socket.gethostname(),
-        [ExtendedKeyUsageOID.CLIENT_AUTH], {"organizationName": "municipal-gateway"})
-    os.chmod(key_file, 0o600)  # the key stays readable by the gateway's user only
+    # The key is readable by the gateway's user only from its first byte: created under a private umask.
+    previous = os.umask(0o077)
+    try:
+        await cert_gen.setup_self_signed_certificate(
+            key_file, cert_file, options.app_uri, socket.gethostname(),
+            [ExtendedKeyUsageOID.CLIENT_AUTH], {"organizationName": "municipal-gateway"})
+    finally:
+        os.umask(previous)
+    os.chmod(key_file, 0o600)  # one generated before this rule, or copied in with a looser mode
     if fresh:
         log.info("generated the OPC-UA client certificate %s (application URI %s); the server must trust it",
                  cert_file, options.app_uri)
@@ -603,7 +608,7 @@ async def client_certificate(options: ConnectOptions) -> tuple[Path, Path]:
 
 
 def _make_dir(directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _first_certificate(der: bytes) -> bytes:
