@@ -137,9 +137,15 @@ class Buffer:
         await self._run(self._commit, messages)
         self.new_data.set()
 
-    async def fetch(self, limit: int, exclude: Collection[int] = ()) -> list[StoredMessage]:
-        """Up to `limit` stored messages, highest priority first, oldest first within a priority."""
-        return await self._run(self._fetch, limit, tuple(exclude))
+    async def fetch(self, limit: int, exclude: Collection[int] = (), live_after: int = 0) -> list[StoredMessage]:
+        """Up to `limit` stored messages in the order they are to be sent: alarm events (and anything else of
+        a higher priority) first, oldest first; then the readings committed after row `live_after` (live),
+        oldest first; then the older ones (the history that waited across an outage), oldest first."""
+        return await self._run(self._fetch, limit, tuple(exclude), live_after)
+
+    async def last_id(self) -> int:
+        """The id of the newest row (0 when empty): what is committed from now on comes after it."""
+        return await self._run(lambda: int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]))
 
     async def ack(self, ids: Collection[int]) -> None:
         """Delete messages the broker has acknowledged."""
@@ -215,20 +221,23 @@ class Buffer:
         self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped_readings'", (readings,))
         return freed
 
-    def _fetch(self, limit: int, exclude: tuple[int, ...]) -> list[StoredMessage]:
-        # Rows in flight are skipped in Python rather than with NOT IN, so the query stays a plain index scan.
+    def _fetch(self, limit: int, exclude: tuple[int, ...], live_after: int) -> list[StoredMessage]:
+        # Rows in flight are skipped in Python rather than with NOT IN, so each query stays a plain index scan.
         skip = set(exclude)
-        cursor = self._db.execute(
-            "SELECT id, topic, body, priority, first_seq, last_seq, created_ms FROM messages "
-            "ORDER BY priority DESC, id")
         found: list[StoredMessage] = []
-        for row in cursor:
-            if row[0] in skip:
-                continue
-            found.append(StoredMessage(*row))
+        for where, arguments in (("priority > 0", ()), ("priority = 0 AND id > ?", (live_after,)),
+                                 ("priority = 0 AND id <= ?", (live_after,))):
+            cursor = self._db.execute(
+                "SELECT id, topic, body, priority, first_seq, last_seq, created_ms FROM messages "
+                f"WHERE {where} ORDER BY priority DESC, id", arguments)
+            for row in cursor:
+                if row[0] not in skip:
+                    found.append(StoredMessage(*row))
+                    if len(found) >= limit:
+                        break
+            cursor.close()
             if len(found) >= limit:
                 break
-        cursor.close()
         return found
 
     def _ack(self, ids: tuple[int, ...]) -> None:

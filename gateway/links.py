@@ -16,10 +16,11 @@ A lost link (the connection dropped, the port vanished, a push listener ended)
 ends the link's group: the runner closes the driver, reports the pushing
 devices as failing, and opens the link again. A link that was healthy is
 retried after a short random pause (so a city's gateways do not all come back
-in the same instant), then with capped exponential back-off while it keeps
-failing; an attempt is also made whenever a device's poll is due, and each due
-device that cannot be reached gets its bad readings and its own back-off.
-Once the link is open again, every failing device is polled at once.
+in the same instant), then every 0.5, 1, 2 s (at most) while it keeps failing;
+an attempt is also made whenever a device's poll is due, and each due device
+that cannot be reached gets its bad readings and its own back-off (doubling up
+to its `backoff_max`). Once the link is open again, every failing device is
+polled at once.
 
 An unexpected exception in a driver (a bug) is logged with its traceback and
 handled like a lost link, so one faulty protocol cannot stop the others.
@@ -48,8 +49,11 @@ log = logging.getLogger(__name__)
 _STUCK_POLL_FACTOR = 20
 # After a healthy link is lost: a random pause of up to this many seconds before the first attempt.
 FIRST_RETRY = 0.25
-# After a failed attempt: the first step of the link's back-off (doubling, capped by the devices' backoff_max).
+# After a failed attempt: the first step of the link's back-off, doubling up to RETRY_CAP (or the devices'
+# backoff_max when lower). Opening a dead link costs a refused connect; a device back after an outage is
+# polled again within about 2 s. Its bad readings meanwhile come at its own back-off, not at every attempt.
 RETRY_STEP = 0.5
+RETRY_CAP = 2.0
 # A pushing device has no poll grid: while it fails, its bad readings come this often at first.
 PUSH_RETRY = 1.0
 
@@ -160,7 +164,7 @@ class LinkRunner(Generic[D]):
 
     def _attempt_failed(self, error: DriverError, started: float) -> None:
         self._attempts += 1
-        cap = min(status.device.backoff_max for status in self.statuses)
+        cap = min(RETRY_CAP, *(status.device.backoff_max for status in self.statuses))
         step = min(cap, RETRY_STEP * 2 ** min(self._attempts - 1, 32))
         now = self._clock()
         self._retry_at = now + random.uniform(step / 2, step)

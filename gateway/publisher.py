@@ -45,6 +45,7 @@ from gateway.payload import mark_historical
 log = logging.getLogger(__name__)
 
 _CONNACK_TIMEOUT = 10.0  # seconds from TCP connect to the broker's CONNACK
+FIRST_RETRY = 0.25  # seconds: the longest random pause before reconnecting after a healthy connection dropped
 _GOODBYE_TIMEOUT = 2.0  # seconds to wait for the PUBACK of the offline status at shutdown
 
 
@@ -147,22 +148,24 @@ class Publisher:
 
     async def _stay_connected(self) -> None:
         failures = 0
+        reconnect = self._settings.reconnect
         while True:
             try:
                 await self._connect_and_serve()
                 failures = 0
-                delay = backoff_delay(0, self._settings.reconnect.initial_delay, self._settings.reconnect.max_delay)
+                # The connection was healthy and went away: try again almost at once (the broker restarted, a
+                # network blip), with a little jitter so a city's gateways do not all arrive in the same instant.
+                delay = random.uniform(0, min(FIRST_RETRY, reconnect.initial_delay))
             except _Refused as refusal:
                 self.stats.connect_failures += 1
                 self._report_problem(logging.ERROR, f"MQTT broker {self._where} refused the connection: {refusal}; "
                                      "check mqtt.username, mqtt.password and the client id")
                 # Retrying quickly cannot fix credentials and would hammer the broker.
-                delay = self._settings.reconnect.max_delay
+                delay = reconnect.refused_delay
             except OSError as error:
                 self.stats.connect_failures += 1
                 self._report_problem(logging.WARNING, f"Cannot connect to MQTT broker {self._where}: {error}")
-                delay = backoff_delay(failures, self._settings.reconnect.initial_delay,
-                                      self._settings.reconnect.max_delay)
+                delay = backoff_delay(failures, reconnect.initial_delay, reconnect.max_delay)
                 failures += 1
             log.debug("Reconnecting to MQTT broker %s in %.1f s", self._where, delay)
             await asyncio.sleep(delay)
@@ -174,7 +177,9 @@ class Publisher:
 
     async def _connect_and_serve(self) -> None:
         """Connect once and drain the buffer until that connection drops; raise if it cannot be established."""
-        link = _Link(self._client_id, asyncio.get_running_loop(), self._on_puback, self._wake.set)
+        # What is in the buffer now waited across an outage or a restart: the history, sent after live readings.
+        history_until = await self._buffer.last_id()
+        link = _Link(self._client_id, asyncio.get_running_loop(), self._on_puback, self._wake.set, history_until)
         try:
             await link.open(self._settings, self._status_topic, self._will())
             await self._serve(link)
@@ -223,7 +228,8 @@ class Publisher:
             room = self._settings.max_inflight - len(link.inflight)
             rows = []
             if room > 0:
-                rows = await self._buffer.fetch(room, exclude=self._acked.union(link.inflight.values()))
+                rows = await self._buffer.fetch(room, exclude=self._acked.union(link.inflight.values()),
+                                                live_after=link.history_until)
                 for row in rows:
                     if not link.is_up:
                         break
@@ -237,7 +243,7 @@ class Publisher:
     def _send(self, link: _Link, row: StoredMessage) -> None:
         # Committed before this connection attempt began: it waited in the buffer across an outage or a
         # restart. (Not "before the CONNACK": a poll finished while we were merely connecting is live.)
-        body = mark_historical(row.body) if row.created_ms < link.started_ms else row.body
+        body = mark_historical(row.body) if row.id <= link.history_until else row.body
         try:
             mid = link.publish(row.topic, body)
         except ValueError as error:  # invalid topic or oversized body: left in place it would block the queue
@@ -283,7 +289,7 @@ class _Link:
     """
 
     def __init__(self, client_id: str, loop: asyncio.AbstractEventLoop,
-                 on_puback: Callable[[_Link, int], None], on_down: Callable[[], None]) -> None:
+                 on_puback: Callable[[_Link, int], None], on_down: Callable[[], None], history_until: int) -> None:
         self._loop = loop
         self._on_puback = on_puback
         self._on_down = on_down
@@ -300,7 +306,7 @@ class _Link:
         self._refusal: str | None = None
         self._receipts: dict[int, asyncio.Future[bool]] = {}  # mids whose PUBACK someone awaits
         self.down_reason = ""
-        self.started_ms = now_ms()
+        self.history_until = history_until  # buffer rows up to this id were committed before this connection
         self.connected_at_ms = 0
         self.inflight: dict[int, int] = {}  # paho mid -> buffer row id
 

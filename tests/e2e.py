@@ -81,12 +81,22 @@ def seqs(messages: Iterable[Received], topic: str = DATA_TOPIC) -> list[int]:
     return [r["seq"] for r in readings(messages, topic)]
 
 
-def first_arrivals_in_order(sequence: list[int]) -> bool:
-    """True when, ignoring repeats (redeliveries), numbers arrive in increasing order."""
+def streams_in_order(messages: Iterable[Received], topic: str = DATA_TOPIC) -> bool:
+    """True when, ignoring repeats (redeliveries), live readings arrive in seq order and so do historical ones.
+
+    After an outage the gateway sends live readings first and the history that waited behind them: two
+    streams, each in the order its readings were taken.
+    """
     seen: set[int] = set()
-    firsts = []
-    for number in sequence:
-        if number not in seen:
-            seen.add(number)
-            firsts.append(number)
-    return firsts == sorted(firsts)
+    live: list[int] = []
+    history: list[int] = []
+    for message in messages:
+        if message.topic != topic:
+            continue
+        body = json.loads(message.payload)
+        stream = history if body["historical"] else live
+        for reading in body["readings"]:
+            if reading["seq"] not in seen:
+                seen.add(reading["seq"])
+                stream.append(reading["seq"])
+    return live == sorted(live) and history == sorted(history)

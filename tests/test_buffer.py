@@ -42,6 +42,17 @@ async def test_higher_priority_goes_first(tmp_path: Path) -> None:
     await buffer.close()
 
 
+async def test_readings_committed_after_a_mark_go_before_the_older_ones_alarms_before_both(tmp_path: Path) -> None:
+    buffer = await Buffer.open(tmp_path / "b.sqlite", max_bytes=10**6)
+    await buffer.commit([message(1), message(2)])
+    mark = await buffer.last_id()  # the publisher reconnects: what is stored now is the history
+    await buffer.commit([message(3), message(4, priority=5), message(5)])
+    fetched = await buffer.fetch(10, live_after=mark)
+    assert [m.first_seq for m in fetched] == [4, 3, 5, 1, 2]
+    assert [m.first_seq for m in await buffer.fetch(2, live_after=mark)] == [4, 3], "the limit holds across groups"
+    await buffer.close()
+
+
 async def test_unacked_messages_and_sequence_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite"
     buffer = await Buffer.open(path, max_bytes=10**6)

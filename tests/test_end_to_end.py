@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,15 +19,15 @@ from drivers.modbus.tables import Table
 from gateway.buffer import read_stats
 from gateway.config.loader import load_config
 from simulators.modbus import ModbusSimulator
-from tests.brokers import WAIT, Broker, eventually
+from tests.brokers import WAIT, Broker, Received, eventually
 from tests.conftest import BrokerFactory, SubscriberFactory
 from tests.e2e import (
     DATA_TOPIC,
-    first_arrivals_in_order,
     modbus_device,
     readings,
     running,
     seqs,
+    streams_in_order,
     write_config,
 )
 
@@ -72,7 +73,7 @@ async def test_readings_arrive_on_the_model_with_units_quality_and_self_descript
     assert gateway_status[0] == "online" and gateway_status[-1] == "offline", "a clean stop announces offline"
 
 
-async def test_every_reading_taken_while_the_broker_is_down_arrives_in_order(
+async def test_every_reading_taken_while_the_broker_is_down_arrives_live_first_then_the_history(
         tmp_path: Path, broker_factory: BrokerFactory, mqtt_subscriber: SubscriberFactory,
         station: ModbusSimulator) -> None:
     broker = broker_factory(persistence=True)  # the subscriber's session and its queue survive the restart
@@ -91,7 +92,7 @@ async def test_every_reading_taken_while_the_broker_is_down_arrives_in_order(
                                   "every reading taken so far")
     numbers = seqs(subscriber.messages)
     assert set(range(1, taken_while_down + 1)) <= set(numbers), "no reading lost"
-    assert first_arrivals_in_order(numbers), "readings arrive in the order they were taken"
+    assert streams_in_order(subscriber.messages), "live and historical readings each in the order they were taken"
     assert any(json.loads(m.payload)["historical"] for m in subscriber.on(DATA_TOPIC)), \
         "batches that waited for the broker are flagged historical"
 
@@ -141,7 +142,7 @@ async def test_sigkill_while_the_broker_is_down_loses_no_committed_reading(
         _, stderr = process.communicate(timeout=WAIT)
     assert process.returncode == 0, stderr.decode()
     assert b"Traceback" not in stderr
-    assert first_arrivals_in_order(seqs(subscriber.messages))
+    assert streams_in_order(subscriber.messages)
 
 
 async def _black_hole() -> tuple[asyncio.Server, int]:
@@ -270,3 +271,32 @@ async def test_systemd_is_told_when_the_gateway_is_ready_and_when_it_stops(
         stopping = await asyncio.wait_for(loop.sock_recv(listener, 64), WAIT)
     assert (ready, stopping) == (b"READY=1", b"STOPPING=1")
 
+
+async def test_a_device_back_after_an_outage_is_polled_within_seconds_not_at_its_back_off(
+        tmp_path: Path, broker: Broker, mqtt_subscriber: SubscriberFactory) -> None:
+    # After five failed polls a device's own back-off has grown to 16 s (0.5, 1, 2, 4, 8, 16): were the link
+    # reopened only when the device is due, its return would wait that long. The link is retried every
+    # couple of seconds instead, and the device polled as soon as it is back.
+    station = ModbusSimulator([1])
+    await station.start()
+    port = station.port
+    config = write_config(tmp_path, broker.port, [modbus_device("plc-1", port, poll_interval=0.5)])
+    subscriber = await mqtt_subscriber(broker, DATA_TOPIC)
+
+    def failed_polls(messages: list[Received]) -> int:
+        return len({r["rx"] for r in readings(messages) if r["quality"] == "bad"})
+
+    try:
+        async with running(config) as gateway:
+            await subscriber.wait_count(1, DATA_TOPIC)
+            await station.stop()
+            await subscriber.wait_for(lambda messages: failed_polls(messages) >= 5, "five failed polls")
+            station = ModbusSimulator([1], port=port)
+            await station.start()
+            (status,) = gateway.runners[0].statuses
+            due = status.next_due  # when the device's own back-off would poll it next
+            await subscriber.wait_for(lambda messages: readings(messages)[-1]["quality"] == "good",
+                                      "a good reading again")
+            assert time.monotonic() < due, "polled as soon as the link was back, not at the end of the back-off"
+    finally:
+        await station.stop()

@@ -161,7 +161,7 @@ async def test_keeps_retrying_while_the_broker_is_down_and_delivers_once_it_is_u
     assert all(state(m)["historical"] for m in received), "they waited in the buffer across the outage"
 
 
-async def test_every_message_arrives_in_order_across_a_broker_restart_mid_stream(
+async def test_every_message_arrives_across_a_broker_restart_live_ones_first_each_stream_in_order(
         broker_factory: BrokerFactory, mqtt_subscriber: SubscriberFactory, buffer: Buffer) -> None:
     broker = broker_factory(persistence=True)
     subscriber = await mqtt_subscriber(broker, TOPIC, clean_session=False, client_id="test-persistent")
@@ -176,12 +176,19 @@ async def test_every_message_arrives_in_order_across_a_broker_restart_mid_stream
         await commit(buffer, range(201, 251))
         broker.start()
         await connected(publisher)
+        broker.pause()  # the history fills the window; what is committed now is live
         await commit(buffer, range(251, 301))
+        broker.resume()
 
         await subscriber.wait_for(lambda messages: set(seqs(messages)) >= set(range(1, 301)), "seq 1..300")
         await eventually(lambda: buffer_empty(buffer), "an empty buffer")
     received = subscriber.on(TOPIC)
-    assert first_occurrences(seqs(received)) == list(range(1, 301)), "in order, duplicates aside"
+    arrivals = first_occurrences(seqs(received))
+    history = [seq for seq in arrivals if seq <= 250]
+    live = [seq for seq in arrivals if seq > 250]
+    assert sorted(arrivals) == list(range(1, 301))
+    assert history == list(range(1, 251)) and live == list(range(251, 301)), "each stream in order"
+    assert arrivals.index(251) < arrivals.index(250), "live readings do not wait behind the history"
     first_seen: dict[int, bool] = {}
     for message in received:
         first_seen.setdefault(state(message)["seq"], state(message)["historical"])
@@ -280,7 +287,7 @@ async def test_wrong_password_is_logged_once_and_retried_without_crashing(
         broker_factory: BrokerFactory, buffer: Buffer, caplog: pytest.LogCaptureFixture) -> None:
     broker = broker_factory(users={"gateway": "s3cret"})
     wrong = settings(broker.port, username="gateway", password=SecretStr("guess"),
-                     reconnect=ReconnectSettings(initial_delay=0.05, max_delay=0.1))
+                     reconnect=ReconnectSettings(initial_delay=0.05, max_delay=0.1, refused_delay=0.1))
     publisher = Publisher(wrong, GATEWAY, buffer, STATUS)
     with caplog.at_level(logging.DEBUG, logger="gateway.publisher"):
         async with running(publisher) as task:
@@ -341,3 +348,21 @@ async def test_cancelling_while_the_broker_is_unreachable_stops_promptly(buffer:
     publisher = Publisher(settings(free_port()), GATEWAY, buffer, STATUS)
     async with running(publisher):
         await eventually(lambda: publisher.stats.connect_failures >= 1, "a failed attempt")
+
+
+async def test_after_a_healthy_connection_drops_it_retries_at_once_then_every_two_seconds_at_most(
+        broker_factory: BrokerFactory, buffer: Buffer, caplog: pytest.LogCaptureFixture) -> None:
+    # The default settings: a broker back after an outage of any length is reached within about 2 s.
+    broker = broker_factory()
+    publisher = Publisher(settings(broker.port, reconnect=ReconnectSettings()), GATEWAY, buffer, STATUS)
+    with caplog.at_level(logging.DEBUG, logger="gateway.publisher"):
+        async with running(publisher):
+            await connected(publisher)
+            broker.stop()
+            await eventually(lambda: publisher.stats.connect_failures >= 4, "several failed attempts")
+            broker.start()
+            await connected(publisher)
+    delays = [float(r.getMessage().rsplit(" in ", 1)[1].removesuffix(" s")) for r in caplog.records
+              if r.getMessage().startswith("Reconnecting")]
+    assert delays[0] <= 0.25, "the first attempt after a healthy connection comes at once"
+    assert max(delays) <= 2.0 and max(delays) > delays[0], "then the wait grows, but never past 2 s"
