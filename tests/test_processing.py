@@ -32,7 +32,7 @@ from gateway.model.rules import (
 )
 from gateway.payload import encode_asset_description
 from gateway.pipeline import ALARM_PRIORITY, Pipeline
-from gateway.processing import Processor, Supervision
+from gateway.processing import Output, Processor, Supervision
 from gateway.processing.alarms import DeviceSupervisor, ThresholdAlarm
 from gateway.processing.counters import ConsumptionStats, ConsumptionWindow
 from gateway.processing.derived import ExpressionRule, NightMinimumRule
@@ -399,7 +399,7 @@ def test_communication_loss_after_failing_for_a_while_and_cleared_on_the_first_a
     (raised,) = supervisor.tick(61_000)
     assert (raised.alarm, raised.event, raised.severity) == ("plc-communication-loss", "raised", Severity.MAJOR)
     assert supervisor.failed("timeout", 70_000) == []
-    (cleared,) = supervisor.answered(80_000)
+    (cleared,) = supervisor.answered(80_000, any_good=False)  # an answer, even a faulty one, ends the loss
     assert (cleared.event, cleared.time_ms) == ("cleared", 80_000)
 
 
@@ -409,8 +409,20 @@ def test_stale_data_when_nothing_arrives() -> None:
     (raised,) = supervisor.tick(300_000)
     assert raised.alarm == "plc-stale-data" and raised.event == "raised"
     assert supervisor.tick(400_000) == []
-    (cleared,) = supervisor.answered(400_001)
+    assert supervisor.answered(400_001, any_good=False) == []  # an answer without a good value is still stale
+    (cleared,) = supervisor.answered(400_002, any_good=True)
     assert cleared.event == "cleared"
+
+
+def test_failed_polls_do_not_keep_a_device_fresh() -> None:
+    supervisor = DeviceSupervisor(ASSET, "plc", Supervision(communication_loss=60, stale_after=300), 0)
+    events = []
+    for t in range(10_000, 310_000, 10_000):
+        events += supervisor.failed("timeout", t)
+        events += supervisor.tick(t)
+    assert [(e.level, e.event, e.time_ms) for e in events] == [
+        ("communication-loss", "raised", 70_000), ("stale-data", "raised", 300_000)]
+    assert events[0].message == "no answer for 60 s (timeout)" and events[1].message == "no good value for 300 s"
 
 
 # --- the processor as the pipeline sees it -----------------------------------------------------------------
@@ -440,11 +452,11 @@ def catalogue(**outlet: Any) -> Catalogue:
         ]})
 
 
-def device(*points: dict[str, Any], poll_interval: float = 10) -> DeviceBase:
+def device(*points: dict[str, Any], poll_interval: float = 10, **settings: Any) -> DeviceBase:
     return DeviceBase.model_validate({
         "id": "plc", "protocol": "test", "poll_interval": poll_interval,
         "asset": {"domain": "gas", "site": "station-1", "id": "regulator-1", "type": "regulator"},
-        "points": list(points) or [{"name": "p", "indicator": "outlet-pressure"}]})
+        "points": list(points) or [{"name": "p", "indicator": "outlet-pressure"}], **settings})
 
 
 class PushingDevice(DeviceBase):
@@ -455,8 +467,9 @@ class PushingDevice(DeviceBase):
         return True
 
 
-def pushing_device(poll_interval: float = 10) -> DeviceBase:
-    return PushingDevice.model_validate(device(poll_interval=poll_interval).model_dump())
+def pushing_device(poll_interval: float = 10, **settings: Any) -> DeviceBase:
+    return PushingDevice.model_validate(device(poll_interval=poll_interval, **settings).model_dump(
+        exclude_unset=True))
 
 
 def make_processor(cat: Catalogue, devices: list[DeviceBase], derived: list[DerivedIndicator] | None = None,
@@ -532,6 +545,63 @@ def test_a_silent_pushing_device_is_not_stale_but_its_communication_loss_is_an_a
     processor.failed("plc", "communication-failure", [bad])
     clock.now += 61_000
     assert [e.level for e in processor.tick().events] == ["communication-loss"]
+
+
+def events_of(out: Output) -> list[tuple[str, str]]:
+    return [(e.alarm, e.event) for e in out.events]
+
+
+def test_a_polled_device_answering_without_a_good_value_goes_stale_and_not_lost() -> None:
+    clock = Clock()
+    processor = make_processor(catalogue(), [device(poll_interval=10)], clock=clock)
+    events = []
+    for step in range(31):  # five minutes of answers, every one out of range
+        clock.now = T0 + step * 10_000
+        events += events_of(processor.process("plc", [reading("outlet-pressure", 4400.0, clock.now, Quality.BAD,
+                                                              point="p", reason="out-of-range")]))
+        events += events_of(processor.tick())
+    assert events == [("plc-stale-data", "raised")]
+    clock.now += 10_000
+    out = processor.process("plc", [reading("outlet-pressure", 440.0, clock.now, point="p")])
+    assert events_of(out) == [("plc-stale-data", "cleared")]
+
+
+def test_a_polled_device_that_does_not_answer_is_lost_and_then_stale() -> None:
+    clock = Clock()
+    processor = make_processor(catalogue(), [device(poll_interval=10)], clock=clock)
+    processor.process("plc", [reading("outlet-pressure", 440.0, T0, point="p")])
+    events = []
+    for step in range(1, 31):
+        clock.now = T0 + step * 10_000
+        bad = reading("outlet-pressure", None, clock.now, Quality.BAD, point="p", reason="timeout")
+        events += [(e.level, e.event) for e in processor.failed("plc", "timeout", [bad]).events]
+        events += [(e.level, e.event) for e in processor.tick().events]
+    assert events == [("communication-loss", "raised"), ("stale-data", "raised")]
+    assert {e.alarm for e in processor.active_alarms("regulator-1")} == {"plc-communication-loss", "plc-stale-data"}
+
+
+def test_a_pushing_device_goes_stale_only_when_configured_and_any_good_notification_freshens_it() -> None:
+    clock = Clock()
+    watched = pushing_device(poll_interval=1, supervision={"stale_after": 600})
+    processor = make_processor(catalogue(), [watched], clock=clock)
+    processor.process("plc", [reading("outlet-pressure", 5.0, T0, point="p")])
+    clock.now = T0 + 599_000
+    assert processor.tick().events == []  # the repeated value is the gateway's, not a notification
+    clock.now = T0 + 600_000
+    assert events_of(processor.tick()) == [("plc-stale-data", "raised")]
+    clock.now += 1_000
+    out = processor.process("plc", [reading("outlet-pressure", 5.1, clock.now, point="p")])
+    assert events_of(out) == [("plc-stale-data", "cleared")]
+
+
+def test_supervision_is_set_per_device_and_null_switches_an_alarm_off() -> None:
+    polled = device(poll_interval=10, supervision={"stale_after": 45})
+    assert Supervision.for_device(polled) == Supervision(communication_loss=60, stale_after=45)
+    quiet = device(poll_interval=10, supervision={"communication_loss": None})
+    assert Supervision.for_device(quiet) == Supervision(communication_loss=None, stale_after=300)
+    assert Supervision.for_device(pushing_device(poll_interval=10)) == Supervision(60, None)
+    with pytest.raises(ValidationError, match="stale_afterr"):
+        device(supervision={"stale_afterr": 45})
 
 
 def test_a_device_without_rules_passes_its_readings_through_untouched() -> None:

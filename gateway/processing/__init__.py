@@ -187,8 +187,9 @@ class Processor:
     # -- the three entry points ------------------------------------------------------------------------------
 
     def process(self, device_id: str, readings: Sequence[Reading]) -> Output:
-        """Readings of one successful poll."""
-        return self._handle(device_id, readings, lambda supervisor, now: supervisor.answered(now))
+        """Readings of one successful poll (or one batch a pushing device sent)."""
+        any_good = any(reading.quality is Quality.GOOD for reading in readings)
+        return self._handle(device_id, readings, lambda supervisor, now: supervisor.answered(now, any_good))
 
     def failed(self, device_id: str, reason: str, readings: Sequence[Reading]) -> Output:
         """The bad readings of a poll that got no answer."""
