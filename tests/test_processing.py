@@ -630,6 +630,40 @@ def test_held_back_readings_still_feed_windows_and_alarms() -> None:
     assert [e.event for e in processor.active_alarms("regulator-1")] == []  # raised at 103, cleared at 100
 
 
+def test_a_window_counts_what_the_device_delivered_and_failed_polls_apart() -> None:
+    clock = Clock()
+    points = [{"name": "p", "indicator": "outlet-pressure"}, {"name": "v", "indicator": "gas-volume"}]
+    drop = DerivedIndicator.model_validate({"indicator": "pressure-drop", "expression": "outlet-pressure * 2",
+                                            "processing": {"windows": [60]}})
+    processor = make_processor(catalogue(windows=[60]), [device(*points, poll_interval=2)], derived=[drop],
+                               clock=clock)
+    closed: list[Any] = []
+    for step in range(60):  # answered for the first 10 s, then offline for the rest of that minute and the next
+        clock.now = T0 + step * 2_000
+        if step < 5:
+            out = processor.process("plc", [reading("outlet-pressure", 440.0, clock.now, point="p"),
+                                            reading("gas-volume", 100 + step, clock.now, point="v")])
+        else:
+            out = processor.failed("plc", "timeout", [
+                reading(i, None, clock.now, Quality.BAD, point=p, reason="timeout")
+                for i, p in (("outlet-pressure", "p"), ("gas-volume", "v"))])
+        closed += [stats for _, stats in out.statistics]
+    clock.now = T0 + 2 * MINUTE + 2_000
+    closed += [stats for _, stats in processor.tick().statistics]
+    counted = {(s.indicator, s.start_ms): (s.count, s.failed) for s in closed}
+    assert counted == {
+        ("outlet-pressure", T0): (5, 25), ("gas-volume", T0): (5, 25), ("pressure-drop", T0): (5, 25),
+        ("outlet-pressure", T0 + MINUTE): (0, 30), ("gas-volume", T0 + MINUTE): (0, 30),
+        ("pressure-drop", T0 + MINUTE): (0, 30)}
+    offline = next(s for s in closed if s.indicator == "outlet-pressure" and s.start_ms == T0 + MINUTE)
+    assert offline.as_payload(1) == {
+        "seq": 1, "indicator": "outlet-pressure", "unit": "kPa", "unit_code": "KPA", "window": 60,
+        "start": T0 + MINUTE, "end": T0 + 2 * MINUTE, "min": None, "max": None, "mean": None, "last": None,
+        "count": 0, "failed": 30, "good": 0.0}
+    consumed = next(s for s in closed if s.indicator == "gas-volume" and s.start_ms == T0)
+    assert isinstance(consumed, ConsumptionStats) and consumed.as_payload(1)["failed"] == 25
+
+
 def test_a_steady_value_with_an_old_source_time_is_still_counted_in_the_current_window() -> None:
     # OPC-UA gives the time of the last change as source time: hours ago for a steady value.
     clock = Clock()

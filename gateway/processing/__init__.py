@@ -74,12 +74,13 @@ class _Series:
             for size in rules.windows or ()]
         self.alarms = [ThresholdAlarm(rule, asset, device, indicator.id, indicator.unit) for rule in rules.alarms or ()]
 
-    def feed(self, reading: Reading, now: int, out: Output) -> None:
+    def feed(self, reading: Reading, now: int, out: Output, answered: bool = True) -> None:
+        """`answered`: the device delivered the reading (not a bad one the gateway made for a failed poll)."""
         quality = reading.quality
         # Windows place a sample by when the gateway got it: a device's source time may be that of the last
         # change (OPC-UA), hours old for a steady value, which would file every sample into a closed window.
         for window in self.windows:
-            for closed in window.add(reading.receive_time_ms, reading.value, quality is Quality.GOOD):
+            for closed in window.add(reading.receive_time_ms, reading.value, quality is Quality.GOOD, answered):
                 out.statistics.append((self.asset, closed))
         usable = quality is not Quality.BAD
         for alarm in self.alarms:
@@ -119,7 +120,8 @@ class _Asset:
         self.expressions: list[tuple[ExpressionRule, _Series | None]] = []
         self.nights: list[tuple[NightMinimumRule, _Series | None]] = []
 
-    def feed(self, readings: Iterable[Reading], now: int, out: Output) -> None:
+    def feed(self, readings: Iterable[Reading], now: int, out: Output, answered: bool = True) -> None:
+        """`answered`: false for the bad readings of a failed poll (what is derived from them counts as failed)."""
         changed = set()
         for reading in readings:
             if reading.indicator in self.inputs:
@@ -127,7 +129,7 @@ class _Asset:
                 changed.add(reading.indicator)
                 for night, series in self.nights:
                     if reading.indicator in night.inputs:
-                        self._emit(night.feed(reading), series, now, out)
+                        self._emit(night.feed(reading), series, now, out, answered)
         if not changed:
             return
         for rule, series in self.expressions:  # in declaration order, so one may use an earlier one's result
@@ -136,7 +138,7 @@ class _Asset:
                 if result is not None:
                     self.latest[rule.indicator] = result
                     changed.add(rule.indicator)
-                    self._emit([result], series, now, out)
+                    self._emit([result], series, now, out, answered)
 
     def tick(self, now: int, out: Output) -> None:
         for night, series in self.nights:
@@ -148,12 +150,12 @@ class _Asset:
         return [s for _, s in [*self.expressions, *self.nights] if s is not None]
 
     @staticmethod
-    def _emit(results: list[Reading], series: _Series | None, now: int, out: Output) -> None:
+    def _emit(results: list[Reading], series: _Series | None, now: int, out: Output, answered: bool = True) -> None:
         for result in results:
             if series is None:
                 out.readings.append(result)
             else:
-                series.feed(result, now, out)
+                series.feed(result, now, out, answered)
 
 
 class _Device:
@@ -189,13 +191,13 @@ class Processor:
     def process(self, device_id: str, readings: Sequence[Reading]) -> Output:
         """Readings of one successful poll (or one batch a pushing device sent)."""
         any_good = any(reading.quality is Quality.GOOD for reading in readings)
-        return self._handle(device_id, readings, lambda supervisor, now: supervisor.answered(now, any_good))
+        return self._handle(device_id, readings, True, lambda supervisor, now: supervisor.answered(now, any_good))
 
     def failed(self, device_id: str, reason: str, readings: Sequence[Reading]) -> Output:
-        """The bad readings of a poll that got no answer."""
-        return self._handle(device_id, readings, lambda supervisor, now: supervisor.failed(reason, now))
+        """The bad readings the gateway made for a poll that got no answer (they are not counted as samples)."""
+        return self._handle(device_id, readings, False, lambda supervisor, now: supervisor.failed(reason, now))
 
-    def _handle(self, device_id: str, readings: Sequence[Reading],
+    def _handle(self, device_id: str, readings: Sequence[Reading], answered: bool,
                 supervise: Callable[[DeviceSupervisor, int], list[AlarmEvent]]) -> Output:
         now = self._clock()
         device = self._devices[device_id]
@@ -205,7 +207,7 @@ class Processor:
         if device.passthrough:
             out.readings = list(readings)
         else:
-            self._feed(device, readings, now, out)
+            self._feed(device, readings, now, out, answered)
         self._track(out.events)
         return out
 
@@ -247,14 +249,14 @@ class Processor:
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    def _feed(self, device: _Device, readings: Sequence[Reading], now: int, out: Output) -> None:
+    def _feed(self, device: _Device, readings: Sequence[Reading], now: int, out: Output, answered: bool) -> None:
         for reading in readings:
             series = device.series.get(reading.point)
             if series is None:
                 out.readings.append(reading)
             else:
-                series.feed(reading, now, out)
-        device.asset.feed(readings, now, out)
+                series.feed(reading, now, out, answered)
+        device.asset.feed(readings, now, out, answered)
 
     def _track(self, events: list[AlarmEvent]) -> None:
         """Keep the active-alarm state in step with the events just produced."""

@@ -42,12 +42,14 @@ class ConsumptionStats:
     last: float | int | None
     rollovers: int = 0
     resets: tuple[CounterReset, ...] = field(default_factory=tuple)
+    failed: int = 0  # polls in the window the device did not answer
 
     def as_payload(self, seq: int) -> dict[str, object]:
         body: dict[str, object] = {
             "seq": seq, "indicator": self.indicator, "unit": self.unit, "unit_code": self.unit_code,
             "window": self.window_s, "start": self.start_ms, "end": self.end_ms,
-            "consumption": self.consumption, "first": self.first, "last": self.last, "count": self.count}
+            "consumption": self.consumption, "first": self.first, "last": self.last, "count": self.count,
+            "failed": self.failed}
         if self.rollovers:
             body["rollovers"] = self.rollovers
         if self.resets:
@@ -81,17 +83,15 @@ class ConsumptionWindow(AlignedWindow[ConsumptionStats]):
         self._register = RegisterTracker(counter)
         self._consumption: float | int | None = None
         self._first: float | int | None = None
-        self._count = 0
         self._rollovers = 0
         self._resets: list[CounterReset] = []
 
     def _open(self, start_ms: int) -> None:
         self._first = self._register.value
         self._consumption = None
-        self._count, self._rollovers, self._resets = 0, 0, []
+        self._rollovers, self._resets = 0, []
 
     def _accumulate(self, time_ms: int, value: Value, good: bool) -> None:
-        self._count += 1
         if not good or isinstance(value, bool) or not isinstance(value, int | float):
             return
         number = value
@@ -109,5 +109,5 @@ class ConsumptionWindow(AlignedWindow[ConsumptionStats]):
         assert self.start_ms is not None
         info = self.info
         return ConsumptionStats(info.indicator, info.unit, info.unit_code, self.size_s, self.start_ms, end_ms,
-                                self._count, self._consumption, self._first, self._register.value,
-                                self._rollovers, tuple(self._resets))
+                                self.count, self._consumption, self._first, self._register.value,
+                                self._rollovers, tuple(self._resets), self.failed)
