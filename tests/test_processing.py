@@ -748,6 +748,23 @@ def test_the_self_description_lists_reporting_windows_and_alarm_limits() -> None
     assert derived["derived"] == "inlet-pressure - outlet-pressure" and derived["reporting"] is None
 
 
+def test_the_self_description_gives_the_range_that_applies_and_the_catalogues_when_different() -> None:
+    import json
+
+    cat = catalogue()  # outlet-pressure [0, 1000] kPa, pressure-drop without a range
+    own = device({"name": "p", "indicator": "outlet-pressure", "unit": "bar", "range": [0, 4]},
+                 {"name": "q", "indicator": "inlet-pressure"},
+                 {"name": "d", "indicator": "pressure-drop", "range": [-50, 50]})
+    resolved = resolve_device(own, cat)
+    (asset,) = assets_of([resolved], cat)
+    described = {i["point"]: i for i in json.loads(encode_asset_description("gw", asset, 1))["indicators"]}
+    assert (described["p"]["range"], described["p"]["catalogue_range"]) == ([0, 400], [0, 1000])
+    assert described["q"]["range"] == [0, 1000] and "catalogue_range" not in described["q"]
+    assert (described["d"]["range"], described["d"]["catalogue_range"]) == ([-50, 50], None)
+    flagged = DeviceMapper(resolved).readings([Sample("p", 4.4)], T0)[0]  # 440 kPa: outside its own range
+    assert (flagged.quality, flagged.reason) == (Quality.BAD, "out-of-range")
+
+
 def test_a_point_processing_block_is_validated_with_the_point() -> None:
     with pytest.raises(ValidationError, match="deadband"):
         TypeAdapter(PointBase).validate_python(
