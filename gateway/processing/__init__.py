@@ -9,24 +9,31 @@ The pipeline calls `process` for every poll, `failed` for a poll without answer
 and `tick` about once a second, so windows close and alarm delays run out even
 when no reading arrives. All time comes from the injected clock (tests control it).
 A device whose points have no rules costs one supervision update per poll.
+
+Given an alarm file, the active alarms survive a restart (memory.py): those still
+configured start out raised, with their first `since`, so the first fresh reading
+either keeps one (no new event) or clears it; `restart_events` clears the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gateway.model.catalogue import Indicator, Quantification
 from gateway.model.devices import DeviceBase
 from gateway.model.readings import AssetRef, Quality, Reading, now_ms
 from gateway.model.resolved import ResolvedAsset, ResolvedDevice
 from gateway.model.rules import Processing, Reporting
-from gateway.processing.alarms import RAISED, AlarmEvent, DeviceSupervisor, Supervision, ThresholdAlarm
+from gateway.processing.alarms import CLEARED, RAISED, AlarmEvent, DeviceSupervisor, Supervision, ThresholdAlarm
 from gateway.processing.counters import ConsumptionStats, ConsumptionWindow
 from gateway.processing.derived import ExpressionRule, NightMinimumRule
 from gateway.processing.exception import ReportByException
+from gateway.processing.memory import AlarmMemory
 from gateway.processing.windows import AlignedWindow, SeriesInfo, StatisticsWindow, WindowStats
 
 __all__ = ["AlarmEvent", "ConsumptionStats", "Output", "Processor", "Supervision", "WindowStats"]
@@ -172,8 +179,9 @@ class _Device:
 class Processor:
     def __init__(self, assets: Sequence[ResolvedAsset],
                  supervision: Mapping[str, Supervision | None] | None = None,
-                 clock: Callable[[], int] = now_ms) -> None:
-        """`supervision` by device id (None: not supervised; absent: the default for the device)."""
+                 clock: Callable[[], int] = now_ms, alarm_file: Path | None = None) -> None:
+        """`supervision` by device id (None: not supervised; absent: the default for the device);
+        `alarm_file`: where the active alarms are kept across restarts (None: they are not)."""
         self._clock = clock
         self._assets: dict[str, _Asset] = {}
         self._devices: dict[str, _Device] = {}
@@ -185,6 +193,10 @@ class Processor:
                 self._add_device(asset, device, (supervision or {}).get(device.id, _DEFAULT), start)
             if resolved.derived:
                 self._add_derived(asset, resolved)
+        self._memory = AlarmMemory(alarm_file) if alarm_file is not None else None
+        self._restart_events: list[AlarmEvent] = []
+        if self._memory is not None:
+            self._restore(self._memory.recall(), start)
 
     # -- the three entry points ------------------------------------------------------------------------------
 
@@ -229,6 +241,12 @@ class Processor:
         self._track(out.events)
         return out
 
+    def restart_events(self) -> Output:
+        """Once, at start: a clear for each alarm active before the restart whose rule (or device) is gone."""
+        out = Output(events=self._restart_events)
+        self._restart_events = []
+        return out
+
     # -- alarm state -----------------------------------------------------------------------------------------
 
     def active_alarms(self, asset_id: str) -> list[AlarmEvent]:
@@ -259,13 +277,41 @@ class Processor:
         device.asset.feed(readings, now, out, answered)
 
     def _track(self, events: list[AlarmEvent]) -> None:
-        """Keep the active-alarm state in step with the events just produced."""
+        """Keep the active-alarm state in step with the events just produced, and remember it."""
         for event in events:
             active = self._active.setdefault(event.asset.asset, {})
             if event.event == RAISED:
                 active[event.alarm] = event
             else:
                 active.pop(event.alarm, None)
+        if events and self._memory is not None:
+            self._memory.remember(e for active in self._active.values() for e in active.values())
+
+    def _restore(self, remembered: list[AlarmEvent], now: int) -> None:
+        """Raise again, without an event, each remembered alarm that is still configured; clear the others."""
+        restorers = self._restorers()
+        for event in remembered:
+            restore = restorers.get((event.asset.asset, event.alarm))
+            if restore is None:
+                self._restart_events.append(dataclasses.replace(
+                    event, event=CLEARED, time_ms=now, value=None, message="the alarm is no longer configured"))
+            else:
+                restore()
+                self._active.setdefault(event.asset.asset, {})[event.alarm] = event
+        self._track(self._restart_events)
+
+    def _restorers(self) -> dict[tuple[str, str], Callable[[], None]]:
+        """(asset id, alarm id) -> what takes that alarm as raised, for every alarm that can be raised."""
+        restorers: dict[tuple[str, str], Callable[[], None]] = {}
+        for device in self._devices.values():
+            supervisor = device.supervisor
+            if supervisor is not None:
+                for alarm_id in supervisor.alarm_ids():
+                    restorers[(device.asset.asset.asset, alarm_id)] = functools.partial(supervisor.restore, alarm_id)
+        for series in self._all_series():
+            for alarm in series.alarms:
+                restorers[(series.asset.asset, alarm.alarm_id)] = alarm.restore
+        return restorers
 
     def _add_device(self, asset: _Asset, device: ResolvedDevice[DeviceBase], supervision: Supervision | object | None,
                     start: int) -> None:

@@ -80,6 +80,10 @@ class ThresholdAlarm:
     def alarm_id(self) -> str:
         return self._template.alarm
 
+    def restore(self) -> None:
+        """Take the alarm as raised before a restart: the next reading keeps it (no new event) or clears it."""
+        self.active = True
+
     def update(self, value: Value, good: bool, now_ms: int) -> AlarmEvent | None:
         if not good or value is None:
             self._value, self._pending_since = None, None
@@ -172,6 +176,16 @@ class DeviceSupervisor:
         self._reason = ""  # why the last attempt failed
         self.lost = False
         self.stale = False
+
+    def alarm_ids(self) -> tuple[str, str]:
+        return self._alarm_id(self.COMMUNICATION_LOSS), self._alarm_id(self.STALE)
+
+    def restore(self, alarm_id: str) -> None:
+        """Take an alarm as raised before a restart: the next answer (or good value, for stale-data) clears it."""
+        if alarm_id == self._alarm_id(self.COMMUNICATION_LOSS):
+            self.lost = True
+        elif alarm_id == self._alarm_id(self.STALE):
+            self.stale = True
 
     def answered(self, now_ms: int, any_good: bool) -> list[AlarmEvent]:
         """The device answered; `any_good`: with at least one good value."""
