@@ -81,7 +81,8 @@ def describe_processing(indicator: Indicator, rules: Processing) -> dict[str, ob
             "deadband": reporting.deadband, "deadband_percent": reporting.deadband_percent,
             "max_silence": reporting.max_silence, "min_interval": reporting.min_interval},
         "windows": list(rules.windows or ()),
-        "counter": None if rules.counter is None else {"rollover_bits": rules.counter.rollover_bits},
+        "counter": None if rules.counter is None else {"rollover_bits": rules.counter.rollover_bits,
+                                                       "max_per_hour": rules.counter.max_per_hour},
         "alarms": [rule.describe(indicator.id) for rule in rules.alarms or ()],
     }
 

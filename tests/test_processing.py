@@ -214,6 +214,26 @@ def test_a_meter_replacement_is_reported_not_counted() -> None:
     assert stats.as_payload(1)["resets"] == [{"ts": T0 + 20_000, "before": 123_460.0, "after": 3.0}]
 
 
+def test_a_16_bit_reset_from_above_half_the_register_is_told_from_a_roll_over_by_the_plausible_rate() -> None:
+    def steps(counter: Counter, values: list[tuple[int, int]]) -> ConsumptionStats:
+        window = ConsumptionWindow(INFO, 60, counter)
+        for t, value in values:
+            window.add(T0 + t, value, True)
+        return consumption(window, T0 + MINUTE)
+
+    at_most_1_per_s = Counter(rollover_bits=16, max_per_hour=3_600)
+    reset = steps(at_most_1_per_s, [(0, 39_995), (10_000, 40_000), (20_000, 5)])  # a wrap would mean 25,541 in 10 s
+    assert (reset.consumption, reset.rollovers) == (5, 0)
+    assert [(r.before, r.after) for r in reset.resets] == [(40_000, 5)]
+    rolled = steps(at_most_1_per_s, [(0, 65_525), (10_000, 65_530), (20_000, 3)])  # 9 in 10 s: a roll-over
+    assert (rolled.consumption, rolled.rollovers, rolled.resets) == (5 + 9, 1, ())
+    held = steps(at_most_1_per_s, [(0, 65_530), (10_000, 65_530), (50_000, 65_530), (55_000, 20)])
+    assert held.rollovers == 1, "26 built up over the 55 s since the register last changed, not the last 5 s"
+    # Without a rate the width alone cannot tell: a reset from above half the register reads as a roll-over.
+    unknown = steps(Counter(rollover_bits=16), [(0, 40_000), (20_000, 5)])
+    assert (unknown.consumption, unknown.rollovers) == (25_541, 1)
+
+
 def test_without_a_width_every_backwards_jump_is_a_reset() -> None:
     window = ConsumptionWindow(INFO, 60, None)
     window.add(T0, 65_530.0, True)
