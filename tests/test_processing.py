@@ -469,6 +469,8 @@ def catalogue(**outlet: Any) -> Catalogue:
             entry("pressure-drop"),
             {"id": "gas-volume", "name": {"en": "V", "zh": "V"}, "kind": "counter", "unit": "m3",
              "quantified": "cumulative", "windows": [60]},
+            {"id": "slam-shut-closed", "name": {"en": "S", "zh": "S"}, "kind": "state", "unit": "state",
+             "quantified": "state"},
         ]})
 
 
@@ -832,3 +834,94 @@ def test_a_jump_in_time_skips_the_empty_windows_instead_of_publishing_each() -> 
     closed = window.close_until(T0)
     assert len(closed) == 100 and window.skipped > 1_000_000
     assert window.start_ms == T0 - T0 % MINUTE
+
+
+# --- what the issue found unexercised (#15): hour windows, derived max_age, low-low and state alarms --------
+
+HOUR = 3_600_000
+ON_THE_HOUR = T0 - T0 % HOUR  # 2023-11-14 22:00:00 UTC
+
+
+def test_hour_windows_close_on_the_hour_with_the_quarters_inside_them() -> None:
+    clock = Clock(ON_THE_HOUR)
+    processor = make_processor(catalogue(windows=[900, 3600]), [device(poll_interval=600)], clock=clock)
+    for minute in range(5, 60, 10):  # 10.0, 11.0, ... every ten minutes from :05
+        clock.now = ON_THE_HOUR + minute * MINUTE
+        processor.process("plc", [reading("outlet-pressure", 10.0 + minute // 10, clock.now, point="p")])
+    closed = []
+    for clock.now in (ON_THE_HOUR + HOUR + 1_999, ON_THE_HOUR + HOUR + 2_000):
+        closed.append([stats for _, stats in processor.tick().statistics if stats.window_s == 3600])
+    assert closed[0] == [], "not before the grace for a poll answered just after the hour"
+    (hour,) = closed[1]
+    assert isinstance(hour, WindowStats)
+    assert (hour.start_ms, hour.end_ms, hour.count, hour.minimum, hour.maximum) == (
+        ON_THE_HOUR, ON_THE_HOUR + HOUR, 6, 10.0, 15.0)
+    assert hour.good == pytest.approx(55 / 60)  # nothing was in force before :05
+    assert hour.mean == pytest.approx((sum(range(10, 15)) * 10 + 15 * 5) / 55)  # time-weighted over :05-:60
+    clock.now = ON_THE_HOUR + HOUR + 5 * MINUTE  # the next hour opened with the value carried in
+    processor.process("plc", [reading("outlet-pressure", 20.0, clock.now, point="p")])
+    clock.now = ON_THE_HOUR + 2 * HOUR + 2_000
+    (next_hour,) = [s for _, s in processor.tick().statistics if s.window_s == 3600]
+    assert isinstance(next_hour, WindowStats) and next_hour.minimum == 15.0 and next_hour.start_ms == ON_THE_HOUR + HOUR
+
+
+def test_a_derived_value_is_uncertain_while_an_input_from_a_slower_device_is_older_than_max_age() -> None:
+    clock = Clock()
+    fast = device({"name": "in", "indicator": "inlet-pressure"}, poll_interval=10)
+    slow = device({"name": "out", "indicator": "outlet-pressure"}, poll_interval=600, id="plc-2")
+    drop = DerivedIndicator(indicator="pressure-drop", expression="inlet-pressure - outlet-pressure", max_age=120)
+    processor = make_processor(catalogue(), [fast, slow], derived=[drop], clock=clock)
+    processor.process("plc-2", [reading("outlet-pressure", 250.0, T0, point="out")])
+    results = []
+    for step in range(0, 62):
+        clock.now = T0 + step * 10_000
+        if step == 60:
+            processor.process("plc-2", [reading("outlet-pressure", 260.0, clock.now, point="out")])
+        out = processor.process("plc", [reading("inlet-pressure", 400.0, clock.now, point="in")])
+        results += [(step, r.value, r.quality, r.reason) for r in out.readings if r.indicator == "pressure-drop"]
+    by_step = {step: (value, quality, reason) for step, value, quality, reason in results}
+    assert by_step[12] == (150.0, Quality.GOOD, None)  # 120 s old: still within max_age
+    assert by_step[13] == (150.0, Quality.UNCERTAIN, "stale")
+    assert by_step[60] == (140.0, Quality.GOOD, None)  # the slow device answered again
+
+
+def test_low_and_low_low_are_raised_and_cleared_in_turn_with_their_severities() -> None:
+    clock = Clock()
+    limits = {"alarms": [{"level": "low", "limit": 160, "hysteresis": 5},
+                         {"level": "low-low", "limit": 140, "hysteresis": 5, "delay_off": 30}]}
+    processor = make_processor(catalogue(**limits), [device()], clock=clock)
+    events = []
+    for step, value in enumerate([170, 150, 139, 120, 143, 146, 146, 146, 146, 163, 166]):
+        clock.now = T0 + step * 10_000
+        out = processor.process("plc", [reading("outlet-pressure", float(value), clock.now, point="p")])
+        events += [(step, e.alarm, e.event, e.severity) for e in out.events]
+    assert events == [
+        (1, "outlet-pressure-low", "raised", Severity.MAJOR),
+        (2, "outlet-pressure-low-low", "raised", Severity.CRITICAL),
+        (8, "outlet-pressure-low-low", "cleared", Severity.CRITICAL),  # above 145 from step 5, for 30 s
+        (10, "outlet-pressure-low", "cleared", Severity.MAJOR)]  # 163 is not above 160 + 5; 166 is
+
+
+def test_a_state_alarm_follows_its_state_with_delays_and_a_bad_reading_restarts_the_delay() -> None:
+    clock = Clock()
+    point = {"name": "slam", "indicator": "slam-shut-closed", "processing": {"alarms": [
+        {"id": "slam-shut", "level": "state", "state": True, "delay_on": 5, "delay_off": 20, "severity": "critical",
+         "message": "Slam-shut valve closed: supply interrupted"}]}}
+    processor = make_processor(catalogue(), [device(point)], clock=clock)
+
+    def feed(changes: list[tuple[int, bool | None]]) -> list[tuple[int, str]]:
+        events = []
+        for seconds, value in changes:
+            clock.now = T0 + seconds * 1_000
+            quality = Quality.GOOD if value is not None else Quality.BAD
+            out = processor.process("plc", [reading("slam-shut-closed", value, clock.now, quality, point="slam")])
+            events += [(seconds, e.event) for e in [*out.events, *processor.tick().events]]
+        return events
+
+    assert feed([(0, False), (1, True), (3, False), (4, True), (8, True), (9, True)]) == [(9, "raised")]
+    (active,) = processor.active_alarms("regulator-1")
+    assert (active.alarm, active.level, active.severity, active.value) == ("slam-shut", "state", Severity.CRITICAL,
+                                                                           True)
+    assert active.message == "Slam-shut valve closed: supply interrupted"
+    # Open again from 40 s; the bad reading at 50 s says nothing, so the 20 s of delay_off start again at 55 s.
+    assert feed([(40, False), (50, None), (55, False), (74, False), (75, False)]) == [(75, "cleared")]
