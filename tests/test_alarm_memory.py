@@ -92,6 +92,15 @@ def test_an_alarm_no_longer_configured_is_cleared_at_start(tmp_path: Path) -> No
     assert json.loads(path.read_text())["active"] == []
 
 
+def test_a_device_alarm_switched_off_meanwhile_is_cleared_at_start(tmp_path: Path) -> None:
+    path, clock = tmp_path / "active-alarms.json", Clock()
+    before = start(path, clock)
+    clock.now = T0 + 300_000
+    assert [e.alarm for e in before.tick().events] == ["plc-stale-data"]
+    after = start(path, clock, supervision={"stale_after": None})
+    assert [(e.alarm, e.event) for e in after.restart_events().events] == [("plc-stale-data", "cleared")]
+
+
 def test_the_file_keeps_each_alarm_as_the_event_that_raised_it(tmp_path: Path) -> None:
     path, clock = tmp_path / "active-alarms.json", Clock()
     poll(start(path, clock), clock, 520.0)

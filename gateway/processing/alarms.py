@@ -177,8 +177,10 @@ class DeviceSupervisor:
         self.lost = False
         self.stale = False
 
-    def alarm_ids(self) -> tuple[str, str]:
-        return self._alarm_id(self.COMMUNICATION_LOSS), self._alarm_id(self.STALE)
+    def alarm_ids(self) -> list[str]:
+        """The ids of the alarms this supervisor can raise (one switched off is not among them)."""
+        levels = [(self.COMMUNICATION_LOSS, self._loss_ms), (self.STALE, self._stale_ms)]
+        return [self._alarm_id(level) for level, after_ms in levels if after_ms is not None]
 
     def restore(self, alarm_id: str) -> None:
         """Take an alarm as raised before a restart: the next answer (or good value, for stale-data) clears it."""
