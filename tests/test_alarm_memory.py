@@ -5,6 +5,8 @@ A restart is a new `Processor` on the same alarm file; time comes from a control
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -12,9 +14,14 @@ from typing import Any
 
 import pytest
 
+from gateway.buffer import Buffer
+from gateway.mapping import DeviceMapper
 from gateway.model.catalogue import Catalogue
 from gateway.model.readings import Quality
+from gateway.model.resolved import resolve_device
+from gateway.pipeline import ALARM_PRIORITY, Pipeline
 from gateway.processing import Processor
+from gateway.topics import Topics
 from tests.test_processing import T0, Clock, catalogue, device, make_processor, reading
 
 HIGH = {"alarms": [{"level": "high", "limit": 500, "hysteresis": 10}]}
@@ -139,3 +146,31 @@ def test_a_file_that_cannot_be_written_is_reported_once_and_the_alarms_go_on(
         poll(processor, clock, 480.0)
     assert "kept in" in caplog.text and "again" in caplog.text
     assert json.loads(path.read_text())["active"] == []
+
+
+async def test_at_start_the_pipeline_buffers_the_clears_and_announces_the_kept_alarms(tmp_path: Path) -> None:
+    path, clock = tmp_path / "active-alarms.json", Clock()
+    two_limits = catalogue(alarms=[{"level": "high", "limit": 500}, {"level": "high-high", "limit": 800}])
+    poll(start(path, clock, two_limits), clock, 900.0)  # both raised
+    clock.now = T0 + 60_000
+    cat = catalogue(**HIGH)  # the high-high limit was taken out while the gateway was down
+    dev = device(poll_interval=10)
+    retained: dict[str, bytes] = {}
+    buffer = await Buffer.open(tmp_path / "buffer.sqlite", 10_000_000)
+    try:
+        pipeline = Pipeline("gw", Topics("city", "gw"), {"plc": DeviceMapper(resolve_device(dev, cat))}, buffer,
+                            start(path, clock, cat), on_active_alarms=retained.__setitem__)
+        pipeline.announce_alarm_states()
+        writer = asyncio.create_task(pipeline.run())
+        await pipeline.drained()
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        (row,) = await buffer.fetch(10)
+    finally:
+        await buffer.close()
+    assert (row.topic, row.priority) == ("city/gas/station-1/regulator-1/alarm", ALARM_PRIORITY)
+    assert [(e["alarm"], e["event"]) for e in json.loads(row.body)["events"]] == [
+        ("outlet-pressure-high-high", "cleared")]
+    state = json.loads(retained["city/gas/station-1/regulator-1/active-alarms"])
+    assert [(a["alarm"], a["since"]) for a in state["active"]] == [("outlet-pressure-high", T0)]
