@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 HEALTH_INTERVAL = 60.0
 # Seconds a stopping gateway waits for the broker to acknowledge what is still buffered.
 FLUSH_LIMIT = 5.0
+# The active alarms, kept across restarts (in the state directory).
+ALARM_FILE = "active-alarms.json"
 
 
 def links(devices: Sequence[ResolvedDevice[DeviceBase]]) -> dict[str, list[DeviceBase]]:
@@ -85,7 +87,7 @@ class Gateway:
             resources.callback(self._registry.close)
             mappers = {d.id: DeviceMapper(d) for d in config.enabled_devices}
             self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
-            processor = Processor(config.assets)
+            processor = Processor(config.assets, alarm_file=config.state_dir / ALARM_FILE)
             self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
                                      on_active_alarms=self.publisher.set_retained)
             self._announce_assets()

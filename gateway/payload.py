@@ -81,7 +81,8 @@ def describe_processing(indicator: Indicator, rules: Processing) -> dict[str, ob
             "deadband": reporting.deadband, "deadband_percent": reporting.deadband_percent,
             "max_silence": reporting.max_silence, "min_interval": reporting.min_interval},
         "windows": list(rules.windows or ()),
-        "counter": None if rules.counter is None else {"rollover_bits": rules.counter.rollover_bits},
+        "counter": None if rules.counter is None else {"rollover_bits": rules.counter.rollover_bits,
+                                                       "max_per_hour": rules.counter.max_per_hour},
         "alarms": [rule.describe(indicator.id) for rule in rules.alarms or ()],
     }
 
@@ -95,13 +96,13 @@ def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: 
     indicators = []
     for device in asset.devices:
         for point in device.points:
-            indicators.append({**_describe_indicator(point.indicator, point.rules),
+            indicators.append({**_describe_indicator(point.indicator, point.rules, point.valid_range),
                                "device": device.id, "point": point.name, "writable": point.config.writable})
     for derived in asset.derived:
         definition = derived.definition
         formula: object = (definition.expression if definition.night_minimum is None
                            else {"night_minimum": definition.night_minimum.model_dump()})
-        indicators.append({**_describe_indicator(derived.indicator, derived.rules),
+        indicators.append({**_describe_indicator(derived.indicator, derived.rules, derived.indicator.range),
                            "device": "gateway", "derived": formula, "writable": False})
     body = {
         "gateway": gateway_id,
@@ -116,18 +117,30 @@ def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: 
     return _compact(body).encode()
 
 
-def _describe_indicator(indicator: Indicator, rules: Processing) -> dict[str, object]:
-    """What a subscriber needs to read an indicator's values: meaning, unit, range and processing rules."""
-    return {
+def _describe_indicator(indicator: Indicator, rules: Processing,
+                        valid_range: tuple[float, float] | None) -> dict[str, object]:
+    """What a subscriber needs to read an indicator's values: meaning, unit, range and processing rules.
+
+    `range` is the one the values are checked against (outside it a reading is bad, out-of-range): a point's
+    own when it has one. The catalogue's follows as `catalogue_range` only when it is a different one.
+    """
+    body: dict[str, object] = {
         "id": indicator.id,
         "name": indicator.name.model_dump(),
         "kind": indicator.kind.value,
         "unit": indicator.unit,
         "unit_code": indicator.unit_code,
-        "range": list(indicator.range) if indicator.range else None,
-        "quantified": indicator.quantified.value,
-        **describe_processing(indicator, rules),
+        "range": _listed(valid_range),
     }
+    if valid_range != indicator.range:
+        body["catalogue_range"] = _listed(indicator.range)
+    body["quantified"] = indicator.quantified.value
+    body.update(describe_processing(indicator, rules))
+    return body
+
+
+def _listed(bounds: tuple[float, float] | None) -> list[float] | None:
+    return list(bounds) if bounds is not None else None
 
 
 def encode_json(body: dict[str, object]) -> bytes:

@@ -71,8 +71,10 @@ class Pipeline:
             self.tick()
 
     def announce_alarm_states(self) -> None:
-        """Publish the (retained) active alarms of every asset that can have alarms; at start-up."""
+        """At start-up: queue the clears of alarms that are no longer configured, and publish the (retained)
+        active alarms of every asset that can have alarms, as kept across the restart."""
         if self._processor is not None:
+            self._enqueue_output(self._processor.restart_events())
             for asset in self._processor.alarm_assets():
                 self._announce_alarm_state(asset)
 

@@ -32,7 +32,7 @@ from gateway.model.rules import (
 )
 from gateway.payload import encode_asset_description
 from gateway.pipeline import ALARM_PRIORITY, Pipeline
-from gateway.processing import Processor, Supervision
+from gateway.processing import Output, Processor, Supervision
 from gateway.processing.alarms import DeviceSupervisor, ThresholdAlarm
 from gateway.processing.counters import ConsumptionStats, ConsumptionWindow
 from gateway.processing.derived import ExpressionRule, NightMinimumRule
@@ -212,6 +212,26 @@ def test_a_meter_replacement_is_reported_not_counted() -> None:
     assert [(r.before, r.after, r.time_ms) for r in stats.resets] == [(123_460.0, 3.0, T0 + 20_000)]
     assert stats.rollovers == 0
     assert stats.as_payload(1)["resets"] == [{"ts": T0 + 20_000, "before": 123_460.0, "after": 3.0}]
+
+
+def test_a_16_bit_reset_from_above_half_the_register_is_told_from_a_roll_over_by_the_plausible_rate() -> None:
+    def steps(counter: Counter, values: list[tuple[int, int]]) -> ConsumptionStats:
+        window = ConsumptionWindow(INFO, 60, counter)
+        for t, value in values:
+            window.add(T0 + t, value, True)
+        return consumption(window, T0 + MINUTE)
+
+    at_most_1_per_s = Counter(rollover_bits=16, max_per_hour=3_600)
+    reset = steps(at_most_1_per_s, [(0, 39_995), (10_000, 40_000), (20_000, 5)])  # a wrap would mean 25,541 in 10 s
+    assert (reset.consumption, reset.rollovers) == (5, 0)
+    assert [(r.before, r.after) for r in reset.resets] == [(40_000, 5)]
+    rolled = steps(at_most_1_per_s, [(0, 65_525), (10_000, 65_530), (20_000, 3)])  # 9 in 10 s: a roll-over
+    assert (rolled.consumption, rolled.rollovers, rolled.resets) == (5 + 9, 1, ())
+    held = steps(at_most_1_per_s, [(0, 65_530), (10_000, 65_530), (50_000, 65_530), (55_000, 20)])
+    assert held.rollovers == 1, "26 built up over the 55 s since the register last changed, not the last 5 s"
+    # Without a rate the width alone cannot tell: a reset from above half the register reads as a roll-over.
+    unknown = steps(Counter(rollover_bits=16), [(0, 40_000), (20_000, 5)])
+    assert (unknown.consumption, unknown.rollovers) == (25_541, 1)
 
 
 def test_without_a_width_every_backwards_jump_is_a_reset() -> None:
@@ -399,7 +419,7 @@ def test_communication_loss_after_failing_for_a_while_and_cleared_on_the_first_a
     (raised,) = supervisor.tick(61_000)
     assert (raised.alarm, raised.event, raised.severity) == ("plc-communication-loss", "raised", Severity.MAJOR)
     assert supervisor.failed("timeout", 70_000) == []
-    (cleared,) = supervisor.answered(80_000)
+    (cleared,) = supervisor.answered(80_000, any_good=False)  # an answer, even a faulty one, ends the loss
     assert (cleared.event, cleared.time_ms) == ("cleared", 80_000)
 
 
@@ -409,8 +429,20 @@ def test_stale_data_when_nothing_arrives() -> None:
     (raised,) = supervisor.tick(300_000)
     assert raised.alarm == "plc-stale-data" and raised.event == "raised"
     assert supervisor.tick(400_000) == []
-    (cleared,) = supervisor.answered(400_001)
+    assert supervisor.answered(400_001, any_good=False) == []  # an answer without a good value is still stale
+    (cleared,) = supervisor.answered(400_002, any_good=True)
     assert cleared.event == "cleared"
+
+
+def test_failed_polls_do_not_keep_a_device_fresh() -> None:
+    supervisor = DeviceSupervisor(ASSET, "plc", Supervision(communication_loss=60, stale_after=300), 0)
+    events = []
+    for t in range(10_000, 310_000, 10_000):
+        events += supervisor.failed("timeout", t)
+        events += supervisor.tick(t)
+    assert [(e.level, e.event, e.time_ms) for e in events] == [
+        ("communication-loss", "raised", 70_000), ("stale-data", "raised", 300_000)]
+    assert events[0].message == "no answer for 60 s (timeout)" and events[1].message == "no good value for 300 s"
 
 
 # --- the processor as the pipeline sees it -----------------------------------------------------------------
@@ -437,14 +469,16 @@ def catalogue(**outlet: Any) -> Catalogue:
             entry("pressure-drop"),
             {"id": "gas-volume", "name": {"en": "V", "zh": "V"}, "kind": "counter", "unit": "m3",
              "quantified": "cumulative", "windows": [60]},
+            {"id": "slam-shut-closed", "name": {"en": "S", "zh": "S"}, "kind": "state", "unit": "state",
+             "quantified": "state"},
         ]})
 
 
-def device(*points: dict[str, Any], poll_interval: float = 10) -> DeviceBase:
+def device(*points: dict[str, Any], poll_interval: float = 10, **settings: Any) -> DeviceBase:
     return DeviceBase.model_validate({
         "id": "plc", "protocol": "test", "poll_interval": poll_interval,
         "asset": {"domain": "gas", "site": "station-1", "id": "regulator-1", "type": "regulator"},
-        "points": list(points) or [{"name": "p", "indicator": "outlet-pressure"}]})
+        "points": list(points) or [{"name": "p", "indicator": "outlet-pressure"}], **settings})
 
 
 class PushingDevice(DeviceBase):
@@ -455,8 +489,9 @@ class PushingDevice(DeviceBase):
         return True
 
 
-def pushing_device(poll_interval: float = 10) -> DeviceBase:
-    return PushingDevice.model_validate(device(poll_interval=poll_interval).model_dump())
+def pushing_device(poll_interval: float = 10, **settings: Any) -> DeviceBase:
+    return PushingDevice.model_validate(device(poll_interval=poll_interval, **settings).model_dump(
+        exclude_unset=True))
 
 
 def make_processor(cat: Catalogue, devices: list[DeviceBase], derived: list[DerivedIndicator] | None = None,
@@ -534,6 +569,63 @@ def test_a_silent_pushing_device_is_not_stale_but_its_communication_loss_is_an_a
     assert [e.level for e in processor.tick().events] == ["communication-loss"]
 
 
+def events_of(out: Output) -> list[tuple[str, str]]:
+    return [(e.alarm, e.event) for e in out.events]
+
+
+def test_a_polled_device_answering_without_a_good_value_goes_stale_and_not_lost() -> None:
+    clock = Clock()
+    processor = make_processor(catalogue(), [device(poll_interval=10)], clock=clock)
+    events = []
+    for step in range(31):  # five minutes of answers, every one out of range
+        clock.now = T0 + step * 10_000
+        events += events_of(processor.process("plc", [reading("outlet-pressure", 4400.0, clock.now, Quality.BAD,
+                                                              point="p", reason="out-of-range")]))
+        events += events_of(processor.tick())
+    assert events == [("plc-stale-data", "raised")]
+    clock.now += 10_000
+    out = processor.process("plc", [reading("outlet-pressure", 440.0, clock.now, point="p")])
+    assert events_of(out) == [("plc-stale-data", "cleared")]
+
+
+def test_a_polled_device_that_does_not_answer_is_lost_and_then_stale() -> None:
+    clock = Clock()
+    processor = make_processor(catalogue(), [device(poll_interval=10)], clock=clock)
+    processor.process("plc", [reading("outlet-pressure", 440.0, T0, point="p")])
+    events = []
+    for step in range(1, 31):
+        clock.now = T0 + step * 10_000
+        bad = reading("outlet-pressure", None, clock.now, Quality.BAD, point="p", reason="timeout")
+        events += [(e.level, e.event) for e in processor.failed("plc", "timeout", [bad]).events]
+        events += [(e.level, e.event) for e in processor.tick().events]
+    assert events == [("communication-loss", "raised"), ("stale-data", "raised")]
+    assert {e.alarm for e in processor.active_alarms("regulator-1")} == {"plc-communication-loss", "plc-stale-data"}
+
+
+def test_a_pushing_device_goes_stale_only_when_configured_and_any_good_notification_freshens_it() -> None:
+    clock = Clock()
+    watched = pushing_device(poll_interval=1, supervision={"stale_after": 600})
+    processor = make_processor(catalogue(), [watched], clock=clock)
+    processor.process("plc", [reading("outlet-pressure", 5.0, T0, point="p")])
+    clock.now = T0 + 599_000
+    assert processor.tick().events == []  # the repeated value is the gateway's, not a notification
+    clock.now = T0 + 600_000
+    assert events_of(processor.tick()) == [("plc-stale-data", "raised")]
+    clock.now += 1_000
+    out = processor.process("plc", [reading("outlet-pressure", 5.1, clock.now, point="p")])
+    assert events_of(out) == [("plc-stale-data", "cleared")]
+
+
+def test_supervision_is_set_per_device_and_null_switches_an_alarm_off() -> None:
+    polled = device(poll_interval=10, supervision={"stale_after": 45})
+    assert Supervision.for_device(polled) == Supervision(communication_loss=60, stale_after=45)
+    quiet = device(poll_interval=10, supervision={"communication_loss": None})
+    assert Supervision.for_device(quiet) == Supervision(communication_loss=None, stale_after=300)
+    assert Supervision.for_device(pushing_device(poll_interval=10)) == Supervision(60, None)
+    with pytest.raises(ValidationError, match="stale_afterr"):
+        device(supervision={"stale_afterr": 45})
+
+
 def test_a_device_without_rules_passes_its_readings_through_untouched() -> None:
     clock = Clock()
     processor = make_processor(catalogue(), [device({"name": "p", "indicator": "outlet-pressure"})], clock=clock)
@@ -558,6 +650,40 @@ def test_held_back_readings_still_feed_windows_and_alarms() -> None:
     ((_, stats),) = out.statistics
     assert isinstance(stats, WindowStats) and stats.count == 6 and stats.maximum == 104
     assert [e.event for e in processor.active_alarms("regulator-1")] == []  # raised at 103, cleared at 100
+
+
+def test_a_window_counts_what_the_device_delivered_and_failed_polls_apart() -> None:
+    clock = Clock()
+    points = [{"name": "p", "indicator": "outlet-pressure"}, {"name": "v", "indicator": "gas-volume"}]
+    drop = DerivedIndicator.model_validate({"indicator": "pressure-drop", "expression": "outlet-pressure * 2",
+                                            "processing": {"windows": [60]}})
+    processor = make_processor(catalogue(windows=[60]), [device(*points, poll_interval=2)], derived=[drop],
+                               clock=clock)
+    closed: list[Any] = []
+    for step in range(60):  # answered for the first 10 s, then offline for the rest of that minute and the next
+        clock.now = T0 + step * 2_000
+        if step < 5:
+            out = processor.process("plc", [reading("outlet-pressure", 440.0, clock.now, point="p"),
+                                            reading("gas-volume", 100 + step, clock.now, point="v")])
+        else:
+            out = processor.failed("plc", "timeout", [
+                reading(i, None, clock.now, Quality.BAD, point=p, reason="timeout")
+                for i, p in (("outlet-pressure", "p"), ("gas-volume", "v"))])
+        closed += [stats for _, stats in out.statistics]
+    clock.now = T0 + 2 * MINUTE + 2_000
+    closed += [stats for _, stats in processor.tick().statistics]
+    counted = {(s.indicator, s.start_ms): (s.count, s.failed) for s in closed}
+    assert counted == {
+        ("outlet-pressure", T0): (5, 25), ("gas-volume", T0): (5, 25), ("pressure-drop", T0): (5, 25),
+        ("outlet-pressure", T0 + MINUTE): (0, 30), ("gas-volume", T0 + MINUTE): (0, 30),
+        ("pressure-drop", T0 + MINUTE): (0, 30)}
+    offline = next(s for s in closed if s.indicator == "outlet-pressure" and s.start_ms == T0 + MINUTE)
+    assert offline.as_payload(1) == {
+        "seq": 1, "indicator": "outlet-pressure", "unit": "kPa", "unit_code": "KPA", "window": 60,
+        "start": T0 + MINUTE, "end": T0 + 2 * MINUTE, "min": None, "max": None, "mean": None, "last": None,
+        "count": 0, "failed": 30, "good": 0.0}
+    consumed = next(s for s in closed if s.indicator == "gas-volume" and s.start_ms == T0)
+    assert isinstance(consumed, ConsumptionStats) and consumed.as_payload(1)["failed"] == 25
 
 
 def test_a_steady_value_with_an_old_source_time_is_still_counted_in_the_current_window() -> None:
@@ -644,6 +770,23 @@ def test_the_self_description_lists_reporting_windows_and_alarm_limits() -> None
     assert derived["derived"] == "inlet-pressure - outlet-pressure" and derived["reporting"] is None
 
 
+def test_the_self_description_gives_the_range_that_applies_and_the_catalogues_when_different() -> None:
+    import json
+
+    cat = catalogue()  # outlet-pressure [0, 1000] kPa, pressure-drop without a range
+    own = device({"name": "p", "indicator": "outlet-pressure", "unit": "bar", "range": [0, 4]},
+                 {"name": "q", "indicator": "inlet-pressure"},
+                 {"name": "d", "indicator": "pressure-drop", "range": [-50, 50]})
+    resolved = resolve_device(own, cat)
+    (asset,) = assets_of([resolved], cat)
+    described = {i["point"]: i for i in json.loads(encode_asset_description("gw", asset, 1))["indicators"]}
+    assert (described["p"]["range"], described["p"]["catalogue_range"]) == ([0, 400], [0, 1000])
+    assert described["q"]["range"] == [0, 1000] and "catalogue_range" not in described["q"]
+    assert (described["d"]["range"], described["d"]["catalogue_range"]) == ([-50, 50], None)
+    flagged = DeviceMapper(resolved).readings([Sample("p", 4.4)], T0)[0]  # 440 kPa: outside its own range
+    assert (flagged.quality, flagged.reason) == (Quality.BAD, "out-of-range")
+
+
 def test_a_point_processing_block_is_validated_with_the_point() -> None:
     with pytest.raises(ValidationError, match="deadband"):
         TypeAdapter(PointBase).validate_python(
@@ -691,3 +834,94 @@ def test_a_jump_in_time_skips_the_empty_windows_instead_of_publishing_each() -> 
     closed = window.close_until(T0)
     assert len(closed) == 100 and window.skipped > 1_000_000
     assert window.start_ms == T0 - T0 % MINUTE
+
+
+# --- what the issue found unexercised (#15): hour windows, derived max_age, low-low and state alarms --------
+
+HOUR = 3_600_000
+ON_THE_HOUR = T0 - T0 % HOUR  # 2023-11-14 22:00:00 UTC
+
+
+def test_hour_windows_close_on_the_hour_with_the_quarters_inside_them() -> None:
+    clock = Clock(ON_THE_HOUR)
+    processor = make_processor(catalogue(windows=[900, 3600]), [device(poll_interval=600)], clock=clock)
+    for minute in range(5, 60, 10):  # 10.0, 11.0, ... every ten minutes from :05
+        clock.now = ON_THE_HOUR + minute * MINUTE
+        processor.process("plc", [reading("outlet-pressure", 10.0 + minute // 10, clock.now, point="p")])
+    closed = []
+    for clock.now in (ON_THE_HOUR + HOUR + 1_999, ON_THE_HOUR + HOUR + 2_000):
+        closed.append([stats for _, stats in processor.tick().statistics if stats.window_s == 3600])
+    assert closed[0] == [], "not before the grace for a poll answered just after the hour"
+    (hour,) = closed[1]
+    assert isinstance(hour, WindowStats)
+    assert (hour.start_ms, hour.end_ms, hour.count, hour.minimum, hour.maximum) == (
+        ON_THE_HOUR, ON_THE_HOUR + HOUR, 6, 10.0, 15.0)
+    assert hour.good == pytest.approx(55 / 60)  # nothing was in force before :05
+    assert hour.mean == pytest.approx((sum(range(10, 15)) * 10 + 15 * 5) / 55)  # time-weighted over :05-:60
+    clock.now = ON_THE_HOUR + HOUR + 5 * MINUTE  # the next hour opened with the value carried in
+    processor.process("plc", [reading("outlet-pressure", 20.0, clock.now, point="p")])
+    clock.now = ON_THE_HOUR + 2 * HOUR + 2_000
+    (next_hour,) = [s for _, s in processor.tick().statistics if s.window_s == 3600]
+    assert isinstance(next_hour, WindowStats) and next_hour.minimum == 15.0 and next_hour.start_ms == ON_THE_HOUR + HOUR
+
+
+def test_a_derived_value_is_uncertain_while_an_input_from_a_slower_device_is_older_than_max_age() -> None:
+    clock = Clock()
+    fast = device({"name": "in", "indicator": "inlet-pressure"}, poll_interval=10)
+    slow = device({"name": "out", "indicator": "outlet-pressure"}, poll_interval=600, id="plc-2")
+    drop = DerivedIndicator(indicator="pressure-drop", expression="inlet-pressure - outlet-pressure", max_age=120)
+    processor = make_processor(catalogue(), [fast, slow], derived=[drop], clock=clock)
+    processor.process("plc-2", [reading("outlet-pressure", 250.0, T0, point="out")])
+    results = []
+    for step in range(0, 62):
+        clock.now = T0 + step * 10_000
+        if step == 60:
+            processor.process("plc-2", [reading("outlet-pressure", 260.0, clock.now, point="out")])
+        out = processor.process("plc", [reading("inlet-pressure", 400.0, clock.now, point="in")])
+        results += [(step, r.value, r.quality, r.reason) for r in out.readings if r.indicator == "pressure-drop"]
+    by_step = {step: (value, quality, reason) for step, value, quality, reason in results}
+    assert by_step[12] == (150.0, Quality.GOOD, None)  # 120 s old: still within max_age
+    assert by_step[13] == (150.0, Quality.UNCERTAIN, "stale")
+    assert by_step[60] == (140.0, Quality.GOOD, None)  # the slow device answered again
+
+
+def test_low_and_low_low_are_raised_and_cleared_in_turn_with_their_severities() -> None:
+    clock = Clock()
+    limits = {"alarms": [{"level": "low", "limit": 160, "hysteresis": 5},
+                         {"level": "low-low", "limit": 140, "hysteresis": 5, "delay_off": 30}]}
+    processor = make_processor(catalogue(**limits), [device()], clock=clock)
+    events = []
+    for step, value in enumerate([170, 150, 139, 120, 143, 146, 146, 146, 146, 163, 166]):
+        clock.now = T0 + step * 10_000
+        out = processor.process("plc", [reading("outlet-pressure", float(value), clock.now, point="p")])
+        events += [(step, e.alarm, e.event, e.severity) for e in out.events]
+    assert events == [
+        (1, "outlet-pressure-low", "raised", Severity.MAJOR),
+        (2, "outlet-pressure-low-low", "raised", Severity.CRITICAL),
+        (8, "outlet-pressure-low-low", "cleared", Severity.CRITICAL),  # above 145 from step 5, for 30 s
+        (10, "outlet-pressure-low", "cleared", Severity.MAJOR)]  # 163 is not above 160 + 5; 166 is
+
+
+def test_a_state_alarm_follows_its_state_with_delays_and_a_bad_reading_restarts_the_delay() -> None:
+    clock = Clock()
+    point = {"name": "slam", "indicator": "slam-shut-closed", "processing": {"alarms": [
+        {"id": "slam-shut", "level": "state", "state": True, "delay_on": 5, "delay_off": 20, "severity": "critical",
+         "message": "Slam-shut valve closed: supply interrupted"}]}}
+    processor = make_processor(catalogue(), [device(point)], clock=clock)
+
+    def feed(changes: list[tuple[int, bool | None]]) -> list[tuple[int, str]]:
+        events = []
+        for seconds, value in changes:
+            clock.now = T0 + seconds * 1_000
+            quality = Quality.GOOD if value is not None else Quality.BAD
+            out = processor.process("plc", [reading("slam-shut-closed", value, clock.now, quality, point="slam")])
+            events += [(seconds, e.event) for e in [*out.events, *processor.tick().events]]
+        return events
+
+    assert feed([(0, False), (1, True), (3, False), (4, True), (8, True), (9, True)]) == [(9, "raised")]
+    (active,) = processor.active_alarms("regulator-1")
+    assert (active.alarm, active.level, active.severity, active.value) == ("slam-shut", "state", Severity.CRITICAL,
+                                                                           True)
+    assert active.message == "Slam-shut valve closed: supply interrupted"
+    # Open again from 40 s; the bad reading at 50 s says nothing, so the 20 s of delay_off start again at 55 s.
+    assert feed([(40, False), (50, None), (55, False), (74, False), (75, False)]) == [(75, "cleared")]

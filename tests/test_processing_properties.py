@@ -81,3 +81,26 @@ def test_report_by_exception_never_lets_the_published_value_stray_beyond_the_dea
             # Held back: within the band of the last published value, or not silent for max_silence yet.
             assert isinstance(last_value, float)
             assert abs(value - last_value) <= band or now - last_time < silence * 1000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([16, 32]), st.integers(min_value=1, max_value=10_000),
+       st.lists(st.tuples(gaps, st.floats(min_value=0, max_value=1)), min_size=1, max_size=80),
+       st.integers(min_value=0))
+def test_a_register_growing_within_its_plausible_rate_is_never_taken_for_reset(
+        bits: int, per_hour: int, steps: list[tuple[int, float]], start: int) -> None:
+    modulus = 2 ** bits
+    register = start % modulus
+    window = ConsumptionWindow(INFO, 60, Counter(rollover_bits=bits, max_per_hour=per_hour))
+    now = T0
+    closed = window.add(now, register, True)
+    total = 0
+    for gap, share in steps:
+        now += gap
+        increase = min(int(share * per_hour * gap / 3_600_000), modulus // 2 - 1)  # never beyond the rate
+        total += increase
+        register = (register + increase) % modulus
+        closed += window.add(now, register, True)
+    closed += window.close_until(now + 60_000)
+    assert sum(s.consumption or 0 for s in closed if isinstance(s, ConsumptionStats)) == total
+    assert all(not s.resets for s in closed if isinstance(s, ConsumptionStats))

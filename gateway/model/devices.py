@@ -43,6 +43,21 @@ class PointBase:
         return self
 
 
+class SupervisionSettings(StrictModel):
+    """When a device's own alarms are raised (docs/processing.md). A key left out keeps the default; null: never."""
+
+    communication_loss: Seconds | None = Field(
+        None, description="Seconds every attempt to reach the device may fail before communication-loss is raised; "
+                          "default max(60 s, 3 polls).")
+    stale_after: Seconds | None = Field(
+        None, description="Seconds without a good value from the device before stale-data is raised; default "
+                          "max(300 s, 10 polls) for a polled device, never for one that pushes.")
+
+    def given(self, key: str) -> bool:
+        """Whether the file sets `key` (to a number, or to null for never)."""
+        return key in self.model_fields_set
+
+
 class DeviceBase(StrictModel):
     """What every protocol's device has. Protocol modules subclass it with their connection and points."""
 
@@ -58,6 +73,8 @@ class DeviceBase(StrictModel):
     derived: list[DerivedIndicator] = Field(
         default_factory=list,
         description="Indicators of this device's asset computed from others (see docs/processing.md).")
+    supervision: SupervisionSettings | None = Field(
+        None, description="When communication-loss and stale-data are raised for this device (docs/processing.md).")
 
     def link_id(self) -> str:
         """Devices with the same link id share one physical connection, served by one task."""

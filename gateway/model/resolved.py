@@ -91,6 +91,12 @@ class ResolvedPoint:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def valid_range(self) -> tuple[float, float] | None:
+        """The range its readings are checked against, in the canonical unit: its own, else the catalogue's."""
+        low, high = self.transform.low, self.transform.high
+        return None if low is None or high is None else (low, high)
+
 
 def resolve_point(point: PointBase, indicator: Indicator) -> ResolvedPoint:
     """Raises UnitError when the point's unit does not convert to the indicator's."""

@@ -40,6 +40,10 @@ class Counter(StrictModel):
         None, description="Register width (16, 32 or 64) the raw counter rolls over at; null: it never rolls over.")
     raw_scale: PositiveFloat = Field(
         1.0, description="Canonical units per raw register count, so the roll-over is found in canonical units.")
+    max_per_hour: PositiveFloat | None = Field(
+        None, description="The most the register can grow in an hour, in canonical units, with a margin (a water "
+                          "meter's maximum flow in m3/h, an energy meter's maximum power in kW): a backwards step "
+                          "whose roll-over would mean more is a reset.")
 
     @field_validator("rollover_bits")
     @classmethod

@@ -9,24 +9,31 @@ The pipeline calls `process` for every poll, `failed` for a poll without answer
 and `tick` about once a second, so windows close and alarm delays run out even
 when no reading arrives. All time comes from the injected clock (tests control it).
 A device whose points have no rules costs one supervision update per poll.
+
+Given an alarm file, the active alarms survive a restart (memory.py): those still
+configured start out raised, with their first `since`, so the first fresh reading
+either keeps one (no new event) or clears it; `restart_events` clears the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gateway.model.catalogue import Indicator, Quantification
 from gateway.model.devices import DeviceBase
 from gateway.model.readings import AssetRef, Quality, Reading, now_ms
 from gateway.model.resolved import ResolvedAsset, ResolvedDevice
 from gateway.model.rules import Processing, Reporting
-from gateway.processing.alarms import RAISED, AlarmEvent, DeviceSupervisor, Supervision, ThresholdAlarm
+from gateway.processing.alarms import CLEARED, RAISED, AlarmEvent, DeviceSupervisor, Supervision, ThresholdAlarm
 from gateway.processing.counters import ConsumptionStats, ConsumptionWindow
 from gateway.processing.derived import ExpressionRule, NightMinimumRule
 from gateway.processing.exception import ReportByException
+from gateway.processing.memory import AlarmMemory
 from gateway.processing.windows import AlignedWindow, SeriesInfo, StatisticsWindow, WindowStats
 
 __all__ = ["AlarmEvent", "ConsumptionStats", "Output", "Processor", "Supervision", "WindowStats"]
@@ -74,12 +81,13 @@ class _Series:
             for size in rules.windows or ()]
         self.alarms = [ThresholdAlarm(rule, asset, device, indicator.id, indicator.unit) for rule in rules.alarms or ()]
 
-    def feed(self, reading: Reading, now: int, out: Output) -> None:
+    def feed(self, reading: Reading, now: int, out: Output, answered: bool = True) -> None:
+        """`answered`: the device delivered the reading (not a bad one the gateway made for a failed poll)."""
         quality = reading.quality
         # Windows place a sample by when the gateway got it: a device's source time may be that of the last
         # change (OPC-UA), hours old for a steady value, which would file every sample into a closed window.
         for window in self.windows:
-            for closed in window.add(reading.receive_time_ms, reading.value, quality is Quality.GOOD):
+            for closed in window.add(reading.receive_time_ms, reading.value, quality is Quality.GOOD, answered):
                 out.statistics.append((self.asset, closed))
         usable = quality is not Quality.BAD
         for alarm in self.alarms:
@@ -119,7 +127,8 @@ class _Asset:
         self.expressions: list[tuple[ExpressionRule, _Series | None]] = []
         self.nights: list[tuple[NightMinimumRule, _Series | None]] = []
 
-    def feed(self, readings: Iterable[Reading], now: int, out: Output) -> None:
+    def feed(self, readings: Iterable[Reading], now: int, out: Output, answered: bool = True) -> None:
+        """`answered`: false for the bad readings of a failed poll (what is derived from them counts as failed)."""
         changed = set()
         for reading in readings:
             if reading.indicator in self.inputs:
@@ -127,7 +136,7 @@ class _Asset:
                 changed.add(reading.indicator)
                 for night, series in self.nights:
                     if reading.indicator in night.inputs:
-                        self._emit(night.feed(reading), series, now, out)
+                        self._emit(night.feed(reading), series, now, out, answered)
         if not changed:
             return
         for rule, series in self.expressions:  # in declaration order, so one may use an earlier one's result
@@ -136,7 +145,7 @@ class _Asset:
                 if result is not None:
                     self.latest[rule.indicator] = result
                     changed.add(rule.indicator)
-                    self._emit([result], series, now, out)
+                    self._emit([result], series, now, out, answered)
 
     def tick(self, now: int, out: Output) -> None:
         for night, series in self.nights:
@@ -148,12 +157,12 @@ class _Asset:
         return [s for _, s in [*self.expressions, *self.nights] if s is not None]
 
     @staticmethod
-    def _emit(results: list[Reading], series: _Series | None, now: int, out: Output) -> None:
+    def _emit(results: list[Reading], series: _Series | None, now: int, out: Output, answered: bool = True) -> None:
         for result in results:
             if series is None:
                 out.readings.append(result)
             else:
-                series.feed(result, now, out)
+                series.feed(result, now, out, answered)
 
 
 class _Device:
@@ -170,8 +179,9 @@ class _Device:
 class Processor:
     def __init__(self, assets: Sequence[ResolvedAsset],
                  supervision: Mapping[str, Supervision | None] | None = None,
-                 clock: Callable[[], int] = now_ms) -> None:
-        """`supervision` by device id (None: not supervised; absent: the default for the device)."""
+                 clock: Callable[[], int] = now_ms, alarm_file: Path | None = None) -> None:
+        """`supervision` by device id (None: not supervised; absent: the default for the device);
+        `alarm_file`: where the active alarms are kept across restarts (None: they are not)."""
         self._clock = clock
         self._assets: dict[str, _Asset] = {}
         self._devices: dict[str, _Device] = {}
@@ -183,18 +193,23 @@ class Processor:
                 self._add_device(asset, device, (supervision or {}).get(device.id, _DEFAULT), start)
             if resolved.derived:
                 self._add_derived(asset, resolved)
+        self._memory = AlarmMemory(alarm_file) if alarm_file is not None else None
+        self._restart_events: list[AlarmEvent] = []
+        if self._memory is not None:
+            self._restore(self._memory.recall(), start)
 
     # -- the three entry points ------------------------------------------------------------------------------
 
     def process(self, device_id: str, readings: Sequence[Reading]) -> Output:
-        """Readings of one successful poll."""
-        return self._handle(device_id, readings, lambda supervisor, now: supervisor.answered(now))
+        """Readings of one successful poll (or one batch a pushing device sent)."""
+        any_good = any(reading.quality is Quality.GOOD for reading in readings)
+        return self._handle(device_id, readings, True, lambda supervisor, now: supervisor.answered(now, any_good))
 
     def failed(self, device_id: str, reason: str, readings: Sequence[Reading]) -> Output:
-        """The bad readings of a poll that got no answer."""
-        return self._handle(device_id, readings, lambda supervisor, now: supervisor.failed(reason, now))
+        """The bad readings the gateway made for a poll that got no answer (they are not counted as samples)."""
+        return self._handle(device_id, readings, False, lambda supervisor, now: supervisor.failed(reason, now))
 
-    def _handle(self, device_id: str, readings: Sequence[Reading],
+    def _handle(self, device_id: str, readings: Sequence[Reading], answered: bool,
                 supervise: Callable[[DeviceSupervisor, int], list[AlarmEvent]]) -> Output:
         now = self._clock()
         device = self._devices[device_id]
@@ -204,7 +219,7 @@ class Processor:
         if device.passthrough:
             out.readings = list(readings)
         else:
-            self._feed(device, readings, now, out)
+            self._feed(device, readings, now, out, answered)
         self._track(out.events)
         return out
 
@@ -224,6 +239,12 @@ class Processor:
         for asset in self._assets.values():
             asset.tick(now, out)
         self._track(out.events)
+        return out
+
+    def restart_events(self) -> Output:
+        """Once, at start: a clear for each alarm active before the restart whose rule (or device) is gone."""
+        out = Output(events=self._restart_events)
+        self._restart_events = []
         return out
 
     # -- alarm state -----------------------------------------------------------------------------------------
@@ -246,23 +267,51 @@ class Processor:
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    def _feed(self, device: _Device, readings: Sequence[Reading], now: int, out: Output) -> None:
+    def _feed(self, device: _Device, readings: Sequence[Reading], now: int, out: Output, answered: bool) -> None:
         for reading in readings:
             series = device.series.get(reading.point)
             if series is None:
                 out.readings.append(reading)
             else:
-                series.feed(reading, now, out)
-        device.asset.feed(readings, now, out)
+                series.feed(reading, now, out, answered)
+        device.asset.feed(readings, now, out, answered)
 
     def _track(self, events: list[AlarmEvent]) -> None:
-        """Keep the active-alarm state in step with the events just produced."""
+        """Keep the active-alarm state in step with the events just produced, and remember it."""
         for event in events:
             active = self._active.setdefault(event.asset.asset, {})
             if event.event == RAISED:
                 active[event.alarm] = event
             else:
                 active.pop(event.alarm, None)
+        if events and self._memory is not None:
+            self._memory.remember(e for active in self._active.values() for e in active.values())
+
+    def _restore(self, remembered: list[AlarmEvent], now: int) -> None:
+        """Raise again, without an event, each remembered alarm that is still configured; clear the others."""
+        restorers = self._restorers()
+        for event in remembered:
+            restore = restorers.get((event.asset.asset, event.alarm))
+            if restore is None:
+                self._restart_events.append(dataclasses.replace(
+                    event, event=CLEARED, time_ms=now, value=None, message="the alarm is no longer configured"))
+            else:
+                restore()
+                self._active.setdefault(event.asset.asset, {})[event.alarm] = event
+        self._track(self._restart_events)
+
+    def _restorers(self) -> dict[tuple[str, str], Callable[[], None]]:
+        """(asset id, alarm id) -> what takes that alarm as raised, for every alarm that can be raised."""
+        restorers: dict[tuple[str, str], Callable[[], None]] = {}
+        for device in self._devices.values():
+            supervisor = device.supervisor
+            if supervisor is not None:
+                for alarm_id in supervisor.alarm_ids():
+                    restorers[(device.asset.asset.asset, alarm_id)] = functools.partial(supervisor.restore, alarm_id)
+        for series in self._all_series():
+            for alarm in series.alarms:
+                restorers[(series.asset.asset, alarm.alarm_id)] = alarm.restore
+        return restorers
 
     def _add_device(self, asset: _Asset, device: ResolvedDevice[DeviceBase], supervision: Supervision | object | None,
                     start: int) -> None:

@@ -12,9 +12,11 @@ reading and on every clock tick, with the last value taken to hold in between.
 A bad-quality reading says nothing about the process: it leaves the alarm as it
 is and restarts any pending delay (communication loss is its own alarm).
 
-Per device: `communication-loss` when every poll has failed for a while, and
-`stale-data` when nothing at all (neither values nor failures) has arrived for a
-while, e.g. a silent subscription or a stuck link.
+Per device: `communication-loss` when every attempt to reach it has failed for a
+while, and `stale-data` when no good value has come from it for a while: a device
+that answers with faults or out-of-range values only, one that does not answer at
+all, or (when configured) a subscription whose session lives on while its server's
+data is frozen. A failed poll is not a value, so it never makes a device fresh.
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ class ThresholdAlarm:
     def alarm_id(self) -> str:
         return self._template.alarm
 
+    def restore(self) -> None:
+        """Take the alarm as raised before a restart: the next reading keeps it (no new event) or clears it."""
+        self.active = True
+
     def update(self, value: Value, good: bool, now_ms: int) -> AlarmEvent | None:
         if not good or value is None:
             self._value, self._pending_since = None, None
@@ -122,7 +128,7 @@ def _replace(template: AlarmEvent, event: str, time_ms: int, value: Value) -> Al
 
 @dataclass(frozen=True, slots=True)
 class Supervision:
-    """How long a device may fail, or stay silent, before it is an alarm (seconds; None: never)."""
+    """How long a device may fail, or deliver no good value, before it is an alarm (seconds; None: never)."""
 
     communication_loss: float | None
     stale_after: float | None
@@ -135,10 +141,24 @@ class Supervision:
 
     @classmethod
     def for_device(cls, device: DeviceBase) -> Supervision:
-        """The default supervision. A device that pushes is silent while its values hold, so silence
-        alone does not make it stale; losing it is reported by its driver (communication-loss)."""
-        supervision = cls.for_poll_interval(device.poll_interval)
-        return dataclasses.replace(supervision, stale_after=None) if device.pushes else supervision
+        """The device's `supervision:` over the defaults.
+
+        A device that pushes sends a value only when it changes, and a station whose values all hold (valves
+        shut, a full tank at night) is rightly silent for hours: a default stale-data alarm would fire on every
+        quiet night and teach the control room to ignore it. So it is off unless configured, by someone who
+        knows that the device's signals always move (a noisy analogue value); a dead server or session is
+        caught by the driver's keep-alive as communication-loss.
+        """
+        default = cls.for_poll_interval(device.poll_interval)
+        if device.pushes:
+            default = dataclasses.replace(default, stale_after=None)
+        settings = device.supervision
+        if settings is None:
+            return default
+        return cls(
+            settings.communication_loss if settings.given("communication_loss") else default.communication_loss,
+            settings.stale_after if settings.given("stale_after") else default.stale_after,
+            default.severity)
 
 
 class DeviceSupervisor:
@@ -151,48 +171,64 @@ class DeviceSupervisor:
         self._loss_ms = None if supervision.communication_loss is None else round(supervision.communication_loss * 1000)
         self._stale_ms = None if supervision.stale_after is None else round(supervision.stale_after * 1000)
         self._severity = supervision.severity
-        self._heard_ms = now_ms  # a device that never reports goes stale from start-up
+        self._good_ms = now_ms  # when the last good value came; a device that never gives one goes stale from start
         self._failing_since: int | None = None
+        self._reason = ""  # why the last attempt failed
         self.lost = False
         self.stale = False
 
-    def answered(self, now_ms: int) -> list[AlarmEvent]:
-        self._heard_ms, self._failing_since = now_ms, None
+    def alarm_ids(self) -> list[str]:
+        """The ids of the alarms this supervisor can raise (one switched off is not among them)."""
+        levels = [(self.COMMUNICATION_LOSS, self._loss_ms), (self.STALE, self._stale_ms)]
+        return [self._alarm_id(level) for level, after_ms in levels if after_ms is not None]
+
+    def restore(self, alarm_id: str) -> None:
+        """Take an alarm as raised before a restart: the next answer (or good value, for stale-data) clears it."""
+        if alarm_id == self._alarm_id(self.COMMUNICATION_LOSS):
+            self.lost = True
+        elif alarm_id == self._alarm_id(self.STALE):
+            self.stale = True
+
+    def answered(self, now_ms: int, any_good: bool) -> list[AlarmEvent]:
+        """The device answered; `any_good`: with at least one good value."""
+        self._failing_since = None
         events = []
         if self.lost:
             self.lost = False
             events.append(self._event(self.COMMUNICATION_LOSS, CLEARED, now_ms, ""))
-        events.extend(self._fresh(now_ms))
+        if any_good:
+            self._good_ms = now_ms
+            if self.stale:
+                self.stale = False
+                events.append(self._event(self.STALE, CLEARED, now_ms, ""))
         return events
 
     def failed(self, reason: str, now_ms: int) -> list[AlarmEvent]:
-        self._heard_ms = now_ms
+        self._reason = reason
         if self._failing_since is None:
             self._failing_since = now_ms
-        return [*self._fresh(now_ms), *self._check_loss(now_ms, reason)]
+        return self._check_loss(now_ms)
 
     def tick(self, now_ms: int) -> list[AlarmEvent]:
-        events = self._check_loss(now_ms, "")
-        if not self.stale and self._stale_ms is not None and now_ms - self._heard_ms >= self._stale_ms:
+        events = self._check_loss(now_ms)
+        if not self.stale and self._stale_ms is not None and now_ms - self._good_ms >= self._stale_ms:
             self.stale = True
             events.append(self._event(self.STALE, RAISED, now_ms,
-                                      f"nothing received for {(now_ms - self._heard_ms) / 1000:.0f} s"))
+                                      f"no good value for {(now_ms - self._good_ms) / 1000:.0f} s"))
         return events
 
-    def _fresh(self, now_ms: int) -> list[AlarmEvent]:
-        if not self.stale:
-            return []
-        self.stale = False
-        return [self._event(self.STALE, CLEARED, now_ms, "")]
-
-    def _check_loss(self, now_ms: int, reason: str) -> list[AlarmEvent]:
+    def _check_loss(self, now_ms: int) -> list[AlarmEvent]:
         if (self.lost or self._failing_since is None or self._loss_ms is None
                 or now_ms - self._failing_since < self._loss_ms):
             return []
         self.lost = True
-        detail = f"no answer for {(now_ms - self._failing_since) / 1000:.0f} s" + (f" ({reason})" if reason else "")
+        detail = f"no answer for {(now_ms - self._failing_since) / 1000:.0f} s" + (
+            f" ({self._reason})" if self._reason else "")
         return [self._event(self.COMMUNICATION_LOSS, RAISED, now_ms, detail)]
 
+    def _alarm_id(self, level: str) -> str:
+        return f"{self._device}-{level}"
+
     def _event(self, level: str, event: str, now_ms: int, message: str) -> AlarmEvent:
-        return AlarmEvent(self._asset, f"{self._device}-{level}", event, level, self._severity, now_ms,
+        return AlarmEvent(self._asset, self._alarm_id(level), event, level, self._severity, now_ms,
                           self._device, message=message)

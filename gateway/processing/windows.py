@@ -8,7 +8,11 @@ does not keep its last value alive. Per window:
   from before its start;
 - mean: time-weighted over the good-quality time, so irregular samples count for the
   time they stood for;
-- last: the last good value in force; count: samples received in the window;
+- last: the last good value in force;
+- count: samples the device delivered in the window (any quality); failed: the
+  gateway's own bad samples for polls the device did not answer, which say that
+  nothing was delivered (they end the value in force, but a window of a device
+  that was offline throughout has count 0);
 - good: the share of the window covered by good-quality values (0..1).
 Booleans count as 0/1, so the mean of a state is the share of time it was true.
 
@@ -41,12 +45,13 @@ class WindowStats:
     maximum: float | None = None
     mean: float | None = None
     last: float | None = None
+    failed: int = 0
 
     def as_payload(self, seq: int) -> dict[str, object]:
         return {"seq": seq, "indicator": self.indicator, "unit": self.unit, "unit_code": self.unit_code,
                 "window": self.window_s, "start": self.start_ms, "end": self.end_ms,
                 "min": self.minimum, "max": self.maximum, "mean": self.mean, "last": self.last,
-                "count": self.count, "good": round(self.good, 4)}
+                "count": self.count, "failed": self.failed, "good": round(self.good, 4)}
 
 
 def numeric(value: Value) -> float | None:
@@ -76,6 +81,8 @@ class AlignedWindow(Generic[S]):
         self.size_s = size_s
         self.size_ms = size_s * 1000
         self.start_ms: int | None = None  # of the open window; None until the first sample
+        self.count = 0  # samples of the open window the device delivered
+        self.failed = 0  # samples of the open window that stand for a poll without answer
         self.late = 0  # samples older than the open window, not counted
         self.skipped = 0  # empty windows not published after a jump in time
 
@@ -84,8 +91,9 @@ class AlignedWindow(Generic[S]):
         assert self.start_ms is not None
         return self.start_ms + self.size_ms
 
-    def add(self, time_ms: int, value: Value, good: bool) -> list[S]:
-        """Account one sample; the windows it closed, oldest first."""
+    def add(self, time_ms: int, value: Value, good: bool, answered: bool = True) -> list[S]:
+        """Account one sample (`answered`: delivered by the device, not made for a failed poll);
+        the windows it closed, oldest first."""
         closed = self.close_until(time_ms)
         if self.start_ms is None:
             self.start_ms = time_ms - time_ms % self.size_ms
@@ -93,6 +101,10 @@ class AlignedWindow(Generic[S]):
         elif time_ms < self.start_ms:
             self.late += 1
             return closed
+        if answered:
+            self.count += 1
+        else:
+            self.failed += 1
         self._accumulate(time_ms, value, good)
         return closed
 
@@ -105,6 +117,7 @@ class AlignedWindow(Generic[S]):
         closed: list[S] = []
         while self.start_ms is not None and self.end_ms <= now_ms:
             closed.append(self._close(self.end_ms))
+            self.count = self.failed = 0
             self.start_ms = self.end_ms
             if len(closed) >= MAX_CATCH_UP and self.end_ms <= now_ms:
                 self.skipped += (now_ms - self.start_ms) // self.size_ms
@@ -132,14 +145,13 @@ class StatisticsWindow(AlignedWindow[WindowStats]):
         self._integrated_ms = 0  # time up to which the held value has been integrated
         self._weighted = 0.0
         self._good_ms = 0
-        self._count = 0
         self._min: float | None = None
         self._max: float | None = None
         self._last: float | None = None
 
     def _open(self, start_ms: int) -> None:
         self._integrated_ms = start_ms
-        self._weighted, self._good_ms, self._count = 0.0, 0, 0
+        self._weighted, self._good_ms = 0.0, 0
         carried = self._held if self._held_ms + self._hold_ms > start_ms else None
         self._min = self._max = self._last = carried
 
@@ -155,7 +167,6 @@ class StatisticsWindow(AlignedWindow[WindowStats]):
 
     def _accumulate(self, time_ms: int, value: Value, good: bool) -> None:
         self._integrate(time_ms)
-        self._count += 1
         number = numeric(value) if good else None
         self._held, self._held_ms = number, time_ms
         if number is not None:
@@ -171,7 +182,8 @@ class StatisticsWindow(AlignedWindow[WindowStats]):
             mean = min(max(mean, self._min), self._max)  # rounding must not push the mean outside [min, max]
         info = self.info
         return WindowStats(info.indicator, info.unit, info.unit_code, self.size_s, self.start_ms, end_ms,
-                           self._count, self._good_ms / self.size_ms, self._min, self._max, mean, self._last)
+                           self.count, self._good_ms / self.size_ms, self._min, self._max, mean, self._last,
+                           self.failed)
 
     def interval_mean(self) -> float | None:
         """Mean of the open window so far (for callers that close windows themselves)."""
