@@ -61,16 +61,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from drivers.registry import make_driver
     from gateway.app import links
+    from gateway.model.driver import LinkContext
 
+    # With the state directory, what the devices taught (learnt splits and limits) is shown too; reading
+    # it never writes there.
+    context = LinkContext(state_dir=config.state_dir)
     for link, devices in links(config.devices).items():
-        driver = make_driver(devices)
+        driver = make_driver(devices, context)
         print(f"link {link}")
         for device in devices:
-            requests = driver.describe(device)
+            lines = driver.describe(device)
+            requests = [line for line in lines if not line.startswith(_LESSONS)]
             print(f"  device {device.id} ({len(device.points)} points, {len(requests)} requests per poll)")
             for line in requests:
                 print(f"    {line}")
+            for line in lines[len(requests):]:
+                print(f"      {line}")
     return EXIT_OK
+
+
+# Lines of `describe` that say what a device taught the driver rather than name a request.
+_LESSONS = ("learned:", "unreadable:")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from drivers.registry import protocols
 
 CONFIG = Path(__file__).parent.parent / "config"
+CATALOGUE = Path(__file__).parent / "config_cases" / "common" / "catalogue.yaml"
 
 
 def run(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
@@ -43,3 +44,43 @@ def test_plan_prints_the_merged_requests_of_each_device() -> None:
     assert result.returncode == 0, result.stderr
     assert "device ps01-plc-station" in result.stdout
     assert "holding_register 0-10 (11 registers" in result.stdout
+
+
+def test_plan_shows_requests_shared_by_the_devices_of_one_unit() -> None:
+    result = run("plan", str(CONFIG / "gateway.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "coil 0-1 (2 bits, 1 point; shared with ps01-plc-pump-2)" in result.stdout
+
+
+async def test_plan_shows_what_a_unit_taught_from_the_state_directory(tmp_path: Path) -> None:
+    from drivers.modbus.tables import Table
+    from drivers.modbus.tcp import ModbusTcpDriver
+    from drivers.registry import make_driver
+    from gateway.config.loader import load_config
+    from gateway.model.driver import LinkContext
+    from simulators.modbus import StrictGapSimulator
+
+    sim = StrictGapSimulator({Table.HOLDING_REGISTER: [(0, 3), (10, 13)]})
+    await sim.start()
+    try:
+        (tmp_path / "gateway.yaml").write_text(
+            f"gateway: {{id: gw-1, state_dir: state}}\ncatalogue: {CATALOGUE}\ninclude: [devices.yaml]\n")
+        points = ", ".join(f"{{name: p{a}, indicator: {indicator}, table: holding_register, address: {a}}}"
+                           for a, indicator in ((0, "outlet-pressure"), (3, "flow"), (10, "pressure-margin")))
+        (tmp_path / "devices.yaml").write_text(
+            "devices:\n  - {id: plc, protocol: modbus-tcp, host: 127.0.0.1, port: " + str(sim.port)
+            + ", asset: {domain: water-supply, site: ps01, id: ps01-station, type: water-pumping-station},"
+            + f" points: [{points}]}}\n")
+        config = load_config(tmp_path / "gateway.yaml")
+        driver = make_driver([d.config for d in config.devices], LinkContext(state_dir=config.state_dir))
+        assert isinstance(driver, ModbusTcpDriver)
+        await driver.open()
+        await driver.read(driver.devices[0])
+        await driver.close()
+    finally:
+        await sim.stop()
+    result = run("plan", str(tmp_path / "gateway.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "device plc (3 points, 2 requests per poll)" in result.stdout
+    assert "holding_register 0-3 (4 registers, 2 points)" in result.stdout
+    assert "learned: holding_register 4-9 holds an address the unit refuses" in result.stdout

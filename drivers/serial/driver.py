@@ -35,6 +35,8 @@ class FieldBusDriver(Poller[DeviceBase], Pusher[DeviceBase]):
         super().__init__(devices, context)
         self.bus = _bus_for(self.devices)
         self._members: dict[str, BusDevice[Any]] = {m.device.id: m for m in members}
+        for member in members:
+            member.join(members, self.devices[0].link_id(), context)
         self.frame_counters: dict[str, FrameCounters] = {id_: m.frames for id_, m in self._members.items()}
         self._open = False
 
