@@ -201,12 +201,14 @@ def cmd_browse(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     from drivers.registry import protocols
     from drivers.serial.config import Parity, SerialSettings
-    from drivers.serial.scan import ScanOptions, scan_command
+    from drivers.serial.scan import ScanOptions, default_reply_timeout, default_silence, scan_command
 
     settings = SerialSettings(baud=args.baud, parity=Parity(args.parity), data_bits=args.data_bits,
                               stop_bits=args.stop_bits)
     probes = [protocol.load(protocol.probe) for protocol in protocols().values() if protocol.probe is not None]
-    options = ScanOptions(args.timeout, range(args.first_unit, args.last_unit + 1))
+    timeout = args.timeout if args.timeout is not None else default_reply_timeout(settings)
+    silence = args.silence if args.silence is not None else default_silence(settings)
+    options = ScanOptions(timeout, range(args.first_unit, args.last_unit + 1), silence)
     return scan_command(args.port, settings, probes, options)
 
 
@@ -269,7 +271,10 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--parity", choices=["none", "even", "odd"], default="even")
     scan.add_argument("--data-bits", type=int, choices=[7, 8], default=8)
     scan.add_argument("--stop-bits", type=float, choices=[1, 1.5, 2], default=1)
-    scan.add_argument("--timeout", type=float, default=0.1, help="seconds to wait for each address")
+    scan.add_argument("--timeout", type=float, default=None,
+                      help="seconds to wait for each address (default: what the line needs, at least 0.5)")
+    scan.add_argument("--silence", type=float, default=None,
+                      help="seconds of silence between protocols (default: at least 0.5)")
     scan.add_argument("--first-unit", type=int, default=1, choices=range(1, 248), metavar="1-247")
     scan.add_argument("--last-unit", type=int, default=247, choices=range(1, 248), metavar="1-247")
     demo = command("demo", cmd_demo, "run simulated devices, a broker and the gateway, and show what arrives",

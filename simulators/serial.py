@@ -10,6 +10,11 @@ With `baud` set, replies are held back as long as the request and the reply
 would take on a real line at that rate, plus `turnaround` (the slave's own
 pause before answering), so throughput measured against it is realistic.
 
+Bytes of a request that is not complete yet are kept until `resync_gap` seconds
+pass without a byte, as a meter's framer keeps a half-received frame: a
+request of another protocol that looks like the start of a frame to a meter
+swallows the bytes that follow it within that time.
+
 Slaves implement `answer(data)`: (bytes consumed, reply or None) for a request
 at the start of `data`, (0, None) when more bytes are needed, None when no
 request of theirs starts there. Imports no vendor library except through
@@ -57,6 +62,7 @@ class SimulatedBus:
     baud: int | None = None
     bits_per_char: int = 11  # start + 8 data + parity + stop
     turnaround: float = 0.0
+    resync_gap: float = _RESYNC_GAP
     reply_mangler: Callable[[bytes, bytes], bytes] | None = None  # (request, reply) -> bytes actually sent
     exchanges: list[Exchange] = field(default_factory=list)
     unclaimed_bytes: int = 0
@@ -120,7 +126,7 @@ class SimulatedBus:
         except OSError:
             return  # nobody has the device end open (cannot happen while we hold it)
         now = time.monotonic()
-        if now - self._last_rx > _RESYNC_GAP:
+        if now - self._last_rx > self.resync_gap:
             self.unclaimed_bytes += len(self._received)
             self._received.clear()
         self._last_rx = now

@@ -606,3 +606,48 @@ def test_scan_finds_modbus_units_and_lone_meters(tmp_path: Path, capsys: pytest.
     assert "unit 2" in out and "unit 5" in out and "unit 3" not in out
     assert f"dlt645     address {METER_ADDRESS}" in out
     assert f"cjt188     address {WATER_ADDRESS}  (meter type 30" in out
+
+
+def run_scan(bus: SimulatedBus, *args: str) -> int:
+    """`municipal-gateway scan` on the simulated bus, which runs beside the command's own event loop."""
+    from gateway.cli import main
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(bus.start(), loop).result()
+    try:
+        code = main(["scan", str(bus.path), *args])
+    finally:
+        asyncio.run_coroutine_threadsafe(bus.stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+    return code
+
+
+def test_scan_with_default_options_finds_a_slow_9600_baud_slave_and_a_meter_behind_a_stray_frame(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """At 9600 baud a slave that takes 0.15 s to turn round, and a CJ/T 188 meter whose framer keeps a
+    half-received frame for 0.3 s: the DL/T 645 probe before it looks like the start of a CJ/T 188 frame
+    to it. Only the unit range is narrowed (scanning 247 silent units takes two minutes)."""
+    slaves, _ = modbus_slaves(1)
+    bus = SimulatedBus(tmp_path / "ttySLOW", [slaves, Cjt188MeterSim(WATER_ADDRESS)], baud=9600,
+                       turnaround=0.15, resync_gap=0.3)
+    code = run_scan(bus, "--last-unit", "2")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0.5 s per address" in out
+    assert "modbus-rtu unit 1" in out
+    assert f"cjt188     address {WATER_ADDRESS}" in out
+    assert "trying Modbus RTU: units 1-2" in out and "trying DL/T 645: read address" in out
+    assert "trying CJ/T 188: read address (03H, identifier 810A low-first)" in out
+
+
+def test_scan_without_the_silence_between_protocols_loses_the_meter(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same line with the old behaviour (no silence, a short timeout): the meter is not found."""
+    bus = SimulatedBus(tmp_path / "ttyOLD", [Cjt188MeterSim(WATER_ADDRESS)], baud=9600, resync_gap=0.3)
+    code = run_scan(bus, "--last-unit", "1", "--timeout", "0.1", "--silence", "0")
+    assert code == 1
+    assert "cjt188" not in capsys.readouterr().out.split("found:")[-1]

@@ -22,6 +22,8 @@ from gateway.model.readings import Quality, Reason, Sample, Value
 
 log = logging.getLogger(__name__)
 
+PROBE_WAKE_UP = 4  # FE bytes before each of the scan's probes: a sleeping meter's UART needs them to wake
+
 
 class Cjt188Meter(BusDevice[Cjt188Device]):
     def __init__(self, device: Cjt188Device) -> None:
@@ -102,11 +104,12 @@ def _bad(name: str, reason: str) -> Sample:
 
 async def probe(bus: Bus, options: ScanOptions, counters: FrameCounters, progress: Progress) -> list[Found]:
     """A lone CJ/T 188 meter, asked for its address with the wildcard address, in both identifier orders."""
-    progress("CJ/T 188 meter (wildcard address)")
     for order in frames.DiOrder:
         request = frames.read_address_request(1, order)
+        progress(f"CJ/T 188: read address (03H, identifier 810A {order}) with the wildcard address and meter "
+                 f"type AAH, {PROBE_WAKE_UP} wake-up bytes")
         try:
-            reply = await bus.exchange(frames.encode(request), frames.reply_parser(request, order),
+            reply = await bus.exchange(frames.encode(request, PROBE_WAKE_UP), frames.reply_parser(request, order),
                                        options.reply_timeout, counters, what="CJ/T 188 read address")
         except NoReply:
             continue

@@ -25,6 +25,8 @@ from gateway.model.readings import Quality, Reason, Sample
 
 log = logging.getLogger(__name__)
 
+PROBE_WAKE_UP = 4  # FE bytes before the scan's probe: a sleeping meter's UART needs them to wake
+
 
 @dataclass(frozen=True, slots=True)
 class _PointReader:
@@ -87,10 +89,11 @@ def _bad(name: str, reason: str) -> Sample:
 
 async def probe(bus: Bus, options: ScanOptions, counters: FrameCounters, progress: Progress) -> list[Found]:
     """A lone DL/T 645 meter, asked for its address with the wildcard address."""
-    progress("DL/T 645 meter (wildcard address)")
     request = frames.read_address_request()
+    progress(f"DL/T 645: read address (13H) with the wildcard address AAAAAAAAAAAA, {PROBE_WAKE_UP} wake-up bytes")
     try:
-        reply = await bus.exchange(frames.encode(request), frames.reply_parser(request), options.reply_timeout,
+        reply = await bus.exchange(frames.encode(request, PROBE_WAKE_UP), frames.reply_parser(request),
+                                   options.reply_timeout,
                                    counters, what="DL/T 645 read address")
     except NoReply:
         return []

@@ -104,8 +104,9 @@ class ModbusRtuBusDevice(BusDevice[ModbusDeviceBase]):
 async def probe(bus: Bus, options: ScanOptions, counters: FrameCounters, progress: Progress) -> list[Found]:
     """Every unit id of `options.units` asked for holding register 0; any answer, an exception too, is a unit."""
     found = []
-    for unit in options.units:
-        progress(f"Modbus unit {unit}")
+    units = options.units
+    progress(f"Modbus RTU: units {units.start}-{units.stop - 1}, reading holding register 0 of each")
+    for unit in units:
         request = rtu_read_request(Table.HOLDING_REGISTER, 0, 1, unit)
         try:
             answer = await bus.exchange(request.frame, request.parse, options.reply_timeout, counters,
