@@ -29,8 +29,24 @@ log = logging.getLogger("municipal-gateway")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that went away is noticed here, not in an error at exit
+    except BrokenPipeError:
+        # The reader went away (`... | head`): what it wanted it has; say nothing more, not even at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version or a usage error: flushed under main's watch
+        sys.stdout.flush()
+        return done.code if isinstance(done.code, int) else EXIT_CONFIG
     _setup_logging(args.log_level)
     command: Callable[[argparse.Namespace], int] = args.command
     try:
@@ -178,24 +194,53 @@ def _leaves(error: BaseException) -> list[BaseException]:
 
 def cmd_browse(args: argparse.Namespace) -> int:
     """Print a YAML device skeleton of an OPC-UA server's variables."""
-    from drivers.opcua.browse import browse
+    from drivers.opcua.browse import browse, endpoint_of, start_node
     from drivers.opcua.client import ConnectOptions, OpcUaError
     from drivers.opcua.config import SecurityMode, SecurityPolicy
 
-    password = os.environ.get(args.password_env) if args.password_env else None
-    if args.password_file is not None:
-        password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    try:
+        endpoint = endpoint_of(args.endpoint)
+        start_node(args.node)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        password, credential = _browse_password(args)
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     options = ConnectOptions(
-        endpoint=args.endpoint, timeout=args.timeout, keepalive=5.0, session_timeout=60.0,
+        endpoint=endpoint, timeout=args.timeout, keepalive=5.0, session_timeout=60.0,
         policy=SecurityPolicy(args.policy), mode=SecurityMode(args.mode), certificate=args.cert,
         private_key=args.key, application_uri=args.application_uri, server_certificate=args.server_cert,
         trust_dir=args.trust_dir, username=args.username, password=password, pki_dir=args.state_dir / "opcua")
     try:
-        print(asyncio.run(browse(options, args.node, args.depth, args.id)), end="")
+        print(asyncio.run(browse(options, args.node, args.depth, args.id, credential)), end="")
     except OpcUaError as exc:
         print(f"error: {exc} ({exc.reason})", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_CONFIG if exc.reason in _BAD_NODE else EXIT_FAILURE
     return EXIT_OK
+
+
+class _UsageError(Exception):
+    """An option that cannot be used as given."""
+
+
+# Status names that say the --node given is wrong (a usage error), not that the server failed.
+_BAD_NODE = {"BadNodeIdUnknown", "BadNodeIdInvalid"}
+
+
+def _browse_password(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The password to connect with, and the line naming where it comes from (never the secret itself)."""
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise _UsageError(f"cannot read --password-file {args.password_file}: {exc.strerror}") from exc
+        return password, f"password_file: {json.dumps(str(args.password_file.absolute()))}"
+    if args.password_env:
+        return os.environ.get(args.password_env), f"password: ${{{args.password_env}}}"
+    return None, None
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -246,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     command("buffer", cmd_buffer, "show the local buffer: depth, oldest reading, dropped count")
     browse = command("browse", cmd_browse, "print a YAML skeleton of an OPC-UA server's variables, "
                      "ready to map onto indicators", config=False)
-    browse.add_argument("endpoint", help="opc.tcp://host:port[/path]")
+    browse.add_argument("endpoint", help="opc.tcp://host:port[/path], or host:port")
     browse.add_argument("--node", help="start here instead of the Objects folder (nsu=<uri>;s=<id>)")
     browse.add_argument("--depth", type=int, default=4, help="levels to descend (default 4)")
     browse.add_argument("--id", default="opcua-device", help="device id to put in the skeleton")

@@ -84,3 +84,30 @@ async def test_plan_shows_what_a_unit_taught_from_the_state_directory(tmp_path: 
     assert "device plc (3 points, 2 requests per poll)" in result.stdout
     assert "holding_register 0-3 (4 registers, 2 points)" in result.stdout
     assert "learned: holding_register 4-9 holds an address the unit refuses" in result.stdout
+
+
+def test_output_piped_into_head_ends_quietly_for_every_command() -> None:
+    for command in ("schema --kind devices", f"plan {CONFIG / 'gateway.yaml'}", "--help"):
+        result = subprocess.run(f"{sys.executable} -m gateway {command} | head -c 20", shell=True, capture_output=True,
+                                text=True, timeout=60, env={"MQTT_PASSWORD": "unused", "PATH": "/usr/bin:/bin"})
+        assert len(result.stdout) == 20, command
+        assert result.stderr == "", (command, result.stderr)
+
+
+def test_read_prints_every_digit_with_unit_and_quality() -> None:
+    from gateway.model.readings import AssetRef, Quality, Reading
+    from gateway.readonce import format_table
+
+    asset = AssetRef("water-supply", "dms03", "dms03-meter")
+
+    def reading(point: str, value: float | None, quality: Quality = Quality.GOOD, reason: str | None = None
+                ) -> Reading:
+        return Reading(asset, "volume", value, "m3", "MTQ", quality, reason, 0, 0, "meter", point)
+
+    table = format_table([reading("volume", 26234.55), reading("total", 2.025e7), reading("noisy", 2623455 * 0.01),
+                          reading("gone", None, Quality.BAD, "timeout")])
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:]}
+    assert rows["volume"][2:] == ["26234.55", "m3", "good"]
+    assert rows["total"][2] == "20250000"
+    assert rows["noisy"][2] == "26234.55"
+    assert rows["gone"][2:] == ["-", "m3", "bad", "(timeout)"]
