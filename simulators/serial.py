@@ -287,3 +287,86 @@ class AsciiSensorSim:
         if self.request.startswith(data):
             return 0, None
         return None
+
+
+@dataclass
+class DeviceServerSim:
+    """A transparent serial device server on 127.0.0.1 (RS-485 to Ethernet): the bytes a TCP client sends go to
+    the simulated slaves on its serial line, and their replies come back, after the time request and reply take
+    on a line at `baud` plus the slave's `turnaround`. One client at a time, as such servers allow; a request
+    split over TCP segments is put back together (a half request is dropped after `resync_gap` of silence)."""
+
+    slaves: Sequence[Slave]
+    baud: int | None = None
+    bits_per_char: int = 11
+    turnaround: float = 0.0
+    resync_gap: float = _RESYNC_GAP
+    exchanges: list[Exchange] = field(default_factory=list)
+    connections: int = 0
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening and drop the client, as a device server that is switched off."""
+        if self._server is not None:
+            self._server.close()
+            for writer in self._writers:
+                writer.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        received = bytearray()
+        last = 0.0
+        try:
+            while data := await reader.read(4096):
+                now = time.monotonic()
+                if now - last > self.resync_gap:
+                    received.clear()
+                last = now
+                received += data
+                await self._answer_all(received, writer, now)
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            self._writers.remove(writer)
+            writer.close()
+
+    async def _answer_all(self, received: bytearray, writer: asyncio.StreamWriter, arrived: float) -> None:
+        while received:
+            data = bytes(received)
+            waiting = False
+            for slave in self.slaves:
+                answer = await slave.answer(data)
+                if answer is None:
+                    continue
+                consumed, reply = answer
+                if consumed == 0:
+                    waiting = True
+                    continue
+                del received[:consumed]
+                await self._reply(Exchange(arrived, data[:consumed]), reply, writer)
+                break
+            else:
+                if waiting:
+                    return
+                del received[:1]
+
+    async def _reply(self, exchange: Exchange, reply: bytes | None, writer: asyncio.StreamWriter) -> None:
+        self.exchanges.append(exchange)
+        if reply is None:
+            return
+        char_time = self.bits_per_char / self.baud if self.baud else 0.0
+        delay = exchange.request_at + self.turnaround + (len(exchange.request) + len(reply)) * char_time
+        wait = delay - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)  # the serial line's own pace, not a synchronisation
+        exchange.reply_at, exchange.reply = time.monotonic(), reply
+        writer.write(reply)

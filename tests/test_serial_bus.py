@@ -37,7 +37,7 @@ from gateway.model.devices import DeviceBase
 from gateway.model.driver import DriverError
 from gateway.model.readings import Quality, Sample
 from simulators.modbus import ModbusSimulator, RtuSlaves
-from simulators.serial import AsciiSensorSim, Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
+from simulators.serial import AsciiSensorSim, Cjt188MeterSim, DeviceServerSim, Dlt645MeterSim, SimulatedBus, Slave
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -580,6 +580,70 @@ async def test_modbus_rtu_over_tcp_reaches_slaves_behind_a_device_server() -> No
             await disconnected.wait()
         server.close()
         await server.wait_closed()
+
+
+# --- meters and text-line devices behind a serial device server -----------------------------------------
+
+def over_tcp(protocol: str, device_id: str, server: DeviceServerSim, points: list[dict[str, Any]],
+             **settings: Any) -> DeviceBase:
+    raw = {"id": device_id, "protocol": protocol, "host": "127.0.0.1", "port": server.port, "asset": ASSET,
+           "timeout": 0.3, "points": points, **settings}
+    return protocols()[protocol].config_model.model_validate(raw)
+
+
+async def test_meters_and_a_sensor_behind_one_device_server_share_its_connection_and_line_timing() -> None:
+    meters = [Dlt645MeterSim(METER_ADDRESS, {0x00010000: 26234.55, 0x02010100: 230.1}),
+              Cjt188MeterSim(WATER_ADDRESS, volume_hundredths=123456),
+              Dlt645MeterSim("000000000099", silent=True),
+              AsciiSensorSim(b"R\r\n", lambda: "T=21.5\r\n")]
+    server = DeviceServerSim(meters, baud=2400)
+    await server.start()
+    line = {"baud": 2400}
+    energy = over_tcp("dlt645-over-tcp", "energy", server, [
+        {"name": "energy", "indicator": "active-energy-import", "data_id": "00010000"},
+        {"name": "voltage", "indicator": "voltage-l1", "data_id": "02010100"}], address=METER_ADDRESS, serial=line)
+    water = over_tcp("cjt188-over-tcp", "water", server, [{"name": "volume", "indicator": "volume", "field": "volume"}],
+                     address=WATER_ADDRESS, serial=line)
+    dead = over_tcp("dlt645-over-tcp", "dead", server, [
+        {"name": "energy", "indicator": "active-energy-import", "data_id": "00010000"}], address="000000000099",
+        serial=line)
+    sensor = over_tcp("ascii-line-over-tcp", "sensor", server, [{"name": "t", "indicator": "air-temperature"}],
+                      request="R\r\n", pattern=r"T=(?P<t>[-0-9.]+)", serial=line)
+    devices = [energy, water, dead, sensor]
+    assert len({d.link_id() for d in devices}) == 1 and port_conflicts(devices) == []
+    driver = bus_driver(*devices)
+    try:
+        await driver.open()
+        assert values(await driver.read(energy)) == {"energy": 26234.55, "voltage": 230.1}
+        assert values(await driver.read(water)) == {"volume": 1234.56}
+        with pytest.raises(NoReply) as silent:  # a dead meter: the link stays up, the others go on
+            await driver.read(dead)
+        assert silent.value.link_lost is False
+        assert values(await driver.read(sensor)) == {"t": 21.5}
+        assert values(await driver.read(energy))["energy"] == 26234.55
+    finally:
+        await driver.close()
+        await server.stop()
+    assert server.connections == 1  # one owner, one connection, for every protocol on the line
+    silence = SerialSettings(baud=2400).frame_silence
+    answered = [e for e in server.exchanges if e.reply_at is not None]
+    for before, after in zip(server.exchanges, server.exchanges[1:], strict=False):
+        if before.reply_at is not None:
+            assert after.request_at - before.reply_at >= silence * 0.99  # the line's silence, kept over TCP
+    assert len(answered) == len(server.exchanges) - 1  # only the dead meter did not answer
+
+
+async def test_two_meters_with_one_address_behind_one_device_server_are_refused() -> None:
+    server = DeviceServerSim([])
+    await server.start()
+    try:
+        points = [{"name": "volume", "indicator": "volume", "field": "volume"}]
+        twins = [over_tcp("cjt188-over-tcp", f"water-{i}", server, points, address=WATER_ADDRESS) for i in (1, 2)]
+        problems = [message for _, message in port_conflicts(twins)]
+        assert problems == [f"CJ/T 188 address {WATER_ADDRESS} on device server 127.0.0.1:{server.port} is already "
+                            "used by device water-1; expected one address per device on a bus"]
+    finally:
+        await server.stop()
 
 
 # --- municipal-gateway scan -----------------------------------------------------------------------------

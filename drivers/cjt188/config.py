@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from drivers.cjt188.frames import DiOrder
-from drivers.serial.config import SerialDevice
+from drivers.serial.config import BusOverTcp, OnBus, SerialDevice
 from gateway.model.devices import PointBase
 from gateway.model.schema import record
 
@@ -49,8 +49,9 @@ class Cjt188Point(PointBase):
         return raw
 
 
-class Cjt188Device(SerialDevice):
-    protocol: Literal["cjt188"]
+class Cjt188Meter(OnBus):
+    """A CJ/T 188 meter, wherever its bus is: the settings both kinds of bus share."""
+
     address: str = Field(pattern=r"^([0-9]{14}|A{14})$",
                          description="14 digits as on the nameplate; AAAAAAAAAAAAAA for a lone meter on its bus.")
     meter_type: str = Field("10", pattern=r"^[0-9A-Fa-f]{2}$",
@@ -78,3 +79,15 @@ class Cjt188Device(SerialDevice):
 
     def bus_address(self) -> str | None:
         return f"CJ/T 188 address {self.address}"
+
+
+class Cjt188Device(Cjt188Meter, SerialDevice):
+    """A CJ/T 188 meter on a local serial port."""
+
+    protocol: Literal["cjt188"]
+
+
+class Cjt188OverTcpDevice(Cjt188Meter, BusOverTcp):
+    """A CJ/T 188 meter on the RS-485 line of a serial device server (transparent TCP)."""
+
+    protocol: Literal["cjt188-over-tcp"]

@@ -12,7 +12,8 @@ import datetime
 import logging
 
 from drivers.cjt188 import frames
-from drivers.cjt188.config import Cjt188Device, Cjt188Field, Cjt188Point
+from drivers.cjt188.config import Cjt188Field, Cjt188Point
+from drivers.cjt188.config import Cjt188Meter as Cjt188Settings
 from drivers.serial.bus import Bus, NoReply
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import FrameCounters, address_bytes, address_text
@@ -25,8 +26,8 @@ log = logging.getLogger(__name__)
 PROBE_WAKE_UP = 4  # FE bytes before each of the scan's probes: a sleeping meter's UART needs them to wake
 
 
-class Cjt188Meter(BusDevice[Cjt188Device]):
-    def __init__(self, device: Cjt188Device) -> None:
+class Cjt188Meter(BusDevice[Cjt188Settings]):
+    def __init__(self, device: Cjt188Settings) -> None:
         super().__init__(device)
         self._address = address_bytes(device.address)
         self._sequence = 0

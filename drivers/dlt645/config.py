@@ -14,7 +14,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, PositiveInt, model_validator
 
 from drivers.dlt645.frames import DataFormat, common_format
-from drivers.serial.config import SerialDevice
+from drivers.serial.config import BusOverTcp, OnBus, SerialDevice
 from gateway.model import units
 from gateway.model.devices import PointBase
 from gateway.model.schema import record
@@ -80,8 +80,9 @@ class Dlt645Point(PointBase):
         return units.conversion(known.unit, self.unit)
 
 
-class Dlt645Device(SerialDevice):
-    protocol: Literal["dlt645"]
+class Dlt645Meter(OnBus):
+    """A DL/T 645 meter, wherever its bus is: the settings both kinds of bus share."""
+
     address: str = Field(pattern=r"^([0-9]{12}|A{12})$",
                          description="12 digits as on the nameplate; AAAAAAAAAAAA for a lone meter on its bus.")
     wake_up: int = Field(4, ge=0, le=8, description="FE bytes sent before each request.")
@@ -89,3 +90,15 @@ class Dlt645Device(SerialDevice):
 
     def bus_address(self) -> str | None:
         return f"DL/T 645 address {self.address}"
+
+
+class Dlt645Device(Dlt645Meter, SerialDevice):
+    """A DL/T 645 meter on a local serial port."""
+
+    protocol: Literal["dlt645"]
+
+
+class Dlt645OverTcpDevice(Dlt645Meter, BusOverTcp):
+    """A DL/T 645 meter on the RS-485 line of a serial device server (transparent TCP)."""
+
+    protocol: Literal["dlt645-over-tcp"]

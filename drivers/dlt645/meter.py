@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from drivers.dlt645 import frames
-from drivers.dlt645.config import Dlt645Device
+from drivers.dlt645.config import Dlt645Meter as Dlt645Settings
 from drivers.serial.bus import Bus, NoReply
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import FrameCounters, address_bytes, address_text
@@ -37,8 +37,8 @@ class _PointReader:
     conversion: units.Conversion
 
 
-class Dlt645Meter(BusDevice[Dlt645Device]):
-    def __init__(self, device: Dlt645Device) -> None:
+class Dlt645Meter(BusDevice[Dlt645Settings]):
+    def __init__(self, device: Dlt645Settings) -> None:
         super().__init__(device)
         self._address = address_bytes(device.address)
         # Points sharing one identifier (e.g. the same value feeding two indicators) share one request.
