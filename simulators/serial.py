@@ -248,7 +248,8 @@ class Cjt188MeterSim:
 
 @dataclass
 class Dlt645MeterSim:
-    """A DL/T 645-2007 meter answering reads of the identifiers in `values` (others: error 02, no data)."""
+    """A DL/T 645 meter answering reads of the identifiers in `values` (others: error 02, no data): 4-byte
+    identifiers read with 11H (2007 edition) and 2-byte ones read with 01H (1997 edition)."""
 
     address: str
     values: dict[int, float] = field(default_factory=dict)
@@ -264,14 +265,15 @@ class Dlt645MeterSim:
             return outcome.consumed, None
         if request.function == dlt645.READ_ADDRESS:
             return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0x80 | dlt645.READ_ADDRESS, mine))
-        if request.function != dlt645.READ_DATA or request.data_id is None:
-            return outcome.consumed, None
-        identifier = request.data_id
-        fmt = dlt645.common_format(identifier)
+        size = {dlt645.READ_DATA: 4, dlt645.READ_DATA_1997: 2}.get(request.function)
+        if size is None or len(request.data) != size:
+            return outcome.consumed, None  # a 2007 meter ignores 1997 reads, and the other way round
+        identifier = int.from_bytes(request.data, "little")
+        fmt = dlt645.common_format(identifier) if size == 4 else dlt645.common_format_1997(identifier)
         if identifier not in self.values or fmt is None:
-            return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0xC0 | dlt645.READ_DATA, bytes([0x02])))
-        payload = request.data[:4] + dlt645.encode_value(self.values[identifier], fmt)
-        return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0x80 | dlt645.READ_DATA, payload))
+            return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0xC0 | request.function, bytes([0x02])))
+        payload = request.data + dlt645.encode_value(self.values[identifier], fmt)
+        return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0x80 | request.function, payload))
 
 
 @dataclass

@@ -633,6 +633,22 @@ async def test_meters_and_a_sensor_behind_one_device_server_share_its_connection
     assert len(answered) == len(server.exchanges) - 1  # only the dead meter did not answer
 
 
+async def test_a_1997_edition_meter_is_read_with_its_two_byte_identifiers(make_bus: BusFactory) -> None:
+    meter_sim = Dlt645MeterSim(METER_ADDRESS, {0x9010: 26234.55, 0xB611: 231.0, 0xB621: 5.25})
+    bus = await make_bus([meter_sim])
+    meter = device("dlt645", "old-meter", bus, [
+        {"name": "energy", "indicator": "active-energy-import", "data_id": "9010"},
+        {"name": "voltage", "indicator": "voltage-l1", "data_id": "B611"},
+        {"name": "current", "indicator": "current-l1", "data_id": "B621"},
+        {"name": "power", "indicator": "active-power", "data_id": "B630"}], address=METER_ADDRESS, edition="1997")
+    driver = await connected(meter)
+    samples = await driver.read(meter)
+    await driver.close()
+    assert values(samples) == {"energy": 26234.55, "voltage": 231.0, "current": 5.25}
+    assert bad(samples) == {"power": "device-exception:02"}  # the meter has no B630: its error byte
+    assert driver.describe(meter)[0] == "read 9010 (1 point)"
+
+
 async def test_two_meters_with_one_address_behind_one_device_server_are_refused() -> None:
     server = DeviceServerSim([])
     await server.start()

@@ -48,8 +48,11 @@ class Dlt645Meter(BusDevice[Dlt645Settings]):
             self._by_identifier[point.identifier].append(reader)
 
     def describe(self) -> list[str]:
-        return [f"read {identifier:08X} ({len(points)} point{'s' if len(points) > 1 else ''})"
+        return [f"read {self._name(identifier)} ({len(points)} point{'s' if len(points) > 1 else ''})"
                 for identifier, points in self._by_identifier.items()]
+
+    def _name(self, identifier: int) -> str:
+        return f"{identifier:04X}" if self.device.edition == "1997" else f"{identifier:08X}"
 
     async def read(self, bus: Bus) -> list[Sample]:
         by_name: dict[str, Sample] = {}
@@ -60,22 +63,22 @@ class Dlt645Meter(BusDevice[Dlt645Settings]):
 
     async def _read_identifier(self, bus: Bus, identifier: int, points: list[_PointReader]) -> list[Sample]:
         device = self.device
-        request = frames.read_request(self._address, identifier)
-        what = f"read {identifier:08X} from meter {device.address}"
+        request = frames.read_request(self._address, identifier, device.edition)
+        what = f"read {self._name(identifier)} from meter {device.address}"
         reply = await bus.exchange(frames.encode(request, device.wake_up), frames.reply_parser(request),
                                    device.timeout, self.frames, what=what)
         if reply.abnormal:
             error = reply.error or 0
-            log.debug("meter %s refused %08X: %s", device.id, identifier,
+            log.debug("meter %s refused %s: %s", device.id, self._name(identifier),
                       frames.ERROR_NAMES.get(error, f"error {error:02X}"))
             self.replies.exception_replies += 1
             return [_bad(point.name, f"{Reason.DEVICE_EXCEPTION.value}:{error:02X}") for point in points]
         samples = []
         for point in points:
             try:
-                value = frames.decode_value(reply.data[4:], point.format)
+                value = frames.decode_value(reply.data[len(request.data):], point.format)
             except frames.FormatError as exc:
-                log.debug("meter %s, %08X: %s", device.id, identifier, exc)
+                log.debug("meter %s, %s: %s", device.id, self._name(identifier), exc)
                 self.replies.decode_errors += 1
                 samples.append(_bad(point.name, Reason.DECODE_ERROR.value))
                 continue
