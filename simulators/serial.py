@@ -24,6 +24,7 @@ request of theirs starts there. Imports no vendor library except through
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import os
 import time
@@ -204,7 +205,8 @@ def _request_to(address: bytes, outcome: Outcome[F]) -> Accepted[F] | tuple[int,
 
 @dataclass
 class Cjt188MeterSim:
-    """A CJ/T 188 water meter answering 901F (and read address when alone on its bus)."""
+    """A CJ/T 188 water meter answering 901F (and read address when alone on its bus); with `heat`, a heat
+    meter."""
 
     address: str
     meter_type: int = 0x10
@@ -217,6 +219,7 @@ class Cjt188MeterSim:
     status: int = 0
     abnormal_status: int | None = None  # answer abnormally with this status byte
     silent: bool = False
+    heat: cjt188.HeatReading | None = None  # a heat meter's 901F reply (give meter_type 20-22 too)
 
     async def answer(self, data: bytes) -> tuple[int, bytes | None] | None:
         mine = address_bytes(self.address)
@@ -240,9 +243,14 @@ class Cjt188MeterSim:
         if self.abnormal_status is not None:
             data = cjt188.data_field(cjt188.DI_READ_DATA, sequence, bytes([self.abnormal_status, 0]), self.di_order)
             return cjt188.Frame(self.meter_type, mine, 0xC0 | cjt188.READ_DATA, data)
-        reading = cjt188.MeterReading(self.volume_hundredths, self.volume_unit, self.settlement_hundredths,
-                                      self.settlement_unit, self.clock or datetime.datetime.now(), self.status)
-        data = cjt188.data_field(cjt188.DI_READ_DATA, sequence, cjt188.encode_reading(reading), self.di_order)
+        clock = self.clock or datetime.datetime.now()
+        if self.heat is not None:
+            payload = cjt188.encode_heat_reading(dataclasses.replace(self.heat, clock=clock, status=self.status))
+        else:
+            payload = cjt188.encode_reading(cjt188.MeterReading(
+                self.volume_hundredths, self.volume_unit, self.settlement_hundredths, self.settlement_unit, clock,
+                self.status))
+        data = cjt188.data_field(cjt188.DI_READ_DATA, sequence, payload, self.di_order)
         return cjt188.Frame(self.meter_type, mine, 0x80 | cjt188.READ_DATA, data)
 
 

@@ -649,6 +649,35 @@ async def test_a_1997_edition_meter_is_read_with_its_two_byte_identifiers(make_b
     assert driver.describe(meter)[0] == "read 9010 (1 point)"
 
 
+async def test_a_heat_meter_reads_energy_power_flow_temperatures_and_hours_in_the_points_units(
+        make_bus: BusFactory) -> None:
+    heat = cjt188.HeatReading(settlement_heat=1200, settlement_heat_unit=0x05, heat=123456, heat_unit=0x08,
+                              power=1525, power_unit=0x17, flow=12345, flow_unit=0x35, volume=987654,
+                              volume_unit=0x2C, supply_temperature=7512, return_temperature=4833,
+                              working_hours=8760, clock=None, status=0)
+    bus = await make_bus([Cjt188MeterSim(WATER_ADDRESS, meter_type=0x20, heat=heat)])
+    meter = device("cjt188", "heat-meter", bus, [
+        {"name": "energy", "indicator": "heat-energy", "field": "heat-energy"},  # the meter counts MWh
+        {"name": "settled", "indicator": "heat-energy", "field": "settlement-heat-energy"},
+        {"name": "energy-gj", "indicator": "heat-energy", "field": "heat-energy", "unit": "GJ"},
+        {"name": "power", "indicator": "heat-power", "field": "heat-power"},
+        {"name": "flow", "indicator": "flow", "field": "flow"},
+        {"name": "volume", "indicator": "volume", "field": "volume"},
+        {"name": "supply", "indicator": "supply-temperature", "field": "supply-temperature"},
+        {"name": "return", "indicator": "return-temperature", "field": "return-temperature"},
+        {"name": "hours", "indicator": "pump-run-hours", "field": "working-hours"},
+        {"name": "battery", "indicator": "battery-low", "field": "battery-low"},
+    ], address=WATER_ADDRESS, meter_type="20")
+    driver = await connected(meter)
+    samples = await driver.read(meter)
+    await driver.close()
+    got = values(samples)
+    assert got["energy"] == pytest.approx(1234560.0)  # 1234.56 MWh in kWh
+    assert got["energy-gj"] == pytest.approx(1234.56 * 3.6)
+    assert (got["settled"], got["power"], got["flow"], got["volume"]) == (12.0, 15.25, 1.2345, 9876.54)
+    assert (got["supply"], got["return"], got["hours"], got["battery"]) == (75.12, 48.33, 8760, False)
+
+
 async def test_two_meters_with_one_address_behind_one_device_server_are_refused() -> None:
     server = DeviceServerSim([])
     await server.start()
