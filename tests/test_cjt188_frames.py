@@ -138,9 +138,9 @@ def test_heat_meters_load_with_their_fields(meter_type: str) -> None:
 
 
 def test_a_field_the_meter_type_does_not_have_is_a_config_error() -> None:
-    with pytest.raises(ValidationError, match="meter type 20 .a heat or cooling meter. does not have"):
+    with pytest.raises(ValidationError, match=r"meter type 20 \(a heat or cooling meter\) does not have"):
         heat_meter_config("20", ["heat-energy", "settlement-volume"])
-    with pytest.raises(ValidationError, match="meter type 10 .a water or gas meter. does not have"):
+    with pytest.raises(ValidationError, match=r"meter type 10 \(a water or gas meter\) does not have"):
         heat_meter_config("10", ["volume", "supply-temperature"])
 
 
