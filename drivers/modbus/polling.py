@@ -20,7 +20,8 @@ What a poll returns when the unit refuses (see learning.py for what is learnt an
   exponential back-off; when it reads again it is back in the plan.
 - Exception 03 or 04 to a request of several points larger than any answered: the request size of
   that table is halved and the pieces read at once; later polls try sizes up to the smallest refused,
-  one at a time, until the largest size that works is known.
+  one at a time, until the largest size that works is known. When the halving ends in one point refused
+  alone, it was that point, not the size: the size lesson is withdrawn and the point is read alone.
 - Any other refusal: the points of that request are bad with reason ``device-exception:XX``, XX the
   exception code in two hex digits as in datasheets (``device-exception:0B`` gateway target failed to
   respond); match reasons with ``reason.split(":")[0]``.
