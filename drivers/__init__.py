@@ -23,3 +23,10 @@ register("cjt188", "drivers.cjt188.config:Cjt188Device", bus_device="drivers.cjt
          probe="drivers.cjt188.meter:probe", simulator="simulators.serial:Cjt188MeterSim")
 register("ascii-line", "drivers.asciiline.config:AsciiLineDevice",
          bus_device="drivers.asciiline.sensor:AsciiLineSensor", simulator="simulators.serial:AsciiSensorSim")
+# The same devices on the serial line of a serial device server (transparent TCP), as modbus-rtu-over-tcp.
+register("dlt645-over-tcp", "drivers.dlt645.config:Dlt645OverTcpDevice", bus_device="drivers.dlt645.meter:Dlt645Meter",
+         simulator="simulators.serial:Dlt645MeterSim")
+register("cjt188-over-tcp", "drivers.cjt188.config:Cjt188OverTcpDevice", bus_device="drivers.cjt188.meter:Cjt188Meter",
+         simulator="simulators.serial:Cjt188MeterSim")
+register("ascii-line-over-tcp", "drivers.asciiline.config:AsciiLineOverTcpDevice",
+         bus_device="drivers.asciiline.sensor:AsciiLineSensor", simulator="simulators.serial:AsciiSensorSim")

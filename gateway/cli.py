@@ -30,8 +30,24 @@ log = logging.getLogger("municipal-gateway")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that went away is noticed here, not in an error at exit
+    except BrokenPipeError:
+        # The reader went away (`... | head`): what it wanted it has; say nothing more, not even at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version or a usage error: flushed under main's watch
+        sys.stdout.flush()
+        return done.code if isinstance(done.code, int) else EXIT_CONFIG
     _setup_logging(args.log_level)
     command: Callable[[argparse.Namespace], int] = args.command
     os.umask(os.umask(0o077) | 0o077)  # whatever the caller's umask: what we create is ours alone
@@ -66,16 +82,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from drivers.registry import make_driver
     from gateway.app import links
+    from gateway.model.driver import LinkContext
 
+    # With the state directory, what the devices taught (learnt splits and limits) is shown too; reading
+    # it never writes there.
+    context = LinkContext(state_dir=config.state_dir)
     for link, devices in links(config.devices).items():
-        driver = make_driver(devices)
+        driver = make_driver(devices, context)
         print(f"link {link}")
         for device in devices:
-            requests = driver.describe(device)
+            lines = driver.describe(device)
+            requests = [line for line in lines if not line.startswith(_LESSONS)]
             print(f"  device {device.id} ({len(device.points)} points, {len(requests)} requests per poll)")
             for line in requests:
                 print(f"    {line}")
+            for line in lines[len(requests):]:
+                print(f"      {line}")
     return EXIT_OK
+
+
+# Lines of `describe` that say what a device taught the driver rather than name a request.
+_LESSONS = ("learned:", "unreadable:")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -181,35 +208,66 @@ def _leaves(error: BaseException) -> list[BaseException]:
 
 def cmd_browse(args: argparse.Namespace) -> int:
     """Print a YAML device skeleton of an OPC-UA server's variables."""
-    from drivers.opcua.browse import browse
+    from drivers.opcua.browse import browse, endpoint_of, start_node
     from drivers.opcua.client import ConnectOptions, OpcUaError
     from drivers.opcua.config import SecurityMode, SecurityPolicy
 
-    password = os.environ.get(args.password_env) if args.password_env else None
-    if args.password_file is not None:
-        password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    try:
+        endpoint = endpoint_of(args.endpoint)
+        start_node(args.node)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        password, credential = _browse_password(args)
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     options = ConnectOptions(
-        endpoint=args.endpoint, timeout=args.timeout, keepalive=5.0, session_timeout=60.0,
+        endpoint=endpoint, timeout=args.timeout, keepalive=5.0, session_timeout=60.0,
         policy=SecurityPolicy(args.policy), mode=SecurityMode(args.mode), certificate=args.cert,
         private_key=args.key, application_uri=args.application_uri, server_certificate=args.server_cert,
         trust_dir=args.trust_dir, username=args.username, password=password, pki_dir=args.state_dir / "opcua")
     try:
-        print(asyncio.run(browse(options, args.node, args.depth, args.id)), end="")
+        print(asyncio.run(browse(options, args.node, args.depth, args.id, credential)), end="")
     except OpcUaError as exc:
         print(f"error: {exc} ({exc.reason})", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_CONFIG if exc.reason in _BAD_NODE else EXIT_FAILURE
     return EXIT_OK
+
+
+class _UsageError(Exception):
+    """An option that cannot be used as given."""
+
+
+# Status names that say the --node given is wrong (a usage error), not that the server failed.
+_BAD_NODE = {"BadNodeIdUnknown", "BadNodeIdInvalid"}
+
+
+def _browse_password(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The password to connect with, and the line naming where it comes from (never the secret itself)."""
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise _UsageError(f"cannot read --password-file {args.password_file}: {exc.strerror}") from exc
+        return password, f"password_file: {json.dumps(str(args.password_file.absolute()))}"
+    if args.password_env:
+        return os.environ.get(args.password_env), f"password: ${{{args.password_env}}}"
+    return None, None
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from drivers.registry import protocols
     from drivers.serial.config import Parity, SerialSettings
-    from drivers.serial.scan import ScanOptions, scan_command
+    from drivers.serial.scan import ScanOptions, default_reply_timeout, default_silence, scan_command
 
     settings = SerialSettings(baud=args.baud, parity=Parity(args.parity), data_bits=args.data_bits,
                               stop_bits=args.stop_bits)
     probes = [protocol.load(protocol.probe) for protocol in protocols().values() if protocol.probe is not None]
-    options = ScanOptions(args.timeout, range(args.first_unit, args.last_unit + 1))
+    timeout = args.timeout if args.timeout is not None else default_reply_timeout(settings)
+    silence = args.silence if args.silence is not None else default_silence(settings)
+    options = ScanOptions(timeout, range(args.first_unit, args.last_unit + 1), silence)
     return scan_command(args.port, settings, probes, options)
 
 
@@ -247,7 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     command("buffer", cmd_buffer, "show the local buffer: depth, oldest reading, dropped count")
     browse = command("browse", cmd_browse, "print a YAML skeleton of an OPC-UA server's variables, "
                      "ready to map onto indicators", config=False)
-    browse.add_argument("endpoint", help="opc.tcp://host:port[/path]")
+    browse.add_argument("endpoint", help="opc.tcp://host:port[/path], or host:port")
     browse.add_argument("--node", help="start here instead of the Objects folder (nsu=<uri>;s=<id>)")
     browse.add_argument("--depth", type=int, default=4, help="levels to descend (default 4)")
     browse.add_argument("--id", default="opcua-device", help="device id to put in the skeleton")
@@ -272,7 +330,10 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--parity", choices=["none", "even", "odd"], default="even")
     scan.add_argument("--data-bits", type=int, choices=[7, 8], default=8)
     scan.add_argument("--stop-bits", type=float, choices=[1, 1.5, 2], default=1)
-    scan.add_argument("--timeout", type=float, default=0.1, help="seconds to wait for each address")
+    scan.add_argument("--timeout", type=float, default=None,
+                      help="seconds to wait for each address (default: what the line needs, at least 0.5)")
+    scan.add_argument("--silence", type=float, default=None,
+                      help="seconds of silence between protocols (default: at least 0.5)")
     scan.add_argument("--first-unit", type=int, default=1, choices=range(1, 248), metavar="1-247")
     scan.add_argument("--last-unit", type=int, default=247, choices=range(1, 248), metavar="1-247")
     demo = command("demo", cmd_demo, "run simulated devices, a broker and the gateway, and show what arrives",

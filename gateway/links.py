@@ -10,7 +10,10 @@ anchored to its first poll so it does not drift; a missed slot is skipped, not
 caught up. A device that fails while the link stays up (a silent unit behind a
 Modbus gateway, a meter that does not answer on a shared bus) is retried with
 capped exponential back-off on its own; its readings go out with bad quality and
-its state change is logged once.
+its state change is logged once. A device that answers but gives no good sample in a
+poll (every request refused with an exception, every value undecodable) is
+`degraded`, not online: the runner learns it from the samples' qualities, and the
+device keeps its poll schedule, since it answers quickly.
 
 A lost link (the connection dropped, the port vanished, a push listener ended)
 ends the link's group: the runner closes the driver, reports the pushing
@@ -34,13 +37,14 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from gateway.model.devices import DeviceBase
 from gateway.model.driver import D, Driver, DriverError, Poller, Pusher
-from gateway.model.readings import Sample, now_ms
+from gateway.model.readings import Quality, Sample, now_ms
 from gateway.tasks import cancel_requests, restore_cancel_requests
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ PUSH_RETRY = 1.0
 class DeviceState(enum.StrEnum):
     STARTING = "starting"
     ONLINE = "online"
+    DEGRADED = "degraded"  # answers, but no point of its last poll read good (refused, undecodable)
     FAILING = "failing"
 
 
@@ -223,7 +228,7 @@ class LinkRunner(Generic[D]):
             raise stuck from None
         status.polls += 1
         self._on_samples(device, samples, now_ms())
-        self._answering(status)
+        self._answering(status, samples)
         status.next_due = _next_slot(status.next_due, device.poll_interval, self._clock())
 
     async def _listen(self) -> None:
@@ -268,13 +273,30 @@ class LinkRunner(Generic[D]):
             backoff = max(min(device.backoff_max, device.poll_interval * doubling), device.poll_interval)
         status.next_due = max(started, self._clock()) + backoff
 
-    def _answering(self, status: DeviceStatus[D]) -> None:
-        if status.state is not DeviceState.ONLINE:
+    def _answering(self, status: DeviceStatus[D], polled: Sequence[Sample] | None = None) -> None:
+        """The device answered; `polled` are the samples of a poll (None for pushed values, which are
+        only what changed, so say nothing of the points that did not)."""
+        refusal = _nothing_good(polled) if polled is not None else None
+        if refusal is not None:
+            self._degraded(status, refusal, len(polled or ()))
+        elif status.state is DeviceState.DEGRADED and polled is not None and not polled:
+            pass  # a poll with nothing to report (its points are backed off) changes nothing
+        elif status.state is not DeviceState.ONLINE:
             if status.state is DeviceState.FAILING:
                 log.info("device %s is answering again after %d failed attempts", status.device.id,
                          status.consecutive_failures)
+            elif status.state is DeviceState.DEGRADED:
+                log.info("device %s reads good values again", status.device.id)
             self._set_state(status, DeviceState.ONLINE, None, None)
         status.consecutive_failures = 0
+
+    def _degraded(self, status: DeviceStatus[D], reason: str, points: int) -> None:
+        if status.state is DeviceState.DEGRADED and status.reason == reason:
+            return
+        message = f"answers, but none of the {points} points of its last poll read good ({reason})"
+        if status.state is not DeviceState.DEGRADED:
+            log.warning("device %s %s", status.device.id, message)
+        self._set_state(status, DeviceState.DEGRADED, reason, message)
 
     def _set_state(self, status: DeviceStatus[D], state: DeviceState, reason: str | None, message: str | None) -> None:
         status.state, status.reason, status.message, status.since_ms = state, reason, message, now_ms()
@@ -296,6 +318,14 @@ def _first(group: BaseExceptionGroup[_E], kind: type[_E]) -> _E:
         if isinstance(found, kind):
             return found
     raise AssertionError("an except* clause only sees groups holding its kind")
+
+
+def _nothing_good(samples: Sequence[Sample]) -> str | None:
+    """The most common reason of a poll in which no sample is good; None when one is, or there are none."""
+    if not samples or any(sample.quality is not Quality.BAD for sample in samples):
+        return None
+    reasons = Counter(sample.reason or "bad" for sample in samples)
+    return reasons.most_common(1)[0][0]
 
 
 def _honour_cancellation() -> None:

@@ -76,6 +76,8 @@ def format_table(readings: list[Reading]) -> str:
 
 
 def _value(value: object) -> str:
+    """Every digit the value carries: 26234.55 as 26234.55 and a totaliser of 2.025e7 as 20250000
+    (15 significant digits: all a float holds, without the noise of its last binary digit)."""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.15g}" if not value.is_integer() or abs(value) >= 1e15 else str(int(value))
     return "-" if value is None else str(value)

@@ -6,6 +6,11 @@ ours (a `ModbusServerContext` subclass answering `async_getValues` /
 changed while it runs, address ranges can be made to answer exceptions, and
 replies can be mangled to test garbage.
 
+`StrictGapSimulator` implements only some blocks of addresses and refuses, with exception 02, any read
+that is not inside one of them, as strict PLCs (libmodbus-based ones) do even when no point lives in
+the gap. `max_registers` makes any simulator refuse larger reads with exception 03, as meters that take
+at most 80 registers at once do.
+
 `RtuSlaves` answers Modbus RTU requests on a simulated serial line from a
 `ModbusSimulator`'s tables (see simulators/serial.py for the line itself).
 """
@@ -14,8 +19,9 @@ from __future__ import annotations
 
 import collections
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
@@ -63,8 +69,9 @@ class ModbusSimulator:
     """
 
     def __init__(self, unit_ids: Iterable[int] = (1,), *, port: int = 0, size: int = 10_000,
-                 refusals: Iterable[Refusal] = ()) -> None:
+                 refusals: Iterable[Refusal] = (), max_registers: int | None = None) -> None:
         self.size = size
+        self.max_registers = max_registers  # larger register reads answer exception 03 (illegal data value)
         self.units = {unit: _Unit(size) for unit in unit_ids}
         self.refusals = list(refusals)
         self.requests: collections.Counter[int] = collections.Counter()  # requests received per unit id
@@ -144,9 +151,15 @@ class ModbusSimulator:
             if (refusal.table is table and refusal.unit in (None, unit_id)
                     and address <= refusal.end and refusal.start <= last):
                 return ExcCodes(refusal.code)
-        if last >= self.size:
+        if last >= self.size or not self._implements(table, address, last):
             return ExcCodes.ILLEGAL_ADDRESS
+        if self.max_registers is not None and not table.is_bits and count > self.max_registers:
+            return ExcCodes.ILLEGAL_VALUE
         return unit, table
+
+    def _implements(self, table: Table, first: int, last: int) -> bool:
+        """Does the device have every address of `table` from `first` to `last`?"""
+        return True
 
     def _get(self, unit_id: int, function_code: int, address: int, count: int) -> list[int] | list[bool] | ExcCodes:
         checked = self._check(unit_id, function_code, address, count)
@@ -168,6 +181,20 @@ class ModbusSimulator:
         else:
             unit.registers[table][address:address + len(values)] = array("H", values)
         return None
+
+
+class StrictGapSimulator(ModbusSimulator):
+    """A device that has only `blocks` of each table named there (inclusive first and last addresses) and
+    answers exception 02 to any read not inside one block, however small the gap it bridges."""
+
+    def __init__(self, blocks: Mapping[Table, Sequence[tuple[int, int]]], unit_ids: Iterable[int] = (1,),
+                 **options: Any) -> None:
+        super().__init__(unit_ids, **options)
+        self.blocks = {table: list(spans) for table, spans in blocks.items()}
+
+    def _implements(self, table: Table, first: int, last: int) -> bool:
+        spans = self.blocks.get(table)
+        return spans is None or any(low <= first and last <= high for low, high in spans)
 
 
 class _Datastore(ModbusServerContext):

@@ -47,14 +47,15 @@ class SimVariable:
     unit_code: str | None = None  # UN/CEFACT
     display_name: str = ""
     drift: float = 0.0  # each tick adds up to ± this (numbers) or flips with this probability (booleans)
+    eu_range: tuple[float, float] | None = None  # the EURange property
     node: Any = None
 
 
 def gas_station_variables() -> list[SimVariable]:
     """A gas pressure-regulating station as its PLC might expose it."""
     return [
-        SimVariable("Station.InletPressure", 350.0, "KPA", "Inlet pressure", 2.0),
-        SimVariable("Station.OutletPressure", 2.6, "KPA", "Outlet pressure", 0.02),
+        SimVariable("Station.InletPressure", 350.0, "KPA", "Inlet pressure", 2.0, (0.0, 1600.0)),
+        SimVariable("Station.OutletPressure", 2.6, "KPA", "Outlet pressure", 0.02, (0.0, 10.0)),
         SimVariable("Station.GasTemperature", 12.5, "CEL", "Gas temperature", 0.1),
         SimVariable("Station.StandardFlow", 820.0, "MQH", "Standard flow", 15.0),
         SimVariable("Station.StandardVolume", 1_254_300.0, "MTQ", "Standard volume totaliser", 0.0),
@@ -113,11 +114,17 @@ class StationSimulator:
             if variable.display_name:
                 await variable.node.write_attribute(
                     ua.AttributeIds.DisplayName, ua.DataValue(ua.Variant(ua.LocalizedText(variable.display_name))))
+            # Properties with node ids in the station's namespace, as real servers give them.
             if variable.unit_code is not None:
                 info = ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
                                         UnitId=pack_unit_code(variable.unit_code),
                                         DisplayName=ua.LocalizedText(variable.unit_code))
-                await variable.node.add_property(0, "EngineeringUnits", info)
+                await variable.node.add_property(ua.NodeId(f"{variable.name}.EngineeringUnits", ns),
+                                                 ua.QualifiedName("EngineeringUnits", 0), info)
+            if variable.eu_range is not None:
+                low, high = variable.eu_range
+                await variable.node.add_property(ua.NodeId(f"{variable.name}.EURange", ns),
+                                                 ua.QualifiedName("EURange", 0), ua.Range(Low=low, High=high))
         self._count_reads(server)
         self._break_translate(server)
         if self.max_nodes_per_read:

@@ -10,6 +10,11 @@ With `baud` set, replies are held back as long as the request and the reply
 would take on a real line at that rate, plus `turnaround` (the slave's own
 pause before answering), so throughput measured against it is realistic.
 
+Bytes of a request that is not complete yet are kept until `resync_gap` seconds
+pass without a byte, as a meter's framer keeps a half-received frame: a
+request of another protocol that looks like the start of a frame to a meter
+swallows the bytes that follow it within that time.
+
 Slaves implement `answer(data)`: (bytes consumed, reply or None) for a request
 at the start of `data`, (0, None) when more bytes are needed, None when no
 request of theirs starts there. Imports no vendor library except through
@@ -19,6 +24,7 @@ request of theirs starts there. Imports no vendor library except through
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import os
 import time
@@ -57,6 +63,7 @@ class SimulatedBus:
     baud: int | None = None
     bits_per_char: int = 11  # start + 8 data + parity + stop
     turnaround: float = 0.0
+    resync_gap: float = _RESYNC_GAP
     reply_mangler: Callable[[bytes, bytes], bytes] | None = None  # (request, reply) -> bytes actually sent
     exchanges: list[Exchange] = field(default_factory=list)
     unclaimed_bytes: int = 0
@@ -120,7 +127,7 @@ class SimulatedBus:
         except OSError:
             return  # nobody has the device end open (cannot happen while we hold it)
         now = time.monotonic()
-        if now - self._last_rx > _RESYNC_GAP:
+        if now - self._last_rx > self.resync_gap:
             self.unclaimed_bytes += len(self._received)
             self._received.clear()
         self._last_rx = now
@@ -198,7 +205,8 @@ def _request_to(address: bytes, outcome: Outcome[F]) -> Accepted[F] | tuple[int,
 
 @dataclass
 class Cjt188MeterSim:
-    """A CJ/T 188 water meter answering 901F (and read address when alone on its bus)."""
+    """A CJ/T 188 water meter answering 901F (and read address when alone on its bus); with `heat`, a heat
+    meter."""
 
     address: str
     meter_type: int = 0x10
@@ -211,6 +219,7 @@ class Cjt188MeterSim:
     status: int = 0
     abnormal_status: int | None = None  # answer abnormally with this status byte
     silent: bool = False
+    heat: cjt188.HeatReading | None = None  # a heat meter's 901F reply (give meter_type 20-22 too)
 
     async def answer(self, data: bytes) -> tuple[int, bytes | None] | None:
         mine = address_bytes(self.address)
@@ -234,15 +243,21 @@ class Cjt188MeterSim:
         if self.abnormal_status is not None:
             data = cjt188.data_field(cjt188.DI_READ_DATA, sequence, bytes([self.abnormal_status, 0]), self.di_order)
             return cjt188.Frame(self.meter_type, mine, 0xC0 | cjt188.READ_DATA, data)
-        reading = cjt188.MeterReading(self.volume_hundredths, self.volume_unit, self.settlement_hundredths,
-                                      self.settlement_unit, self.clock or datetime.datetime.now(), self.status)
-        data = cjt188.data_field(cjt188.DI_READ_DATA, sequence, cjt188.encode_reading(reading), self.di_order)
+        clock = self.clock or datetime.datetime.now()
+        if self.heat is not None:
+            payload = cjt188.encode_heat_reading(dataclasses.replace(self.heat, clock=clock, status=self.status))
+        else:
+            payload = cjt188.encode_reading(cjt188.MeterReading(
+                self.volume_hundredths, self.volume_unit, self.settlement_hundredths, self.settlement_unit, clock,
+                self.status))
+        data = cjt188.data_field(cjt188.DI_READ_DATA, sequence, payload, self.di_order)
         return cjt188.Frame(self.meter_type, mine, 0x80 | cjt188.READ_DATA, data)
 
 
 @dataclass
 class Dlt645MeterSim:
-    """A DL/T 645-2007 meter answering reads of the identifiers in `values` (others: error 02, no data)."""
+    """A DL/T 645 meter answering reads of the identifiers in `values` (others: error 02, no data): 4-byte
+    identifiers read with 11H (2007 edition) and 2-byte ones read with 01H (1997 edition)."""
 
     address: str
     values: dict[int, float] = field(default_factory=dict)
@@ -258,14 +273,15 @@ class Dlt645MeterSim:
             return outcome.consumed, None
         if request.function == dlt645.READ_ADDRESS:
             return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0x80 | dlt645.READ_ADDRESS, mine))
-        if request.function != dlt645.READ_DATA or request.data_id is None:
-            return outcome.consumed, None
-        identifier = request.data_id
-        fmt = dlt645.common_format(identifier)
+        size = {dlt645.READ_DATA: 4, dlt645.READ_DATA_1997: 2}.get(request.function)
+        if size is None or len(request.data) != size:
+            return outcome.consumed, None  # a 2007 meter ignores 1997 reads, and the other way round
+        identifier = int.from_bytes(request.data, "little")
+        fmt = dlt645.common_format(identifier) if size == 4 else dlt645.common_format_1997(identifier)
         if identifier not in self.values or fmt is None:
-            return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0xC0 | dlt645.READ_DATA, bytes([0x02])))
-        payload = request.data[:4] + dlt645.encode_value(self.values[identifier], fmt)
-        return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0x80 | dlt645.READ_DATA, payload))
+            return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0xC0 | request.function, bytes([0x02])))
+        payload = request.data + dlt645.encode_value(self.values[identifier], fmt)
+        return outcome.consumed, dlt645.encode(dlt645.Frame(mine, 0x80 | request.function, payload))
 
 
 @dataclass
@@ -281,3 +297,86 @@ class AsciiSensorSim:
         if self.request.startswith(data):
             return 0, None
         return None
+
+
+@dataclass
+class DeviceServerSim:
+    """A transparent serial device server on 127.0.0.1 (RS-485 to Ethernet): the bytes a TCP client sends go to
+    the simulated slaves on its serial line, and their replies come back, after the time request and reply take
+    on a line at `baud` plus the slave's `turnaround`. One client at a time, as such servers allow; a request
+    split over TCP segments is put back together (a half request is dropped after `resync_gap` of silence)."""
+
+    slaves: Sequence[Slave]
+    baud: int | None = None
+    bits_per_char: int = 11
+    turnaround: float = 0.0
+    resync_gap: float = _RESYNC_GAP
+    exchanges: list[Exchange] = field(default_factory=list)
+    connections: int = 0
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening and drop the client, as a device server that is switched off."""
+        if self._server is not None:
+            self._server.close()
+            for writer in self._writers:
+                writer.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        received = bytearray()
+        last = 0.0
+        try:
+            while data := await reader.read(4096):
+                now = time.monotonic()
+                if now - last > self.resync_gap:
+                    received.clear()
+                last = now
+                received += data
+                await self._answer_all(received, writer, now)
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            self._writers.remove(writer)
+            writer.close()
+
+    async def _answer_all(self, received: bytearray, writer: asyncio.StreamWriter, arrived: float) -> None:
+        while received:
+            data = bytes(received)
+            waiting = False
+            for slave in self.slaves:
+                answer = await slave.answer(data)
+                if answer is None:
+                    continue
+                consumed, reply = answer
+                if consumed == 0:
+                    waiting = True
+                    continue
+                del received[:consumed]
+                await self._reply(Exchange(arrived, data[:consumed]), reply, writer)
+                break
+            else:
+                if waiting:
+                    return
+                del received[:1]
+
+    async def _reply(self, exchange: Exchange, reply: bytes | None, writer: asyncio.StreamWriter) -> None:
+        self.exchanges.append(exchange)
+        if reply is None:
+            return
+        char_time = self.bits_per_char / self.baud if self.baud else 0.0
+        delay = exchange.request_at + self.turnaround + (len(exchange.request) + len(reply)) * char_time
+        wait = delay - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)  # the serial line's own pace, not a synchronisation
+        exchange.reply_at, exchange.reply = time.monotonic(), reply
+        writer.write(reply)

@@ -168,3 +168,63 @@ def test_values_round_trip_through_their_formats(fmt: DataFormat, data: st.DataO
     units = data.draw(st.integers(-largest if fmt.signed else 0, largest))
     value = units / 10 ** fmt.decimals
     assert frames.decode_value(frames.encode_value(value, fmt), fmt) == pytest.approx(value)
+
+
+# --- the 1997 edition -------------------------------------------------------------------------------------
+
+def test_the_1997_worked_example_of_a_phase_voltage_read() -> None:
+    # Heyuan Intelligence ASDU-LS manual, "1997 DL/645 Protocol Configuration" (screen 9-18): meter
+    # 030000000000 asked for B611 (phase A voltage) and its reply 0100 V. Checked by hand:
+    #   request 68 03 00 00 00 00 00 68 01 02 44 E9 03 16: DI 11 B6 + 33H = 44 E9;
+    #     CS = 68+03+68+01+02+44+E9 = 104+3+104+1+2+68+233 = 515 = 2 x 256 + 03
+    #   reply   68 03 00 00 00 00 00 68 81 04 44 E9 33 34 EC 16: value 33 34 - 33H = 00 01, BCD lowest first: 100 V;
+    #     CS = 68+03+68+81+04+44+E9+33+34 = 748 = 2 x 256 + EC
+    meter = address_bytes("000000000003")
+    request = frames.read_request(meter, 0xB611, "1997")
+    assert frames.encode(request, wake_up=0).hex(" ") == "68 03 00 00 00 00 00 68 01 02 44 e9 03 16"
+    wire = bytes.fromhex("68 03 00 00 00 00 00 68 81 04 44 E9 33 34 EC 16")
+    outcome = frames.reply_parser(request)(wire)
+    assert isinstance(outcome, Accepted)
+    voltage = frames.common_format_1997(0xB611)
+    assert voltage is not None and frames.decode_value(outcome.value.data[2:], voltage) == 100.0
+    other = frames.reply_parser(frames.read_request(meter, 0xB612, "1997"))(wire)
+    assert isinstance(other, Rejected) and other.kind is Rejection.MALFORMED  # another identifier's reply
+
+
+def test_a_1997_read_of_forward_active_energy_with_the_wildcard_address() -> None:
+    # The frame meter-search code quotes for 9010: 68 AA AA AA AA AA AA 68 01 02 43 C3 D5 16. By hand:
+    # CS = 68 + 6 x AA + 68 + 01 + 02 + 43 + C3 = 104 + 1020 + 104 + 1 + 2 + 67 + 195 = 1493 = 5 x 256 + D5.
+    wire = frames.encode(frames.read_request(bytes([0xAA] * 6), 0x9010, "1997"), wake_up=0)
+    assert wire.hex(" ") == "68 aa aa aa aa aa aa 68 01 02 43 c3 d5 16"
+    # Its reply, built byte by byte from the 1997 definitions: 81H, DI 10 90, XXXXXX.XX kWh lowest first.
+    reply = Frame(ADDRESS, 0x81, bytes.fromhex("1090" "55346202"))
+    outcome = frames.reply_parser(frames.read_request(ADDRESS, 0x9010, "1997"))(frames.encode(reply))
+    energy = frames.common_format_1997(0x9010)
+    assert isinstance(outcome, Accepted) and energy is not None
+    assert frames.decode_value(outcome.value.data[2:], energy) == 26234.55
+
+
+@pytest.mark.parametrize(("data_id", "fmt"), [
+    (0x9010, DataFormat(4, 2, "kWh")), (0x9020, DataFormat(4, 2, "kWh")), (0x9013, DataFormat(4, 2, "kWh")),
+    (0xB611, DataFormat(2, 0, "V")), (0xB613, DataFormat(2, 0, "V")), (0xB621, DataFormat(2, 2, "A")),
+    (0xB630, DataFormat(3, 4, "kW")), (0xB650, DataFormat(2, 3, "1")),
+])
+def test_common_1997_identifiers_have_their_formats(data_id: int, fmt: DataFormat) -> None:
+    assert frames.common_format_1997(data_id) == fmt
+
+
+def test_identifiers_must_be_of_the_meters_edition() -> None:
+    from drivers.registry import protocols
+
+    def meter(edition: str, data_id: str) -> object:
+        return protocols()["dlt645"].config_model.model_validate({
+            "id": "m", "protocol": "dlt645", "port": "/dev/ttyUSB0", "serial": {"baud": 1200},
+            "asset": {"domain": "power-energy", "site": "s", "id": "m", "type": "energy-meter"},
+            "address": "000012345678", "edition": edition,
+            "points": [{"name": "energy", "indicator": "active-energy-import", "data_id": data_id}]})
+
+    assert meter("1997", "9010") is not None and meter("2007", "00010000") is not None
+    with pytest.raises(ValidationError, match="not of the 1997 edition"):
+        meter("1997", "00010000")
+    with pytest.raises(ValidationError, match="not of the 2007 edition"):
+        meter("2007", "9010")

@@ -54,6 +54,21 @@ def bad(samples: list[Sample]) -> dict[str, str | None]:
     return {s.point: s.reason for s in samples if s.quality is Quality.BAD}
 
 
+def requests_of(driver: ModbusTcpDriver, device: ModbusTcpDevice) -> list[str]:
+    """The requests one poll makes, without the lines saying what the unit taught."""
+    return [line for line in driver.describe(device) if not line.startswith(("learned:", "unreadable:"))]
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (for back-off schedules)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 # --- reading ----------------------------------------------------------------------------------------------
 
 EVERY_TYPE: list[tuple[dict[str, Any], list[int], Any]] = [
@@ -164,8 +179,10 @@ async def test_a_refused_hole_in_a_bridged_gap_is_split_around_and_remembered(si
 
     assert all(s.quality is Quality.GOOD for s in first)
     assert values(first) == {**{f"a{i}": 100 + i for i in range(4)}, **{f"b{i}": 110 + i for i in range(4)}}
-    assert driver.describe(device) == ["holding_register 0-3 (4 registers, 4 points)",
-                                                "holding_register 10-13 (4 registers, 4 points)"]
+    assert requests_of(driver, device) == ["holding_register 0-3 (4 registers, 4 points)",
+                                           "holding_register 10-13 (4 registers, 4 points)"]
+    assert "learned: holding_register 4-9 holds an address the unit refuses; no request spans it" in (
+        driver.describe(device))
     counters = driver.counters(device)
     assert (counters["requests"], counters["exception_replies"]) == (3, 1)
     # The next poll goes straight to the two requests that work.
@@ -177,7 +194,8 @@ async def test_a_refused_hole_in_a_bridged_gap_is_split_around_and_remembered(si
     await driver.close()
 
 
-async def test_a_refused_point_is_bad_and_every_other_point_still_reads(simulator: ModbusSimulator) -> None:
+async def test_a_point_refused_alone_is_reported_unreadable_once_and_the_rest_merge_around_it(
+        simulator: ModbusSimulator) -> None:
     simulator.set_registers(1, HR, 0, list(range(50, 58)))
     simulator.refuse(HR, 5, 5, unit=1)
     device = make_device(simulator, [point(f"p{i}", i) for i in range(8)])
@@ -185,40 +203,65 @@ async def test_a_refused_point_is_bad_and_every_other_point_still_reads(simulato
 
     samples = await driver.read(device)
 
-    assert bad(samples) == {"p5": "device-exception:02"}
+    assert bad(samples) == {"p5": "unreadable"}
     assert {k: v for k, v in values(samples).items() if k != "p5"} == {f"p{i}": 50 + i for i in range(8) if i != 5}
     failed_first_poll = driver.counters(device)["exception_replies"]
     assert failed_first_poll == 4  # 8 points -> 4 -> 2 -> p5 alone, each refused once
+    assert requests_of(driver, device) == ["holding_register 0-4 (5 registers, 5 points)",
+                                           "holding_register 6-7 (2 registers, 2 points)"]
+    assert driver.counters(device)["unreadable_points"] == 1
 
     requests_before = driver.counters(device)["requests"]
     samples = await driver.read(device)
-    assert bad(samples) == {"p5": "device-exception:02"}
-    assert driver.counters(device)["exception_replies"] - failed_first_poll == 1  # only p5's own request fails now
-    assert driver.counters(device)["requests"] - requests_before == len(driver.describe(device)) == 4
+    assert "p5" not in {s.point for s in samples}  # reported once, not every poll
+    assert bad(samples) == {}
+    assert driver.counters(device)["exception_replies"] == failed_first_poll  # and not asked again
+    assert driver.counters(device)["requests"] - requests_before == 2
     await driver.close()
 
 
-async def test_the_point_reads_again_once_the_device_stops_refusing_it(simulator: ModbusSimulator) -> None:
+async def test_an_unreadable_point_is_tried_again_on_its_back_off_and_reads_once_the_device_has_it(
+        simulator: ModbusSimulator) -> None:
     simulator.refuse(HR, 1, 1, unit=1)
-    device = make_device(simulator, [point("a", 0), point("b", 1)])
-    driver = await connected_driver(device)
-    assert bad(await driver.read(device)) == {"b": "device-exception:02"}
+    clock = Clock()
+    device = make_device(simulator, [point("a", 0), point("b", 1)], poll_interval=10)
+    driver = ModbusTcpDriver([device], clock=clock)
+    await driver.open()
+    assert bad(await driver.read(device)) == {"b": "unreadable"}
+    asked = simulator.requests[1]
+    clock.now += 19.9  # the first retry comes after two poll intervals
+    assert [s.point for s in await driver.read(device)] == ["a"]
+    assert simulator.requests[1] - asked == 1
+
+    clock.now += 0.1
+    asked = simulator.requests[1]
+    assert [s.point for s in await driver.read(device)] == ["a"]  # tried, still refused: not reported again
+    assert simulator.requests[1] - asked == 2
+    assert driver.counters(device)["exception_replies"] == 3  # a+b, b alone, b's retry
+
     simulator.refusals.clear()
     simulator.set_registers(1, HR, 1, [9])
+    clock.now += 40  # the second retry waits twice as long
     samples = await driver.read(device)
-    assert bad(samples) == {} and values(samples)["b"] == 9
+    assert bad(samples) == {} and values(samples) == {"a": 0, "b": 9}
+    assert requests_of(driver, device) == ["holding_register 0-1 (2 registers, 2 points)"]  # merged again
     await driver.close()
 
 
-async def test_other_exception_codes_make_the_request_bad_without_splitting(simulator: ModbusSimulator) -> None:
+async def test_a_point_refused_alone_with_04_is_bad_and_read_alone_without_shrinking_the_others(
+        simulator: ModbusSimulator) -> None:
     simulator.refuse(HR, 0, 0, code=4, unit=1)
-    device = make_device(simulator, [point("a", 0), point("b", 1), point("other", 0, IR)])
+    simulator.set_registers(1, HR, 1, [5, 6])
+    device = make_device(simulator, [point("a", 0), point("b", 1), point("c", 2), point("other", 0, IR)])
     driver = await connected_driver(device)
     samples = await driver.read(device)
-    assert bad(samples) == {"a": "device-exception:04", "b": "device-exception:04"}
-    assert driver.describe(device) == ["input_register 0-0 (1 register, 1 point)",
-                                                "holding_register 0-1 (2 registers, 2 points)"]
-    assert driver.counters(device)["exception_replies"] == 1
+    assert bad(samples) == {"a": "device-exception:04"}
+    assert values(samples) == {"a": None, "b": 5, "c": 6, "other": 0}
+    assert requests_of(driver, device) == ["input_register 0-0 (1 register, 1 point)",
+                                           "holding_register 0-0 (1 register, 1 point)",
+                                           "holding_register 1-2 (2 registers, 2 points)"]
+    assert not any("per request" in line for line in driver.describe(device))  # no size limit was learnt
+    assert bad(await driver.read(device)) == {"a": "device-exception:04"}
     await driver.close()
 
 

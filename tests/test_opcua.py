@@ -542,3 +542,75 @@ async def test_the_gateway_publishes_subscribed_values_and_reports_bad_quality_w
         await station.stop()
         await subscriber.wait_for(lambda _: (latest("inlet-pressure") or {}).get("quality") == "bad",
                                   "bad quality while the server is away")
+
+
+# -- field tools: browse from the command line, unit checks at connect ----------------------------------------
+
+async def municipal_gateway(*args: str) -> tuple[int, str, str]:
+    """The command in its own process, while this test's event loop keeps serving the station."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "STATION_SECRET": "s3cret-value"})
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_browse_lists_variables_not_their_properties_and_gives_unit_and_range(
+        station: StationSimulator, tmp_path: Path) -> None:
+    code, out, err = await municipal_gateway("browse", f"127.0.0.1:{station.port}/station",
+                                             "--state-dir", str(tmp_path))
+    assert code == 0, err
+    points = yaml.safe_load(out)["devices"][0]["points"]
+    assert not [p for p in points if "EngineeringUnits" in p["node"] or "EURange" in p["node"]]
+    inlet = next(p for p in points if p["node"] == node("Station.InletPressure"))
+    assert (inlet["unit"], inlet["range"]) == ("kPa", [0, 1600])
+    assert f'endpoint: "opc.tcp://127.0.0.1:{station.port}/station"' in out  # host:port got its scheme
+
+
+@pytest.mark.parametrize(("node_option", "message"), [
+    ("Station.InletPressure", "expected a node id like"),
+    (f"nsu={STATION_NAMESPACE};s=No.Such.Node", "BadNodeIdUnknown"),
+    ("nsu=urn:not-on-this-server;s=X", "does not know the namespace"),
+])
+async def test_a_bad_start_node_is_a_clear_usage_error(station: StationSimulator, tmp_path: Path,
+                                                       node_option: str, message: str) -> None:
+    code, out, err = await municipal_gateway("browse", f"opc.tcp://127.0.0.1:{station.port}/station",
+                                             "--node", node_option, "--state-dir", str(tmp_path))
+    assert code == 2, (out, err)
+    assert message in err and "Traceback" not in err
+
+
+async def test_an_endpoint_of_another_scheme_is_refused_with_what_is_expected(tmp_path: Path) -> None:
+    code, _, err = await municipal_gateway("browse", "http://127.0.0.1:4840", "--state-dir", str(tmp_path))
+    assert code == 2 and "expected opc.tcp://host:port[/path] (or host:port)" in err and "Traceback" not in err
+
+
+def test_the_skeleton_names_where_the_password_comes_from_never_the_password() -> None:
+    from drivers.opcua.browse import skeleton
+
+    options = ConnectOptions("opc.tcp://plc:4840", timeout=1, keepalive=1, session_timeout=10, username="op",
+                             password="s3cret-value")
+    text = skeleton(options, [], "plc", None, 3, "password: ${STATION_SECRET}")
+    assert "password: ${STATION_SECRET}" in text and "s3cret-value" not in text
+    without = skeleton(options, [], "plc", None, 3)
+    assert "s3cret-value" not in without and "# password: ${OPCUA_PASSWORD}" in without
+
+
+async def test_a_point_declared_in_another_unit_than_the_servers_is_a_warning_at_connect(
+        station: StationSimulator, driver_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    device = make_device(station.port, mode="polling", points=[
+        {"name": "inlet", "indicator": "inlet-pressure", "node": node("Station.InletPressure"), "unit": "bar"},
+        {"name": "outlet", "indicator": "outlet-pressure", "node": node("Station.OutletPressure"), "unit": "kPa"},
+        {"name": "flow", "indicator": "gas-standard-flow", "node": node("Station.StandardFlow"), "unit": "m3/h"},
+        {"name": "temperature", "indicator": "gas-temperature", "node": node("Station.GasTemperature"),
+         "unit": "kPa"}])
+    driver = driver_factory(device)
+    with caplog.at_level("WARNING", logger="drivers.opcua.driver"):
+        await driver.open()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("point inlet: the server gives kPa, the configuration says bar" in w and "set `unit: kPa`" in w
+               for w in warnings), warnings
+    assert any("point temperature: the server gives °C (temperature), the configuration says kPa" in w
+               for w in warnings), warnings
+    assert not any("point outlet" in w or "point flow" in w for w in warnings)

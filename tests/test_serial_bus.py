@@ -37,7 +37,7 @@ from gateway.model.devices import DeviceBase
 from gateway.model.driver import DriverError
 from gateway.model.readings import Quality, Sample
 from simulators.modbus import ModbusSimulator, RtuSlaves
-from simulators.serial import AsciiSensorSim, Cjt188MeterSim, Dlt645MeterSim, SimulatedBus, Slave
+from simulators.serial import AsciiSensorSim, Cjt188MeterSim, DeviceServerSim, Dlt645MeterSim, SimulatedBus, Slave
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -261,8 +261,10 @@ async def test_modbus_rtu_splits_a_refused_request_like_tcp_and_writes(make_bus:
     driver = await connected(meter)
     samples = await driver.read(meter)
     assert values(samples) == {"a": 11, "c": 33}
-    assert bad(samples) == {"b": "device-exception:02"}
-    assert len(driver.describe(meter)) == 3  # the split is remembered
+    assert bad(samples) == {"b": "unreadable"}
+    # The split is remembered: a and c alone (b is refused alone, and a request spanning it would be).
+    assert driver.describe(meter)[:2] == ["holding_register 0-0 (1 register, 1 point)",
+                                          "holding_register 2-2 (1 register, 1 point)"]
     await driver.write(meter, "c", 44)  # function 06: the reply repeats the request and is not an echo
     assert tables.get_registers(1, HR, 2, 1) == [44]
     await driver.close()
@@ -580,6 +582,115 @@ async def test_modbus_rtu_over_tcp_reaches_slaves_behind_a_device_server() -> No
         await server.wait_closed()
 
 
+# --- meters and text-line devices behind a serial device server -----------------------------------------
+
+def over_tcp(protocol: str, device_id: str, server: DeviceServerSim, points: list[dict[str, Any]],
+             **settings: Any) -> DeviceBase:
+    raw = {"id": device_id, "protocol": protocol, "host": "127.0.0.1", "port": server.port, "asset": ASSET,
+           "timeout": 0.3, "points": points, **settings}
+    return protocols()[protocol].config_model.model_validate(raw)
+
+
+async def test_meters_and_a_sensor_behind_one_device_server_share_its_connection_and_line_timing() -> None:
+    meters = [Dlt645MeterSim(METER_ADDRESS, {0x00010000: 26234.55, 0x02010100: 230.1}),
+              Cjt188MeterSim(WATER_ADDRESS, volume_hundredths=123456),
+              Dlt645MeterSim("000000000099", silent=True),
+              AsciiSensorSim(b"R\r\n", lambda: "T=21.5\r\n")]
+    server = DeviceServerSim(meters, baud=2400)
+    await server.start()
+    line = {"baud": 2400}
+    energy = over_tcp("dlt645-over-tcp", "energy", server, [
+        {"name": "energy", "indicator": "active-energy-import", "data_id": "00010000"},
+        {"name": "voltage", "indicator": "voltage-l1", "data_id": "02010100"}], address=METER_ADDRESS, serial=line)
+    water = over_tcp("cjt188-over-tcp", "water", server, [{"name": "volume", "indicator": "volume", "field": "volume"}],
+                     address=WATER_ADDRESS, serial=line)
+    dead = over_tcp("dlt645-over-tcp", "dead", server, [
+        {"name": "energy", "indicator": "active-energy-import", "data_id": "00010000"}], address="000000000099",
+        serial=line)
+    sensor = over_tcp("ascii-line-over-tcp", "sensor", server, [{"name": "t", "indicator": "air-temperature"}],
+                      request="R\r\n", pattern=r"T=(?P<t>[-0-9.]+)", serial=line)
+    devices = [energy, water, dead, sensor]
+    assert len({d.link_id() for d in devices}) == 1 and port_conflicts(devices) == []
+    driver = bus_driver(*devices)
+    try:
+        await driver.open()
+        assert values(await driver.read(energy)) == {"energy": 26234.55, "voltage": 230.1}
+        assert values(await driver.read(water)) == {"volume": 1234.56}
+        with pytest.raises(NoReply) as silent:  # a dead meter: the link stays up, the others go on
+            await driver.read(dead)
+        assert silent.value.link_lost is False
+        assert values(await driver.read(sensor)) == {"t": 21.5}
+        assert values(await driver.read(energy))["energy"] == 26234.55
+    finally:
+        await driver.close()
+        await server.stop()
+    assert server.connections == 1  # one owner, one connection, for every protocol on the line
+    silence = SerialSettings(baud=2400).frame_silence
+    answered = [e for e in server.exchanges if e.reply_at is not None]
+    for before, after in zip(server.exchanges, server.exchanges[1:], strict=False):
+        if before.reply_at is not None:
+            assert after.request_at - before.reply_at >= silence * 0.99  # the line's silence, kept over TCP
+    assert len(answered) == len(server.exchanges) - 1  # only the dead meter did not answer
+
+
+async def test_a_1997_edition_meter_is_read_with_its_two_byte_identifiers(make_bus: BusFactory) -> None:
+    meter_sim = Dlt645MeterSim(METER_ADDRESS, {0x9010: 26234.55, 0xB611: 231.0, 0xB621: 5.25})
+    bus = await make_bus([meter_sim])
+    meter = device("dlt645", "old-meter", bus, [
+        {"name": "energy", "indicator": "active-energy-import", "data_id": "9010"},
+        {"name": "voltage", "indicator": "voltage-l1", "data_id": "B611"},
+        {"name": "current", "indicator": "current-l1", "data_id": "B621"},
+        {"name": "power", "indicator": "active-power", "data_id": "B630"}], address=METER_ADDRESS, edition="1997")
+    driver = await connected(meter)
+    samples = await driver.read(meter)
+    await driver.close()
+    assert values(samples) == {"energy": 26234.55, "voltage": 231.0, "current": 5.25}
+    assert bad(samples) == {"power": "device-exception:02"}  # the meter has no B630: its error byte
+    assert driver.describe(meter)[0] == "read 9010 (1 point)"
+
+
+async def test_a_heat_meter_reads_energy_power_flow_temperatures_and_hours_in_the_points_units(
+        make_bus: BusFactory) -> None:
+    heat = cjt188.HeatReading(settlement_heat=1200, settlement_heat_unit=0x05, heat=123456, heat_unit=0x08,
+                              power=1525, power_unit=0x17, flow=12345, flow_unit=0x35, volume=987654,
+                              volume_unit=0x2C, supply_temperature=7512, return_temperature=4833,
+                              working_hours=8760, clock=None, status=0)
+    bus = await make_bus([Cjt188MeterSim(WATER_ADDRESS, meter_type=0x20, heat=heat)])
+    meter = device("cjt188", "heat-meter", bus, [
+        {"name": "energy", "indicator": "heat-energy", "field": "heat-energy"},  # the meter counts MWh
+        {"name": "settled", "indicator": "heat-energy", "field": "settlement-heat-energy"},
+        {"name": "energy-gj", "indicator": "heat-energy", "field": "heat-energy", "unit": "GJ"},
+        {"name": "power", "indicator": "heat-power", "field": "heat-power"},
+        {"name": "flow", "indicator": "flow", "field": "flow"},
+        {"name": "volume", "indicator": "volume", "field": "volume"},
+        {"name": "supply", "indicator": "supply-temperature", "field": "supply-temperature"},
+        {"name": "return", "indicator": "return-temperature", "field": "return-temperature"},
+        {"name": "hours", "indicator": "pump-run-hours", "field": "working-hours"},
+        {"name": "battery", "indicator": "battery-low", "field": "battery-low"},
+    ], address=WATER_ADDRESS, meter_type="20")
+    driver = await connected(meter)
+    samples = await driver.read(meter)
+    await driver.close()
+    got = values(samples)
+    assert got["energy"] == pytest.approx(1234560.0)  # 1234.56 MWh in kWh
+    assert got["energy-gj"] == pytest.approx(1234.56 * 3.6)
+    assert (got["settled"], got["power"], got["flow"], got["volume"]) == (12.0, 15.25, 1.2345, 9876.54)
+    assert (got["supply"], got["return"], got["hours"], got["battery"]) == (75.12, 48.33, 8760, False)
+
+
+async def test_two_meters_with_one_address_behind_one_device_server_are_refused() -> None:
+    server = DeviceServerSim([])
+    await server.start()
+    try:
+        points = [{"name": "volume", "indicator": "volume", "field": "volume"}]
+        twins = [over_tcp("cjt188-over-tcp", f"water-{i}", server, points, address=WATER_ADDRESS) for i in (1, 2)]
+        problems = [message for _, message in port_conflicts(twins)]
+        assert problems == [f"CJ/T 188 address {WATER_ADDRESS} on device server 127.0.0.1:{server.port} is already "
+                            "used by device water-1; expected one address per device on a bus"]
+    finally:
+        await server.stop()
+
+
 # --- municipal-gateway scan -----------------------------------------------------------------------------
 
 def test_scan_finds_modbus_units_and_lone_meters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -604,3 +715,48 @@ def test_scan_finds_modbus_units_and_lone_meters(tmp_path: Path, capsys: pytest.
     assert "unit 2" in out and "unit 5" in out and "unit 3" not in out
     assert f"dlt645     address {METER_ADDRESS}" in out
     assert f"cjt188     address {WATER_ADDRESS}  (meter type 30" in out
+
+
+def run_scan(bus: SimulatedBus, *args: str) -> int:
+    """`municipal-gateway scan` on the simulated bus, which runs beside the command's own event loop."""
+    from gateway.cli import main
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(bus.start(), loop).result()
+    try:
+        code = main(["scan", str(bus.path), *args])
+    finally:
+        asyncio.run_coroutine_threadsafe(bus.stop(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+    return code
+
+
+def test_scan_with_default_options_finds_a_slow_9600_baud_slave_and_a_meter_behind_a_stray_frame(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """At 9600 baud a slave that takes 0.15 s to turn round, and a CJ/T 188 meter whose framer keeps a
+    half-received frame for 0.3 s: the DL/T 645 probe before it looks like the start of a CJ/T 188 frame
+    to it. Only the unit range is narrowed (scanning 247 silent units takes two minutes)."""
+    slaves, _ = modbus_slaves(1)
+    bus = SimulatedBus(tmp_path / "ttySLOW", [slaves, Cjt188MeterSim(WATER_ADDRESS)], baud=9600,
+                       turnaround=0.15, resync_gap=0.3)
+    code = run_scan(bus, "--last-unit", "2")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0.5 s per address" in out
+    assert "modbus-rtu unit 1" in out
+    assert f"cjt188     address {WATER_ADDRESS}" in out
+    assert "trying Modbus RTU: units 1-2" in out and "trying DL/T 645: read address" in out
+    assert "trying CJ/T 188: read address (03H, identifier 810A low-first)" in out
+
+
+def test_scan_without_the_silence_between_protocols_loses_the_meter(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same line with the old behaviour (no silence, a short timeout): the meter is not found."""
+    bus = SimulatedBus(tmp_path / "ttyOLD", [Cjt188MeterSim(WATER_ADDRESS)], baud=9600, resync_gap=0.3)
+    code = run_scan(bus, "--last-unit", "1", "--timeout", "0.1", "--silence", "0")
+    assert code == 1
+    assert "cjt188" not in capsys.readouterr().out.split("found:")[-1]

@@ -13,7 +13,7 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from drivers.serial.config import SerialDevice
+from drivers.serial.config import BusOverTcp, OnBus, SerialDevice
 from gateway.model.devices import PointBase
 from gateway.model.schema import record
 
@@ -28,8 +28,9 @@ class AsciiPoint(PointBase):
         return self.group or self.name
 
 
-class AsciiLineDevice(SerialDevice):
-    protocol: Literal["ascii-line"]
+class AsciiLine(OnBus):
+    """A device speaking text lines, wherever its bus is: the settings both kinds of bus share."""
+
     request: str | None = Field(None, description='Sent to ask for a line, e.g. "R\\r\\n"; absent: the '
                                                   'device pushes lines by itself.')
     pattern: str = Field(description="Regular expression with named groups, searched in each line.")
@@ -56,3 +57,15 @@ class AsciiLineDevice(SerialDevice):
 
     def needs_port_alone(self) -> bool:
         return self.pushes
+
+
+class AsciiLineDevice(AsciiLine, SerialDevice):
+    """A text-line device on a local serial port."""
+
+    protocol: Literal["ascii-line"]
+
+
+class AsciiLineOverTcpDevice(AsciiLine, BusOverTcp):
+    """A text-line device on the serial line of a serial device server (transparent TCP)."""
+
+    protocol: Literal["ascii-line-over-tcp"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 
-from drivers.asciiline.config import AsciiLineDevice
+from drivers.asciiline.config import AsciiLine
 from drivers.serial.bus import Bus
 from drivers.serial.device import BusDevice, PushSink
 from drivers.serial.frames import NEED_MORE, Accepted, NeedMore, Outcome, Rejected, Rejection
@@ -27,8 +27,8 @@ _LONGEST_LINE = 4096  # bytes without a terminator are noise past this
 _PUSH_READ_WAIT = 60.0  # seconds one wait for pushed bytes lasts (the loop simply waits again)
 
 
-class AsciiLineSensor(BusDevice[AsciiLineDevice]):
-    def __init__(self, device: AsciiLineDevice) -> None:
+class AsciiLineSensor(BusDevice[AsciiLine]):
+    def __init__(self, device: AsciiLine) -> None:
         super().__init__(device)
         self._pattern = re.compile(device.pattern)
         self._terminator = device.terminator.encode(device.encoding)

@@ -1,1 +1,1 @@
-"""CJ/T 188 household water and gas meters on a shared serial bus (heat meters not yet)."""
+"""CJ/T 188 water, gas and heat meters on a shared serial bus or behind a serial device server."""

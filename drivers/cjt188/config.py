@@ -1,39 +1,53 @@
-"""Configuration of CJ/T 188 water and gas meters. Imports no vendor library.
+"""Configuration of CJ/T 188 water, gas and heat meters. Imports no vendor library.
 
-A point names a `field` of the meter's 901F reply. Volumes are converted from
-the unit the meter states in its unit byte (L, m³, m³×10, m³×100) to the point's
-`unit` (by default m3), so a meter that changes its unit byte never changes the
-meaning of a reading.
+A point names a `field` of the meter's 901F reply. Amounts are converted from
+the unit the meter states in its unit byte (L, m³, m³×10, kWh, MWh, GJ, kW ...)
+to the point's `unit` (by default the field's), so a meter that changes its unit
+byte never changes the meaning of a reading. Heat meters (types 20H-22H) have
+fields of their own (energy, power, flow, temperatures, working hours); water
+and gas meters have the settlement-day volume.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from drivers.cjt188.frames import DiOrder
-from drivers.serial.config import SerialDevice
+from drivers.cjt188.frames import HEAT_METER_TYPES, DiOrder
+from drivers.serial.config import BusOverTcp, OnBus, SerialDevice
 from gateway.model.devices import PointBase
 from gateway.model.schema import record
 
 
 class Cjt188Field(enum.StrEnum):
-    VOLUME = "volume"  # current cumulative flow
-    SETTLEMENT_VOLUME = "settlement-volume"  # cumulative flow on the last settlement day
+    VOLUME = "volume"  # current cumulative flow (volume)
+    SETTLEMENT_VOLUME = "settlement-volume"  # water and gas: cumulative flow on the last settlement day
     VALVE_CLOSED = "valve-closed"  # true closed, false open; abnormal valve state → bad reading
     BATTERY_LOW = "battery-low"
     CLOCK_OFFSET = "clock-offset"  # seconds the meter's clock is ahead of the gateway's
+    HEAT_ENERGY = "heat-energy"  # heat meters: current heat (cooling energy on a cooling meter)
+    SETTLEMENT_HEAT_ENERGY = "settlement-heat-energy"  # heat on the last settlement day
+    HEAT_POWER = "heat-power"
+    FLOW = "flow"
+    SUPPLY_TEMPERATURE = "supply-temperature"
+    RETURN_TEMPERATURE = "return-temperature"
+    WORKING_HOURS = "working-hours"  # cumulative hours the meter has worked
 
 
 DEFAULT_UNITS = {Cjt188Field.VOLUME: "m3", Cjt188Field.SETTLEMENT_VOLUME: "m3", Cjt188Field.VALVE_CLOSED: "state",
-                 Cjt188Field.BATTERY_LOW: "state", Cjt188Field.CLOCK_OFFSET: "s"}
+                 Cjt188Field.BATTERY_LOW: "state", Cjt188Field.CLOCK_OFFSET: "s",
+                 Cjt188Field.HEAT_ENERGY: "kWh", Cjt188Field.SETTLEMENT_HEAT_ENERGY: "kWh",
+                 Cjt188Field.HEAT_POWER: "kW", Cjt188Field.FLOW: "m3/h", Cjt188Field.SUPPLY_TEMPERATURE: "°C",
+                 Cjt188Field.RETURN_TEMPERATURE: "°C", Cjt188Field.WORKING_HOURS: "h"}
+HEAT_FIELDS = frozenset({Cjt188Field.HEAT_ENERGY, Cjt188Field.SETTLEMENT_HEAT_ENERGY, Cjt188Field.HEAT_POWER,
+                         Cjt188Field.FLOW, Cjt188Field.SUPPLY_TEMPERATURE, Cjt188Field.RETURN_TEMPERATURE,
+                         Cjt188Field.WORKING_HOURS})
+WATER_FIELDS = frozenset({Cjt188Field.SETTLEMENT_VOLUME})
 
 WILDCARD_ADDRESS = "A" * 14
-# Heat (20H), cooling (21H) and heat + cooling (22H) meters answer 901F with energies, powers,
-# temperatures and hours: a layout unlike the water and gas reply decoded here.
-HEAT_METER_TYPES = range(0x20, 0x23)
+WILDCARD_TYPE = 0xAA
 
 
 @record
@@ -49,12 +63,14 @@ class Cjt188Point(PointBase):
         return raw
 
 
-class Cjt188Device(SerialDevice):
-    protocol: Literal["cjt188"]
+class Cjt188Meter(OnBus):
+    """A CJ/T 188 meter, wherever its bus is: the settings both kinds of bus share."""
+
     address: str = Field(pattern=r"^([0-9]{14}|A{14})$",
                          description="14 digits as on the nameplate; AAAAAAAAAAAAAA for a lone meter on its bus.")
     meter_type: str = Field("10", pattern=r"^[0-9A-Fa-f]{2}$",
-                            description="Meter type in hex: 10 cold water, 11 hot water, 30 gas; AA any.")
+                            description="Meter type in hex: 10 cold water, 11 hot water, 20 heat, 21 cooling, "
+                                        "22 heat and cooling, 30 gas; AA any.")
     data_id_order: DiOrder = Field(DiOrder.LOW_FIRST, description="How the meter sends 901F: low-first as 1F 90.")
     wake_up: int = Field(2, ge=0, le=8, description="FE bytes sent before each request.")
     valve_mask: int = Field(0x0003, ge=0, le=0xFFFF, description="Bits of the status word holding the valve state.")
@@ -63,14 +79,19 @@ class Cjt188Device(SerialDevice):
     battery_low_mask: int = Field(0x0004, ge=0, le=0xFFFF)
     points: list[Cjt188Point]
 
-    @field_validator("meter_type")
-    @classmethod
-    def _not_a_heat_meter(cls, meter_type: str) -> str:
-        if int(meter_type, 16) in HEAT_METER_TYPES:
-            raise ValueError(f"meter type {meter_type.upper()} is a heat or cooling meter; heat meters are not "
-                             "supported yet (their 901F reply differs from water and gas meters'); supported: "
-                             "water meters 10-13 and gas meters 30")
-        return meter_type
+    @model_validator(mode="after")
+    def _fields_of_the_meter_type(self) -> Self:
+        code = self.meter_type_code
+        if code == WILDCARD_TYPE:
+            return self  # any meter: the reply's type byte says which layout it is
+        heat = code in HEAT_METER_TYPES
+        wrong = [p.name for p in self.points if p.field in (WATER_FIELDS if heat else HEAT_FIELDS)]
+        if wrong:
+            kind = "a heat or cooling meter" if heat else "a water or gas meter"
+            fields = sorted(f.value for f in Cjt188Field if f not in (WATER_FIELDS if heat else HEAT_FIELDS))
+            raise ValueError(f"points {', '.join(wrong)} name fields that meter type {self.meter_type.upper()} "
+                             f"({kind}) does not have; its fields: {', '.join(fields)}")
+        return self
 
     @property
     def meter_type_code(self) -> int:
@@ -78,3 +99,15 @@ class Cjt188Device(SerialDevice):
 
     def bus_address(self) -> str | None:
         return f"CJ/T 188 address {self.address}"
+
+
+class Cjt188Device(Cjt188Meter, SerialDevice):
+    """A CJ/T 188 meter on a local serial port."""
+
+    protocol: Literal["cjt188"]
+
+
+class Cjt188OverTcpDevice(Cjt188Meter, BusOverTcp):
+    """A CJ/T 188 meter on the RS-485 line of a serial device server (transparent TCP)."""
+
+    protocol: Literal["cjt188-over-tcp"]

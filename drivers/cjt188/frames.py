@@ -44,8 +44,12 @@ DI_READ_DATA, DI_READ_ADDRESS = 0x901F, 0x810A
 UNIT_CODES: dict[int, tuple[str, float]] = {
     0x29: ("L", 1), 0x2C: ("m3", 1), 0x2D: ("m3", 10), 0x2E: ("m3", 100),
     0x32: ("L/h", 1), 0x35: ("m3/h", 1),
-    0x05: ("kWh", 1), 0x08: ("MWh", 1), 0x0E: ("MJ", 1), 0x11: ("GJ", 1), 0x14: ("W", 1), 0x17: ("kW", 1),
+    0x02: ("Wh", 1), 0x05: ("kWh", 1), 0x08: ("MWh", 1), 0x0A: ("MWh", 100),
+    0x0E: ("MJ", 1), 0x11: ("GJ", 1), 0x13: ("GJ", 100),
+    0x14: ("W", 1), 0x17: ("kW", 1), 0x1A: ("MW", 1),
 }
+# Heat (20H), cooling (21H) and heat + cooling (22H) meters answer 901F with the heat meter layout.
+HEAT_METER_TYPES = range(0x20, 0x23)
 UNIT_BY_SYMBOL = {symbol: code for code, (symbol, multiplier) in UNIT_CODES.items() if multiplier == 1}
 
 
@@ -170,3 +174,60 @@ def _decode_clock(raw: bytes) -> datetime.datetime | None:
         return datetime.datetime(century * 100 + year, month, day, hour, minute, second)
     except ValueError:
         return None
+
+
+# --- the 901F payload of heat meters (types 20H-22H) ------------------------------------------------------
+#
+# CJ/T 188-2004, heat meter: settlement-day heat 4+1, current heat 4+1, heat power 4+1, flow 4+1,
+# cumulative volume 4+1 (each BCD lowest byte first, then its unit byte), supply and return temperature
+# 3 bytes each, cumulative working hours 3 bytes, clock 7, status 2: 43 bytes (L = 2EH with DI and SER).
+
+@dataclass(frozen=True, slots=True)
+class HeatReading:
+    """What a heat meter answers to 901F: amounts in hundredths (flow in ten-thousandths) of their unit byte's
+    unit, temperatures in hundredths of a degree Celsius, working hours in hours."""
+
+    settlement_heat: int
+    settlement_heat_unit: int
+    heat: int
+    heat_unit: int
+    power: int
+    power_unit: int
+    flow: int  # ten-thousandths: XXXX.XXXX
+    flow_unit: int
+    volume: int
+    volume_unit: int
+    supply_temperature: int
+    return_temperature: int
+    working_hours: int
+    clock: datetime.datetime | None
+    status: int
+
+
+_HEAT_PAYLOAD_SIZE = 43
+
+
+def decode_heat_reading(payload: bytes) -> HeatReading:
+    """Raises PayloadError for a payload of the wrong size or with bytes that are not BCD."""
+    if len(payload) != _HEAT_PAYLOAD_SIZE:
+        raise PayloadError(f"heat meter 901F payload is {len(payload)} bytes, expected {_HEAT_PAYLOAD_SIZE}")
+    try:
+        amounts = [bcd_to_int(payload[i:i + 4]) for i in range(0, 25, 5)]
+        supply, back, hours = (bcd_to_int(payload[i:i + 3]) for i in (25, 28, 31))
+        clock = _decode_clock(payload[34:41])
+    except BcdError as exc:
+        raise PayloadError(str(exc)) from exc
+    units = [payload[i + 4] for i in range(0, 25, 5)]
+    return HeatReading(amounts[0], units[0], amounts[1], units[1], amounts[2], units[2], amounts[3], units[3],
+                       amounts[4], units[4], supply, back, hours, clock,
+                       int.from_bytes(payload[41:43], "little"))
+
+
+def encode_heat_reading(reading: HeatReading) -> bytes:
+    pairs = ((reading.settlement_heat, reading.settlement_heat_unit), (reading.heat, reading.heat_unit),
+             (reading.power, reading.power_unit), (reading.flow, reading.flow_unit),
+             (reading.volume, reading.volume_unit))
+    clock = reading.clock or datetime.datetime(2000, 1, 1)
+    return (b"".join(int_to_bcd(amount, 4) + bytes([unit]) for amount, unit in pairs)
+            + int_to_bcd(reading.supply_temperature, 3) + int_to_bcd(reading.return_temperature, 3)
+            + int_to_bcd(reading.working_hours, 3) + encode_clock(clock) + reading.status.to_bytes(2, "little"))

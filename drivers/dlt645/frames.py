@@ -1,4 +1,4 @@
-"""DL/T 645-2007 frames: building requests, finding and checking replies, data formats.
+"""DL/T 645 frames (2007 and 1997 editions): building requests, finding and checking replies, data formats.
 
     [FE FE FE FE] 68 A0..A5 68 C L DATA CS 16
 
@@ -7,7 +7,9 @@ lone meter, 99..99 is broadcast). Every DATA byte travels +33H (mod 256); the
 `Frame` here holds DATA with the offset already removed. CS is the byte sum
 from the first 68 through DATA (as sent). C: bit 7 reply, bit 6 abnormal
 (DATA is then one error byte), bit 5 follow-up frame, bits 4-0 function.
-Data identifiers are 4 bytes DI3..DI0, sent DI0 first.
+Data identifiers are 4 bytes DI3..DI0, sent DI0 first. The 1997 edition has the
+same frame with read function 01H (reply 81H, abnormal C1H) and 2-byte
+identifiers DI1 DI0 (9010 forward active energy), also sent DI0 first.
 
 Pure: no I/O. Parsers never raise on bad bytes.
 """
@@ -37,6 +39,7 @@ HEADER = 10  # 68 A0..A5 68 C L
 ADDRESS_SIZE = 6
 
 READ_DATA, READ_ADDRESS = 0x11, 0x13
+READ_DATA_1997 = 0x01
 
 ERROR_NAMES = {0x01: "other error", 0x02: "no requested data", 0x04: "password error / unauthorised",
                0x08: "baud rate cannot be changed", 0x10: "annual time zones exceeded",
@@ -69,7 +72,10 @@ def encode(frame: Frame, wake_up: int = 4) -> bytes:
     return meter_frame_bytes(body, wake_up)
 
 
-def read_request(address: bytes, data_id: int) -> Frame:
+def read_request(address: bytes, data_id: int, edition: str = "2007") -> Frame:
+    """A read of one identifier: 4 bytes with function 11H (2007), or 2 bytes with function 01H (1997)."""
+    if edition == "1997":
+        return Frame(address, READ_DATA_1997, data_id.to_bytes(2, "little"))
     return Frame(address, READ_DATA, data_id.to_bytes(4, "little"))
 
 
@@ -90,9 +96,10 @@ def parse(data: bytes) -> Outcome[Frame]:
 def reply_parser(request: Frame) -> ReplyParser[Frame]:
     """A parser accepting only the reply to `request`: same function, from the addressed meter
     (any meter for a wildcard request), carrying the requested identifier unless abnormal."""
+    identifier = request.data if request.function in (READ_DATA, READ_DATA_1997) else b""
     return meter_reply_parser(
         request, parse, from_meter=lambda frame: address_matches(request.address, frame.address),
-        same_data=lambda frame: request.function != READ_DATA or frame.data_id == request.data_id)
+        same_data=lambda frame: frame.data.startswith(identifier))
 
 
 # --- data formats ----------------------------------------------------------------------------------------
@@ -145,6 +152,33 @@ _LAST_PHASE = 0x03
 _SINGLE_FORMATS: dict[int, DataFormat] = {
     0x02800002: DataFormat(2, 2, "Hz"),  # grid frequency
 }
+
+
+# DL/T 645-1997: 2-byte identifiers. 9DI1DI0 energies (9010 forward active total, 9020 reverse, 9110/9120
+# reactive), B6 instantaneous values: B611-B613 phase voltage XXX V, B621-B623 phase current XX.XX A,
+# B630 total active power XX.XXXX kW, B640 total reactive power XX.XX kvar, B650 total power factor X.XXX.
+_FORMATS_1997: dict[int, DataFormat] = {
+    0x9010: _ENERGY, 0x9020: _ENERGY, 0x9110: _REACTIVE_ENERGY, 0x9120: _REACTIVE_ENERGY,
+    **{0xB611 + phase: DataFormat(2, 0, "V") for phase in range(3)},
+    **{0xB621 + phase: DataFormat(2, 2, "A") for phase in range(3)},
+    0xB630: DataFormat(3, 4, "kW"), 0xB640: DataFormat(2, 2, "kvar"), 0xB650: DataFormat(2, 3, "1"),
+}
+_LAST_TARIFF_1997 = 0x4  # 901x: x 0 the total, 1-4 the tariffs
+
+
+def common_format_1997(data_id: int) -> DataFormat | None:
+    """The format of a common DL/T 645-1997 identifier, or None for one this table does not know."""
+    known = _FORMATS_1997.get(data_id)
+    if known is None and data_id & 0xFFF0 in (0x9010, 0x9020, 0x9110, 0x9120) and data_id & 0xF <= _LAST_TARIFF_1997:
+        return _FORMATS_1997[data_id & 0xFFF0]  # a tariff's energy has the total's format
+    return known
+
+
+def format_of(data_id: str) -> DataFormat | None:
+    """The built-in format of an identifier as written in the configuration: 8 hex digits for 2007,
+    4 for 1997."""
+    value = int(data_id, 16)
+    return common_format_1997(value) if len(data_id) == 4 else common_format(value)
 
 
 def common_format(data_id: int) -> DataFormat | None:

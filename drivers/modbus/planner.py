@@ -8,12 +8,13 @@ overlap (two points reading the same register); each still gets its value.
 
 Some devices refuse a read that touches an address they do not implement, even
 when no point lives there (Modbus exception 02, illegal data address). The driver
-then asks the `Plan` to split the refused request in two halves. Halving is a
-binary search: one bad register among n points is isolated in about log2(n)
-extra requests, and every half that reads fine stays one request. Splitting into
-one request per point would find it in a single step, but would leave the device
-with n requests per poll for ever. The plan remembers its splits, so later polls
-go straight to the requests that work.
+then splits the refused request in two halves (`Plan.split`, or `halves()`).
+Halving is a binary search: one bad register among n points is isolated in about
+log2(n) extra requests, and every half that reads fine stays one request.
+Splitting into one request per point would find it in a single step, but would
+leave the device with n requests per poll for ever. What the device taught is
+then planned with again (`plan_table` with an `allowed` rule, see learning.py),
+which merges the readable blocks back into the fewest requests that succeed.
 
 Pure: no protocol library, no I/O. It plans anything with a name, a table, an
 address and a size (the configuration's points), so the configuration can plan
@@ -22,7 +23,7 @@ its devices when it is validated.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -82,10 +83,13 @@ class Request(Generic[P]):
         """Last address read (inclusive)."""
         return self.start + self.count - 1
 
-    def describe(self) -> str:
+    def describe(self, points: int | None = None, note: str = "") -> str:
+        """E.g. "holding_register 0-9 (10 registers, 4 points)"; `points` counts only some of them (one
+        device's, of a request several share), `note` is added inside the brackets."""
         unit = "bit" if self.table.is_bits else "register"
+        counted = len(self.points) if points is None else points
         return (f"{self.table} {self.start}-{self.end} "
-                f"({_plural(self.count, unit)}, {_plural(len(self.points), 'point')})")
+                f"({plural(self.count, unit)}, {plural(counted, 'point')}{note})")
 
 
 class Plan(Generic[P]):
@@ -118,11 +122,20 @@ class Plan(Generic[P]):
         index = next((i for i, known in enumerate(self._requests) if known is request), None)
         if index is None:
             raise ValueError(f"{request.describe()} is not part of this plan")
-        middle = len(request.points) // 2
-        halves = (_request_for(request.table, request.points[:middle]),
-                  _request_for(request.table, request.points[middle:]))
-        self._requests[index:index + 1] = halves
-        return halves
+        first, second = halves(request)
+        self._requests[index:index + 1] = (first, second)
+        return first, second
+
+
+def halves(request: Request[P]) -> tuple[Request[P], Request[P]]:
+    """Two requests, each with half of the points of `request` (which has at least two)."""
+    middle = len(request.points) // 2
+    return (request_for(request.table, request.points[:middle]),
+            request_for(request.table, request.points[middle:]))
+
+
+# May a request of one table read from `start` up to `end` (exclusive)?
+Allowed = Callable[[int, int], bool]
 
 
 def plan_points(points: Sequence[P], max_registers: int, max_bits: int, max_gap: int,
@@ -142,7 +155,7 @@ def plan_points(points: Sequence[P], max_registers: int, max_bits: int, max_gap:
         forbidden = [span for span in never_read if span.table is table]
         for point in in_table:
             _check_readable(point, limit, forbidden, table)
-        requests.extend(_merge(table, in_table, limit, max_gap, forbidden))
+        requests.extend(plan_table(table, in_table, limit, max_gap, _avoiding(forbidden)))
     return Plan(requests)
 
 
@@ -159,9 +172,14 @@ def _check_readable(point: Addressed, limit: int, forbidden: Sequence[Span], tab
                              f"range {span.start}-{span.end}")
 
 
-def _merge(table: Table, points: Sequence[P], limit: int, max_gap: int,
-           forbidden: Sequence[Span]) -> list[Request[P]]:
-    """Greedy merge of the points of one table, in address order."""
+def plan_table(table: Table, points: Sequence[P], limit: int, max_gap: int,
+               allowed: Allowed = lambda start, end: True) -> list[Request[P]]:
+    """Greedy merge of the points of one table, in address order: a point joins the request before it when
+    the gap is at most `max_gap`, the request stays within `limit` and `allowed` accepts the merged range.
+    (Greedy is the fewest requests: any part of an acceptable request is acceptable.) A point alone is
+    always a request of its own."""
+    if not points:
+        return []
     # Longer points first at the same address, then by name: a stable, repeatable order.
     ordered = sorted(points, key=lambda p: (p.address, -p.register_count, p.name))
     requests: list[Request[P]] = []
@@ -173,7 +191,7 @@ def _merge(table: Table, points: Sequence[P], limit: int, max_gap: int,
         new_end = max(end, point_end)
         fits = (point.address - end <= max_gap
                 and new_end - start <= limit
-                and not _covers_forbidden(start, new_end, forbidden))
+                and allowed(start, new_end))
         if fits:
             group.append(point)
             end = new_end
@@ -184,17 +202,17 @@ def _merge(table: Table, points: Sequence[P], limit: int, max_gap: int,
     return requests
 
 
-def _covers_forbidden(start: int, end: int, forbidden: Sequence[Span]) -> bool:
-    """Does [start, end) touch any never_read range?"""
-    return any(start <= span.end and span.start < end for span in forbidden)
+def _avoiding(forbidden: Sequence[Span]) -> Allowed:
+    """The rule of `never_read`: a merged request must not touch any of these ranges."""
+    return lambda start, end: not any(start <= span.end and span.start < end for span in forbidden)
 
 
-def _request_for(table: Table, points: Sequence[P]) -> Request[P]:
+def request_for(table: Table, points: Sequence[P]) -> Request[P]:
     """The smallest request reading all of `points`."""
     start = min(point.address for point in points)
     end = max(point.address + point.register_count for point in points)
     return Request(table, start, end - start, tuple(points))
 
 
-def _plural(count: int, noun: str) -> str:
+def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

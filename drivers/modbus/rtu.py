@@ -1,10 +1,11 @@
-"""Modbus RTU on a shared bus: the same plan, codec and split-on-exception-02 as Modbus TCP (polling.py),
-with frames built and recognised by pymodbus (transport.py) and carried by the bus (drivers/serial/bus.py)."""
+"""Modbus RTU on a shared bus: the same learning plan per unit and codec as Modbus TCP (polling.py), with
+frames built and recognised by pymodbus (client.py) and carried by the bus (drivers/serial/bus.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from drivers.modbus.client import (
     EXCEPTION_NAMES,
@@ -18,12 +19,13 @@ from drivers.modbus.client import (
     rtu_write_registers_request,
 )
 from drivers.modbus.config import ModbusDeviceBase
-from drivers.modbus.polling import ModbusDevicePoller
+from drivers.modbus.polling import UnitPoller, unit_memory
 from drivers.modbus.tables import Table
 from drivers.serial.bus import Bus, NoReply
 from drivers.serial.device import BusDevice
 from drivers.serial.frames import FrameCounters
 from drivers.serial.scan import Found, Progress, ScanOptions
+from gateway.model.driver import LinkContext
 from gateway.model.readings import Sample, Value
 
 
@@ -70,29 +72,41 @@ class ModbusRtuBusDevice(BusDevice[ModbusDeviceBase]):
 
     def __init__(self, device: ModbusDeviceBase) -> None:
         super().__init__(device)
-        self.poller = ModbusDevicePoller(device)
+        self.poller = UnitPoller([device])  # until the bus driver joins it to the others (join())
+
+    def join(self, members: Sequence[BusDevice[Any]], link: str, context: LinkContext | None) -> None:
+        """Devices of one unit id on this link share one plan, kept in the state directory (when given one)."""
+        group = [m for m in members if isinstance(m, ModbusRtuBusDevice) and m.device.unit_id == self.device.unit_id]
+        if group[0] is self:
+            devices = [member.device for member in group]
+            memory = unit_memory(context.state_dir, link, devices) if context is not None else None
+            poller = UnitPoller(devices, memory)
+            for member in group:
+                member.poller = poller
 
     async def read(self, bus: Bus) -> list[Sample]:
-        return await self.poller.read(RtuLink(bus, self.device.timeout, self.frames))
+        return await self.poller.read(RtuLink(bus, self.device.timeout, self.frames), self.device)
 
     async def write(self, bus: Bus, point: str, value: Value) -> None:
-        await self.poller.write(RtuLink(bus, self.device.timeout, self.frames), point, value)
+        await self.poller.write(RtuLink(bus, self.device.timeout, self.frames), self.device, point, value)
 
     def describe(self) -> list[str]:
-        return self.poller.describe()
+        return self.poller.describe(self.device)
 
     def counters(self) -> dict[str, int]:
         # Requests and timeouts are the bus's (writes included); refusals and decode errors the poller's.
-        polled = self.poller.counters
-        return {**dataclasses.asdict(self.frames), "exception_replies": polled.exception_replies,
-                "decode_errors": polled.decode_errors}
+        polled = self.poller.counters_of(self.device)
+        return {**dataclasses.asdict(self.frames),
+                **{name: polled[name] for name in ("exception_replies", "decode_errors", "shared_reads",
+                                                   "unreadable_points")}}
 
 
 async def probe(bus: Bus, options: ScanOptions, counters: FrameCounters, progress: Progress) -> list[Found]:
     """Every unit id of `options.units` asked for holding register 0; any answer, an exception too, is a unit."""
     found = []
-    for unit in options.units:
-        progress(f"Modbus unit {unit}")
+    units = options.units
+    progress(f"Modbus RTU: units {units.start}-{units.stop - 1}, reading holding register 0 of each")
+    for unit in units:
         request = rtu_read_request(Table.HOLDING_REGISTER, 0, 1, unit)
         try:
             answer = await bus.exchange(request.frame, request.parse, options.reply_timeout, counters,

@@ -1,10 +1,12 @@
 """`municipal-gateway browse ENDPOINT`: walk a server's address space and print a device skeleton in YAML.
 
 The output is a device file: every variable found becomes a point addressed by
-NodeId with its namespace URI, with the server's engineering unit where our
-unit table knows it, and its data type and display name as a comment. The
-operator replaces each `indicator: todo` with a catalogue indicator (or deletes
-the point), fills in the asset, and the file validates.
+NodeId with its namespace URI, with the server's EngineeringUnits as its `unit`
+where our unit table knows it and its EURange as its `range`, and its data type
+and display name as a comment. Properties (EngineeringUnits, EURange ...) are
+not points. The operator replaces each `indicator: todo` with a catalogue
+indicator (or deletes the point), fills in the asset, and the file validates.
+A password is never written: the skeleton names where it comes from.
 """
 
 from __future__ import annotations
@@ -20,21 +22,44 @@ from gateway.model import units
 PLACEHOLDER = "todo"
 
 
-async def browse(options: ConnectOptions, start: str | None, depth: int, device_id: str = "opcua-device") -> str:
-    """The YAML skeleton of the variables under `start` (a NodeId string; default the Objects folder)."""
+def endpoint_of(text: str) -> str:
+    """An endpoint as the operator typed it: `host:port[/path]` gets its `opc.tcp://`; another scheme is a
+    ValueError saying what is expected."""
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        rest, scheme = text, "opc.tcp"
+    if scheme.lower() != "opc.tcp":
+        raise ValueError(f"endpoint {text!r}: expected opc.tcp://host:port[/path] (or host:port), "
+                         f"not a {scheme}:// address")
+    host = rest.split("/", 1)[0]
+    if not host or any(c.isspace() for c in text):
+        raise ValueError(f"endpoint {text!r}: expected opc.tcp://host:port[/path] (or host:port)")
+    return f"opc.tcp://{rest}"
+
+
+def start_node(text: str | None) -> NodeRef | None:
+    """The `--node` option parsed; a ValueError that says what a node id looks like."""
+    return None if text is None else NodeRef.parse(text)
+
+
+async def browse(options: ConnectOptions, start: str | None, depth: int, device_id: str = "opcua-device",
+                 credential: str | None = None) -> str:
+    """The YAML skeleton of the variables under `start` (a NodeId string; default the Objects folder).
+    `credential` is the password line to write for a username, e.g. "password: ${OPCUA_PASSWORD}"."""
+    ref = start_node(start)
     link = await OpcUaLink.open(options)
     try:
-        start_node = link.node_id(NodeRef.parse(start)) if start is not None else None
-        if isinstance(start_node, str):
-            raise OpcUaError(f"the server does not know the namespace of {start} ({start_node})", start_node)
-        variables = await link.browse_variables(start_node, depth)
+        node = link.node_id(ref) if ref is not None else None
+        if isinstance(node, str):
+            raise OpcUaError(f"the server does not know the namespace of {start} ({node})", node)
+        variables = await link.browse_variables(node, depth)
     finally:
         await link.close()
-    return skeleton(options, variables, device_id, start, depth)
+    return skeleton(options, variables, device_id, start, depth, credential)
 
 
 def skeleton(options: ConnectOptions, variables: list[BrowsedVariable], device_id: str, start: str | None,
-             depth: int) -> str:
+             depth: int, credential: str | None = None) -> str:
     by_code = {u.code: u.symbol for u in units.UNITS.values()}
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     lines = [
@@ -56,7 +81,9 @@ def skeleton(options: ConnectOptions, variables: list[BrowsedVariable], device_i
         if options.trust_dir is not None:
             lines.append(f"      trust_dir: {_quote(str(options.trust_dir))}")
     if options.username is not None:
-        lines += [f"    username: {_quote(options.username)}", "    password: ${OPCUA_PASSWORD}"]
+        lines.append(f"    username: {_quote(options.username)}")
+        lines.append(f"    {credential}" if credential else
+                     "    # password: ${OPCUA_PASSWORD}   (an environment variable), or password_file: <path>")
     lines.append("    points:" if variables else "    points: []")
     names: set[str] = set()
     for variable in variables:
@@ -76,7 +103,16 @@ def _point(variable: BrowsedVariable, name: str, by_code: dict[str, str]) -> lis
              f"        indicator: {PLACEHOLDER}"]
     if unit is not None:
         lines.append(f"        unit: {_quote(unit)}")
+    if variable.eu_range is not None:
+        low, high = (_number(v) for v in variable.eu_range)
+        # EURange is in the server's unit: a range only where that unit is the point's.
+        prefix = "" if unit is not None or not variable.unit_code else "# "
+        lines.append(f"        {prefix}range: [{low}, {high}]")
     return lines
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
 def _point_name(path: list[str]) -> str:

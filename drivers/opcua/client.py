@@ -364,9 +364,25 @@ class OpcUaLink:
 
     async def engineering_units(self, nodes: Sequence[ua.NodeId]) -> list[str | None]:
         """The UN/CEFACT code of each node's EngineeringUnits property, None where it has none."""
+        codes: list[str | None] = []
+        for info in await self._property_values(nodes, "EngineeringUnits"):
+            ok = isinstance(info, ua.EUInformation) and info.UnitId > 0
+            codes.append(unit_code(info.UnitId) if ok else None)
+        return codes
+
+    async def engineering_ranges(self, nodes: Sequence[ua.NodeId]) -> list[tuple[float, float] | None]:
+        """Each node's EURange property as (low, high), None where it has none."""
+        ranges: list[tuple[float, float] | None] = []
+        for value in await self._property_values(nodes, "EURange"):
+            ok = isinstance(value, ua.Range) and all(math.isfinite(v) for v in (value.Low, value.High))
+            ranges.append((float(value.Low), float(value.High)) if ok else None)
+        return ranges
+
+    async def _property_values(self, nodes: Sequence[ua.NodeId], name: str) -> list[Any]:
+        """The value of each node's property `name` (a standard property, namespace 0); None where it has none."""
         paths = [ua.BrowsePath(n, ua.RelativePath([ua.RelativePathElement(
             ReferenceTypeId=ua.NodeId(ua.ObjectIds.HasProperty), IsInverse=False, IncludeSubtypes=True,
-            TargetName=ua.QualifiedName("EngineeringUnits", 0))])) for n in nodes]
+            TargetName=ua.QualifiedName(name, 0))])) for n in nodes]
         if not paths:
             return []
         try:
@@ -376,14 +392,11 @@ class OpcUaLink:
                      if r.StatusCode.is_good() and r.Targets]
             data = await self._read_values([n for _, n in found]) if found else []
         except (UaError, OSError, TimeoutError, ConnectionError) as exc:
-            raise OpcUaError(f"reading EngineeringUnits failed: {exc!r}") from exc
-        codes: list[str | None] = [None] * len(nodes)
-        if found:
-            for (index, _), value in zip(found, data, strict=True):
-                info = value.Value.Value if value.Value is not None else None
-                if isinstance(info, ua.EUInformation) and info.UnitId > 0:
-                    codes[index] = unit_code(info.UnitId)
-        return codes
+            raise OpcUaError(f"reading {name} failed: {exc!r}") from exc
+        values: list[Any] = [None] * len(nodes)
+        for (index, _), value in zip(found, data, strict=True):
+            values[index] = value.Value.Value if value.Value is not None else None
+        return values
 
     # -- subscriptions --------------------------------------------------------------------------------------
 
@@ -404,26 +417,39 @@ class OpcUaLink:
     # -- browsing -------------------------------------------------------------------------------------------
 
     async def browse_variables(self, start: ua.NodeId | None, depth: int) -> list[BrowsedVariable]:
-        """Variables under `start` (default: Objects), depth-first, at most `depth` levels down."""
+        """Variables under `start` (default: Objects), depth-first, at most `depth` levels down. Properties
+        (EngineeringUnits, EURange ... reached by HasProperty) describe their variable and are not listed.
+        Raises OpcUaError, with the status name as its reason, when `start` cannot be browsed."""
         client = self._client
         found: list[BrowsedVariable] = []
         root = client.get_node(start or ua.NodeId(ua.ObjectIds.ObjectsFolder))
+        is_property = ua.NodeId(ua.ObjectIds.HasProperty)
 
         async def walk(node: Any, path: list[str], level: int) -> None:
             if level > depth:
                 return
-            children = await node.get_children(refs=ua.ObjectIds.HierarchicalReferences)
-            for child in children:
-                if child.nodeid.NamespaceIndex == 0:
-                    continue  # the standard Server object and its friends
-                name = (await child.read_browse_name()).Name
-                node_class = await child.read_node_class()
-                if node_class == ua.NodeClass.Variable:
+            references = await node.get_references(refs=ua.ObjectIds.HierarchicalReferences,
+                                                   direction=ua.BrowseDirection.Forward)
+            for reference in references:
+                child_id = _plain_node_id(reference.NodeId)
+                if child_id.NamespaceIndex == 0 or reference.ReferenceTypeId == is_property:
+                    continue  # the standard Server object and its friends; a variable's properties
+                child = client.get_node(child_id)
+                name = reference.BrowseName.Name
+                if reference.NodeClass == ua.NodeClass.Variable:
                     found.append(await self._describe(child, [*path, name]))
-                if node_class in (ua.NodeClass.Object, ua.NodeClass.Variable):
+                if reference.NodeClass in (ua.NodeClass.Object, ua.NodeClass.Variable):
                     await walk(child, [*path, name], level + 1)
 
-        await walk(root, [], 1)
+        try:
+            await root.read_node_class()  # an unknown start node is said so, not found empty
+            await walk(root, [], 1)
+        except UaStatusCodeError as exc:
+            name = status_name(exc.code)
+            raise OpcUaError(f"cannot browse {'the Objects folder' if start is None else start}: {name}",
+                             name) from exc
+        except (UaError, OSError, TimeoutError, ConnectionError) as exc:
+            raise self._service_failed("Browse", exc) from exc
         return found
 
     async def _describe(self, node: Any, path: list[str]) -> BrowsedVariable:
@@ -435,12 +461,13 @@ class OpcUaLink:
             data_type = str(data_type_id)
         display = str((await node.read_display_name()).Text or path[-1])
         codes = await self.engineering_units([node.nodeid])
+        ranges = await self.engineering_ranges([node.nodeid])
         access = await node.read_attribute(ua.AttributeIds.UserAccessLevel)
         writable = bool((access.Value.Value or 0) & ua.AccessLevel.CurrentWrite.mask)
         nodeid = node.nodeid
         uri = self.namespaces[nodeid.NamespaceIndex]
         text = nodeid.to_string().split(";", 1)[-1] if nodeid.NamespaceIndex else nodeid.to_string()
-        return BrowsedVariable(f"nsu={uri};{text}", path, display, data_type, codes[0], writable)
+        return BrowsedVariable(f"nsu={uri};{text}", path, display, data_type, codes[0], writable, ranges[0])
 
 
 def _identifier(ref: NodeRef) -> int | str | uuid.UUID | bytes:
@@ -472,6 +499,7 @@ class BrowsedVariable:
     data_type: str
     unit_code: str | None
     writable: bool
+    eu_range: tuple[float, float] | None = None
 
 
 class _Subscription:

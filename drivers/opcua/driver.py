@@ -200,20 +200,27 @@ class OpcUaDriver(Poller[OpcUaDevice], Pusher[OpcUaDevice]):
             log.warning("device %s point %s: %s; it reads bad until fixed", device_id, point, problem)
 
     async def _check_units(self) -> None:
-        """Compare the servers' EngineeringUnits with the units the points declare (once, at start-up)."""
+        """Compare the servers' EngineeringUnits with the units the points are read in (once, at connect): a
+        mismatch is a warning naming the fix, since the value would be taken in the wrong unit."""
         assert self._link is not None
         for device in self.devices:
             pairs = [(p, n) for p, n in zip(device.points, self._nodes[device.id], strict=True)
                      if not isinstance(n, str)]
             codes = await self._link.engineering_units([n for _, n in pairs])
+            undeclared = []
             for (point, _), code in zip(pairs, codes, strict=True):
-                if code is None or point.unit is None:
+                if code is None:
                     continue
-                declared = units.lookup(point.unit).code
-                if declared != code:
-                    log.warning("device %s point %s: the server gives the unit as %s (UN/CEFACT), the "
-                                "configuration says %s (%s); check scale and unit", device.id, point.name,
-                                code, point.unit, declared)
+                if point.unit is None:
+                    undeclared.append(f"{point.name} ({_symbol(code)})")
+                    continue
+                problem = unit_mismatch(code, point.unit)
+                if problem is not None:
+                    log.warning("device %s point %s: %s", device.id, point.name, problem)
+            if undeclared:
+                log.info("device %s: %d points declare no unit although the server gives one (%s%s); they are read "
+                         "in their indicators' units: declare `unit:` to have them checked and converted",
+                         device.id, len(undeclared), ", ".join(undeclared[:5]), " ..." if len(undeclared) > 5 else "")
 
     def describe(self, device: OpcUaDevice) -> list[str]:
         count = len(device.points)
@@ -224,3 +231,28 @@ class OpcUaDriver(Poller[OpcUaDevice], Pusher[OpcUaDevice]):
         calls = math.ceil(count / limit) if limit else 1
         return [f"Read {count} nodes at {device.endpoint} in {calls} call{'s' if calls != 1 else ''}"
                 + ("" if limit else " (split further if the server's MaxNodesPerRead is lower)")]
+
+
+def _symbol(code: str) -> str:
+    known = _BY_CODE.get(code)
+    return known.symbol if known is not None else f"UN/CEFACT {code}"
+
+
+_BY_CODE = {unit.code: unit for unit in units.UNITS.values()}
+
+
+def unit_mismatch(server_code: str, declared: str) -> str | None:
+    """What is wrong when the server gives its value in `server_code` (UN/CEFACT) and the point says the value
+    is in `declared`; None when they agree."""
+    ours = units.lookup(declared)
+    if ours.code == server_code:
+        return None
+    theirs = _BY_CODE.get(server_code)
+    if theirs is None:
+        return (f"the server gives the unit as UN/CEFACT {server_code}, which the gateway does not know; the "
+                f"configuration says {ours.symbol}: check that values are in {ours.symbol}")
+    if theirs.quantity != ours.quantity:
+        return (f"the server gives {theirs.symbol} ({theirs.quantity}), the configuration says {ours.symbol} "
+                f"({ours.quantity}): not even the same quantity; is this the right node?")
+    return (f"the server gives {theirs.symbol}, the configuration says {ours.symbol}: values would be taken in the "
+            f"wrong unit; set `unit: {theirs.symbol}` and the gateway converts them")

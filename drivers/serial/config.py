@@ -76,7 +76,27 @@ class SerialSettings(StrictModel):
         return 3.5 * self.char_time
 
 
-class SerialDevice(DeviceBase):
+class OnBus(DeviceBase):
+    """What every device on a shared bus has, whether the bus is a local port or a serial device server."""
+
+    def bus_address(self) -> str | None:
+        """What selects this device on the bus (protocol and address), to find two devices answering alike."""
+        return None
+
+    def needs_port_alone(self) -> bool:
+        """True for a device that cannot share its bus (one that pushes data unasked)."""
+        return False
+
+    def bus_name(self) -> str:
+        """The bus as the operator names it in messages."""
+        raise NotImplementedError
+
+    @classmethod
+    def link_conflicts(cls, devices: Sequence[DeviceBase]) -> list[tuple[DeviceBase, str, str]]:
+        return [(device, "port", problem) for device, problem in port_conflicts(devices)]
+
+
+class SerialDevice(OnBus):
     """A device on a local serial port. Devices naming the same `port` share it (one request at a time)."""
 
     port: str = Field(min_length=1, description="Serial device path, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...; "
@@ -86,65 +106,72 @@ class SerialDevice(DeviceBase):
     def link_id(self) -> str:
         return f"serial:{self.port}"
 
-    def bus_address(self) -> str | None:
-        """What selects this device on the bus (protocol and address), to find two devices answering alike."""
-        return None
-
-    def needs_port_alone(self) -> bool:
-        """True for a device that cannot share its port (one that pushes data unasked)."""
-        return False
-
-    @classmethod
-    def link_conflicts(cls, devices: Sequence[DeviceBase]) -> list[tuple[DeviceBase, str, str]]:
-        return [(device, "port", problem) for device, problem in port_conflicts(devices)]
+    def bus_name(self) -> str:
+        return f"port {self.port}"
 
 
-class BusOverTcp(DeviceBase):
+class BusOverTcp(OnBus):
     """A device on the serial line of a serial device server, reached over TCP (bytes passed through unchanged).
-    Every device naming the same host and port shares the server's one connection."""
+    Every device naming the same host and port shares the server's one connection, whatever its protocol."""
 
     host: str
     port: int = Field(ge=1, le=65535, description="TCP port of the device server's serial channel.")
+    serial: SerialSettings | None = Field(
+        None, description="The settings of the server's serial line (the server itself is set up on its own "
+                          "page): with them the gateway keeps the line's silence between frames and counts "
+                          "the time frames take on it; without, the server is left to keep them.")
 
     def link_id(self) -> str:
         return f"bus-over-tcp:{self.host}:{self.port}"
 
+    def bus_name(self) -> str:
+        return f"device server {self.host}:{self.port}"
+
 
 def port_conflicts(devices: Sequence[DeviceBase]) -> list[tuple[DeviceBase, str]]:
-    """(device, problem) for each device that cannot share its serial port with the others as configured."""
-    by_port: dict[str, list[SerialDevice]] = defaultdict(list)
+    """(device, problem) for each device that cannot share its bus (serial port or device server) with the
+    others as configured."""
+    by_link: dict[str, list[OnBus]] = defaultdict(list)
     for device in devices:
-        if isinstance(device, SerialDevice) and device.enabled:
-            by_port[device.port].append(device)
+        if isinstance(device, OnBus) and device.enabled:
+            by_link[device.link_id()].append(device)
     problems: list[tuple[DeviceBase, str]] = []
-    for port, on_port in by_port.items():
-        problems.extend(_conflicts_on_port(port, on_port))
+    for on_link in by_link.values():
+        problems.extend(_conflicts_on_bus(on_link))
     return problems
 
 
-def _conflicts_on_port(port: str, devices: Sequence[SerialDevice]) -> list[tuple[DeviceBase, str]]:
+def _conflicts_on_bus(devices: Sequence[OnBus]) -> list[tuple[DeviceBase, str]]:
     problems: list[tuple[DeviceBase, str]] = []
     first = devices[0]
-    seen: dict[str, SerialDevice] = {}
+    bus = first.bus_name()
+    seen: dict[str, OnBus] = {}
     for device in devices:
-        if device.serial != first.serial:
-            problems.append((device, f"serial settings {_show(device.serial)} differ from those of device "
-                                     f"{first.id} on the same port {port} ({_show(first.serial)}); "
+        settings, first_settings = _line(device), _line(first)
+        if settings != first_settings:
+            problems.append((device, f"serial settings {_show(settings)} differ from those of device "
+                                     f"{first.id} on the same {bus} ({_show(first_settings)}); "
                                      "expected every device on one port to use the same settings"))
         if device.needs_port_alone() and len(devices) > 1:
             others = ", ".join(d.id for d in devices if d is not device)
-            problems.append((device, f"device {device.id} pushes data unasked and cannot share port {port} "
+            problems.append((device, f"device {device.id} pushes data unasked and cannot share {bus} "
                                      f"with {others}"))
         address = device.bus_address()
         if address is not None:
             if address in seen:
-                problems.append((device, f"{address} on port {port} is already used by device {seen[address].id}; "
+                problems.append((device, f"{address} on {bus} is already used by device {seen[address].id}; "
                                          "expected one address per device on a bus"))
             seen.setdefault(address, device)
     return problems
 
 
-def _show(settings: SerialSettings) -> str:
+def _line(device: OnBus) -> SerialSettings | None:
+    return device.serial if isinstance(device, SerialDevice | BusOverTcp) else None
+
+
+def _show(settings: SerialSettings | None) -> str:
+    if settings is None:
+        return "(none given)"
     parity = settings.parity.value[0].upper()
     text = f"{settings.baud} {settings.data_bits}{parity}{settings.stop_bits:g}"
     if settings.rs485 is not None:

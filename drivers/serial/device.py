@@ -9,11 +9,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Generic
+from typing import Any, Generic
 
 from drivers.serial.bus import Bus
 from drivers.serial.frames import FrameCounters
-from gateway.model.driver import D, WriteRefused
+from gateway.model.driver import D, LinkContext, WriteRefused
 from gateway.model.readings import Sample, Value
 
 PushSink = Callable[[Sequence[Sample]], None]
@@ -34,6 +34,12 @@ class BusDevice(abc.ABC, Generic[D]):
         self.device = device
         self.frames = FrameCounters()
         self.replies = ReplyCounters()
+
+    def join(self, members: Sequence[BusDevice[Any]], link: str, context: LinkContext | None) -> None:
+        """Called once by the bus driver with every device on the link (this one too), before any poll: a
+        protocol whose devices share state on one link (a Modbus unit modelled as several devices) finds its
+        peers here, and may keep files in `context.state_dir` (None: a driver made without a context,
+        which keeps nothing)."""
 
     @abc.abstractmethod
     async def read(self, bus: Bus) -> list[Sample]:

@@ -35,6 +35,8 @@ class FieldBusDriver(Poller[DeviceBase], Pusher[DeviceBase]):
         super().__init__(devices, context)
         self.bus = _bus_for(self.devices)
         self._members: dict[str, BusDevice[Any]] = {m.device.id: m for m in members}
+        for member in members:
+            member.join(members, self.devices[0].link_id(), context)
         self.frame_counters: dict[str, FrameCounters] = {id_: m.frames for id_, m in self._members.items()}
         self._open = False
 
@@ -85,7 +87,10 @@ def _bus_for(devices: Sequence[DeviceBase]) -> Bus:
         settings = first.serial
         return Bus(SerialPort(first.port, settings), settings.char_time, settings.frame_silence)
     if isinstance(first, BusOverTcp):
-        # A serial device server keeps the line's timing itself; the TCP side needs no silence.
         stream = TcpStream(first.host, first.port, connect_timeout=max(device.timeout for device in devices))
-        return Bus(stream, char_time=0.0, silence=0.0)
+        line = first.serial
+        if line is None:  # the server is left to keep the line's timing
+            return Bus(stream, char_time=0.0, silence=0.0)
+        # The same silence and time on the wire as on a local port: bytes pass the server unchanged.
+        return Bus(stream, line.char_time, line.frame_silence)
     raise TypeError(f"device {first.id} ({first.protocol}) names neither a serial port nor a device server")
