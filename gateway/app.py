@@ -22,6 +22,7 @@ from typing import Any
 
 from drivers.registry import make_driver
 from gateway.buffer import Buffer
+from gateway.clock import ClockWatch, assumed_clock_state, system_clock_state
 from gateway.config.loader import GatewayConfig
 from gateway.links import DeviceStatus, LinkRunner
 from gateway.mapping import DeviceMapper
@@ -63,7 +64,8 @@ class _StopRequested(Exception):
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, clock: ClockWatch | None = None) -> None:
+        """`clock`: how the system clock is watched (tests give one whose answers they control)."""
         self.config = config
         settings = config.main
         self.gateway_id = settings.gateway.id
@@ -73,6 +75,8 @@ class Gateway:
         self.publisher: Publisher | None = None
         self._registry: DeviceRegistry | None = None
         self._drivers: dict[str, Driver[Any]] = {}  # by device id
+        probe = system_clock_state if config.main.clock.source == "system" else assumed_clock_state
+        self.clock = clock if clock is not None else ClockWatch(probe)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raise if any part fails unexpectedly."""
@@ -121,6 +125,7 @@ class Gateway:
                 sources.create_task(_raise_when_set(stop), name="stop")
                 sources.create_task(pipeline.run_clock(), name="processing-clock")
                 sources.create_task(self._report_health(), name="device-health")
+                sources.create_task(self.clock.run(self.config.main.clock.check_interval), name="clock")
                 for runner in self.runners:
                     sources.create_task(runner.run(), name=f"link {runner.name}")
                 notify("READY=1")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh Debian machine, then run it.
-# Installs mosquitto (the tests start their own brokers) when it is missing.
+# Installs mosquitto (the tests start their own brokers), openssl, python3-seccomp and systemd when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,9 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+# The unit's system-call filter is tried without systemd: libseccomp's bindings and systemd-analyze's groups.
+/usr/bin/python3 -c "import seccomp" 2>/dev/null || need_apt+=(python3-seccomp)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
     sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq

@@ -4,7 +4,7 @@
 systemd is not init on the development and CI machines, so the unit's seccomp settings cannot be tried
 there the real way. This installs the same kind of filters systemd 252 would, then execs the command:
 
-  SystemCallFilter=@system-service, ~@privileged @resources (and the groups ProtectClock=,
+  SystemCallFilter=@system-service, ~@privileged @resources, then adjtimex/clock_adjtime allowed again (and the groups
   ProtectKernelModules=, ProtectKernelLogs= remove), SystemCallErrorNumber=EPERM;
   MemoryDenyWriteExecute=yes: mmap with PROT_WRITE|PROT_EXEC, mprotect/pkey_mprotect with PROT_EXEC and
   shmat with SHM_EXEC fail with EPERM;
@@ -26,10 +26,12 @@ import seccomp  # Debian: python3-seccomp (libseccomp's own bindings)
 
 PROT_WRITE, PROT_EXEC, SHM_EXEC = 0x2, 0x4, 0o100000
 ALLOWED_FAMILIES = {1, 2, 10}  # AF_UNIX, AF_INET, AF_INET6
-# ~@privileged ~@resources from the unit, plus what ProtectClock= (@clock), ProtectKernelModules= (@module)
-# and ProtectKernelLogs= (syslog) take away.
-DENIED_GROUPS = ("@privileged", "@resources", "@clock", "@module")
+# ~@privileged ~@resources from the unit, plus what ProtectKernelModules= (@module) and ProtectKernelLogs=
+# (syslog) take away; then the unit's last SystemCallFilter= line allows adjtimex and clock_adjtime again (to read the clock's
+# synchronisation state; changing the clock needs CAP_SYS_TIME, which the unit does not have).
+DENIED_GROUPS = ("@privileged", "@resources", "@module")
 DENIED_CALLS = {"syslog"}
+ALLOWED_AGAIN = {"adjtimex", "clock_adjtime", "clock_adjtime64"}
 
 
 def syscall_groups() -> dict[str, list[str]]:
@@ -60,6 +62,7 @@ def main() -> None:
     allowed = expand(groups, "@system-service") - DENIED_CALLS
     for group in DENIED_GROUPS:
         allowed -= expand(groups, group)
+    allowed |= ALLOWED_AGAIN
 
     # Loaded first: once the allow list is in place, loading another filter may itself be refused.
     wx = seccomp.SyscallFilter(defaction=seccomp.ALLOW)

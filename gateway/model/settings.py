@@ -78,12 +78,21 @@ class BufferSettings(StrictModel):
         "full", description="full: every poll result survives a power cut; normal: fewer SD-card writes.")
 
 
+class ClockSettings(StrictModel):
+    source: Literal["system", "none"] = Field(
+        "system", description="system: ask the kernel whether an NTP client has synchronised the clock (and "
+                              "flag readings' time as uncertain while not); none: take the clock as right (a "
+                              "site whose clock is set by something the kernel does not know of).")
+    check_interval: Seconds = Field(60.0, description="Seconds between two questions to the kernel.")
+
+
 class MainFile(StrictModel):
     """The main configuration file."""
 
     gateway: GatewaySettings
     mqtt: MqttSettings = MqttSettings()
     buffer: BufferSettings = BufferSettings()
+    clock: ClockSettings = ClockSettings()
     catalogue: Path = Field(Path("catalogue.yaml"), description="Relative to this file.")
     profiles: Path = Field(Path("profiles"), description="Directory of device profiles, relative to this file.")
     include: list[str] = Field(default_factory=list, description="Device files: paths or globs, relative to this file.")
