@@ -87,7 +87,7 @@ class Gateway:
             # Before anything in the state directory is opened: one gateway per state directory.
             resources.enter_context(StateLock(config.state_dir))
             buffer = await Buffer.open(config.buffer_path, config.main.buffer.max_bytes,
-                                       config.main.buffer.synchronous)
+                                       config.main.buffer.synchronous, config.main.buffer.free_share)
             resources.push_async_callback(buffer.close)
             self._registry = DeviceRegistry(config.state_dir / "devices.json")
             resources.callback(self._registry.close)

@@ -18,6 +18,7 @@ from gateway.model.resolved import ResolvedAsset
 from gateway.model.rules import Processing
 
 if TYPE_CHECKING:
+    from gateway.buffer import Drop
     from gateway.gateway_alarms import GatewayAlarmEvent
     from gateway.processing import AlarmEvent, Statistics
 
@@ -73,6 +74,23 @@ def encode_alarm_events(gateway_id: str, asset: AssetRef | None, events: Sequenc
     happened."""
     return _entries_message(gateway_id, asset, "events",
                             [e.as_payload(first_seq + i) for i, e in enumerate(events)], time_uncertain)
+
+
+def encode_drops(gateway_id: str, drops: Sequence[Drop], now_ms: int) -> bytes:
+    """What the buffer could not keep: ranges of seq numbers (readings, windows, alarm events) that will never
+    arrive, so a consumer can tell this loss from a gap still to be filled. Adjacent ranges of one reason are
+    given as one."""
+    merged: list[list[int | str]] = []  # [first_seq, last_seq, count, reason, time]
+    for drop in sorted(drops, key=lambda d: d.first_seq):
+        if merged and merged[-1][3] == drop.reason and merged[-1][1] == drop.first_seq - 1:
+            previous = merged[-1]
+            previous[1:3] = [drop.last_seq, int(previous[2]) + drop.entries]
+            previous[4] = max(int(previous[4]), drop.time_ms)
+        else:
+            merged.append([drop.first_seq, drop.last_seq, drop.entries, drop.reason, drop.time_ms])
+    ranges = [dict(zip(("first_seq", "last_seq", "count", "reason", "time"), entry, strict=True))
+              for entry in merged]
+    return _compact({"gateway": gateway_id, "time": now_ms, "dropped": ranges}).encode()
 
 
 def encode_active_alarms(gateway_id: str, asset: AssetRef | None, active: Sequence[AlarmEvent | GatewayAlarmEvent],

@@ -17,14 +17,17 @@ from typing import TypeVar
 
 from gateway.buffer import Buffer, Message
 from gateway.clock import ClockState, ClockWatch, Jump
-from gateway.gateway_alarms import CLOCK_JUMPED, CLOCK_UNSYNCHRONISED, GatewayAlarmEvent, GatewayAlarms
+from gateway.gateway_alarms import BUFFER_FULL, CLOCK_JUMPED, CLOCK_UNSYNCHRONISED, GatewayAlarmEvent, GatewayAlarms
 from gateway.mapping import DeviceMapper
 from gateway.model.readings import AssetRef, Reading, Sample, now_ms
-from gateway.payload import encode_active_alarms, encode_alarm_events, encode_batch, encode_statistics
+from gateway.payload import encode_active_alarms, encode_alarm_events, encode_batch, encode_drops, encode_statistics
 from gateway.processing import Output, Processor
 from gateway.topics import Topics
 
 ALARM_PRIORITY = 10  # buffer priority of alarm events; readings and statistics have 0
+DROPS_PRIORITY = 20  # the announcement of what the buffer dropped: first out, never dropped itself
+DROPS_PER_MESSAGE = 500
+_UNTOLD = "untold"  # the buffer's dropping episode, before the first look
 _T = TypeVar("_T")
 
 
@@ -48,10 +51,17 @@ class Pipeline:
         self._idle.set()
         self.entries_committed = 0  # readings, statistics and alarm events: each took one seq number
         self._clock = clock
+        self._dropping: str | None = _UNTOLD
+        self._announcing: set[int] = set()  # drops (by first_seq) in an announcement not yet committed
         self._gateway_alarms = gateway_alarms if gateway_alarms is not None else GatewayAlarms(None)
         if clock is not None:
             clock.on_state.append(self._clock_state_changed)
             clock.on_jump.append(self._clock_jumped)
+
+    @property
+    def buffer_dropping(self) -> str | None:
+        """Why the buffer is dropping readings now (None when it is not)."""
+        return self._buffer.dropping
 
     def submit(self, device_id: str, samples: Sequence[Sample], receive_time_ms: int) -> None:
         self._look_for_jump()
@@ -76,6 +86,7 @@ class Pipeline:
         self._look_for_jump()
         if self._processor is not None:
             self._enqueue_output(self._processor.tick())
+        self._follow_buffer()
 
     async def run_clock(self, interval: float = 1.0) -> None:
         """Call `tick` every `interval` seconds until cancelled (a timer, not a synchronisation)."""
@@ -109,6 +120,25 @@ class Pipeline:
         if self._on_active_alarms is not None:
             body = encode_active_alarms(self._gateway_id, None, self._gateway_alarms.active(), now_ms())
             self._on_active_alarms(self._topics.gateway_active_alarms(), body)
+
+    # -- the buffer's drops ----------------------------------------------------------------------------------
+
+    def _follow_buffer(self) -> None:
+        """Raise or clear buffer-full with the buffer's episode of dropping, and announce what it dropped (once a
+        second at most: on a disk too full even for the announcement, it is tried again, not in a loop)."""
+        dropping = self._buffer.dropping
+        if dropping != self._dropping:
+            self._dropping = dropping
+            self.set_gateway_alarm(BUFFER_FULL, dropping is not None,
+                                   f"the buffer drops its oldest readings ({dropping}); each range is announced "
+                                   f"on {self._topics.gateway_dropped()}" if dropping else "")
+        fresh = [d for d in self._buffer.unannounced if d.first_seq not in self._announcing]
+        for start in range(0, len(fresh), DROPS_PER_MESSAGE):
+            drops = fresh[start:start + DROPS_PER_MESSAGE]
+            announces = tuple(d.first_seq for d in drops)
+            self._announcing.update(announces)
+            self._queue(Message(self._topics.gateway_dropped(), encode_drops(self._gateway_id, drops, now_ms()),
+                                DROPS_PRIORITY, created_ms=now_ms(), announces=announces))
 
     # -- the clock -------------------------------------------------------------------------------------------
 
@@ -183,7 +213,9 @@ class Pipeline:
         batch, self._pending = self._pending, []
         if batch:
             await self._buffer.commit(batch)
-            self.entries_committed += sum(m.last_seq - m.first_seq + 1 for m in batch)
+            self.entries_committed += sum(m.entries for m in batch)
+            # Told or not (a disk too full even for that), they are the buffer's to list again.
+            self._announcing.difference_update(first for m in batch for first in m.announces)
         if not self._pending:
             self._idle.set()
 

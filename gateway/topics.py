@@ -47,5 +47,8 @@ class Topics:
     def gateway_active_alarms(self) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/active-alarms"
 
+    def gateway_dropped(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/dropped"
+
     def device_status(self, device_id: str) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/device/{device_id}/status"

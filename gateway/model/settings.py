@@ -72,8 +72,12 @@ class MqttSettings(StrictModel):
 
 class BufferSettings(StrictModel):
     path: Path | None = Field(None, description="SQLite file; defaults to <state_dir>/buffer.sqlite.")
-    max_bytes: PositiveInt = Field(256 * 1024 * 1024,
-                                   description="Past this size the oldest readings are dropped (and counted).")
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024,
+                           description="What the buffer may take on disk (SQLite's pages in use and its WAL); past "
+                                       "it the oldest readings are dropped, counted and announced.")
+    free_share: float = Field(0.5, gt=0, le=1,
+                              description="And no more than this share of the space free on the buffer's filesystem "
+                                          "(counting what the buffer already holds).")
     synchronous: Literal["full", "normal"] = Field(
         "full", description="full: every poll result survives a power cut; normal: fewer SD-card writes.")
 
