@@ -69,7 +69,7 @@ def _main(argv: Sequence[str] | None) -> int:
 # -- commands ----------------------------------------------------------------------------------------------
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, check_files=True)
     from gateway.app import links
 
     points = sum(len(d.points) for d in config.devices)
@@ -147,7 +147,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     print(f"  waiting:  {stats.messages} messages, {stats.readings} readings, {stats.bytes} bytes "
           f"(cap {config.main.buffer.max_bytes})")
     print(f"  oldest:   {oldest}")
-    print(f"  dropped:  {stats.dropped_messages} messages, {stats.dropped_readings} readings (size cap)")
+    print(f"  dropped:  {stats.dropped_messages} messages, {stats.dropped_readings} readings (size cap and full disk)")
     print(f"  last seq: {stats.last_seq}")
     for status in read_registry(config.state_dir / "devices.json"):
         print(f"  device {status['device']}: {status['state']} since {format_time_ms(status['since'])}"
@@ -156,7 +156,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, check_files=True)
     if args.log_level is None:
         logging.getLogger().setLevel(config.main.gateway.log_level.value.upper())
     return asyncio.run(_run(config))

@@ -24,7 +24,7 @@ CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "expected.txt").exis
 
 def errors_of(case: Path) -> str:
     try:
-        load_config(case / "gateway.yaml", environ={})
+        load_config(case / "gateway.yaml", environ={}, check_files=True)  # as `check` does
     except ConfigError as exc:
         return str(exc)
     return ""
