@@ -68,9 +68,20 @@ def _main(argv: Sequence[str] | None) -> int:
 
 # -- commands ----------------------------------------------------------------------------------------------
 
+# The gateway ids of the shipped example configurations (not the demo's, which runs on its own broker): two
+# boxes with one client id throw each other off the broker, each reconnect taking the other's session.
+EXAMPLE_IDS = frozenset({"gw-north-01", "gas-north-gw1", "gw-serial-example", "gw-change-me"})
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config, check_files=True)
     from gateway.app import links
+
+    client_id = config.main.mqtt.client_id or config.main.gateway.id
+    if client_id in EXAMPLE_IDS:
+        print(f"warning: {args.config}: the MQTT client id {client_id!r} is a shipped example's; every box needs "
+              "its own (gateway.id, or mqtt.client_id), or gateways that share it throw each other off the "
+              "broker", file=sys.stderr)
 
     points = sum(len(d.points) for d in config.devices)
     print(f"{args.config}: valid — {len(config.devices)} devices on {len(links(config.devices))} links, "

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from drivers.registry import protocols
+from gateway.cli import EXAMPLE_IDS
 
 CONFIG = Path(__file__).parent.parent / "config"
 CATALOGUE = Path(__file__).parent / "config_cases" / "common" / "catalogue.yaml"
@@ -28,6 +31,15 @@ def test_a_protocol_whose_library_is_missing_is_a_located_error_at_check() -> No
         in result.stderr
     assert "pip install 'municipal-gateway[opcua]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_warns_when_the_client_id_is_a_shipped_examples() -> None:
+    shipped = {yaml.safe_load(f.read_text())["gateway"]["id"]
+               for f in [*CONFIG.glob("*.yaml"), *CONFIG.glob("*-example/gateway.yaml"),
+                         CONFIG.parent / "debian" / "gateway.yaml"] if f.name == "gateway.yaml"}
+    assert shipped == EXAMPLE_IDS, "the list follows the examples"
+    result = run("check", str(CONFIG / "serial-example" / "gateway.yaml"))
+    assert "the MQTT client id 'gw-serial-example' is a shipped example's" in result.stderr, result.stderr
 
 
 def test_schema_describes_every_protocol() -> None:

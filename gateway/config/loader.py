@@ -26,7 +26,14 @@ import drivers
 from drivers.registry import Protocol, ProtocolUnavailable, protocols
 from gateway.config.errors import ConfigError, ConfigIssue, Location, format_path, suggest
 from gateway.config.resolve import Resolver
-from gateway.config.yamlsource import LocatedDict, LocatedList, YamlLoadError, load_yaml, located_dict
+from gateway.config.yamlsource import (
+    FromEnvironment,
+    LocatedDict,
+    LocatedList,
+    YamlLoadError,
+    load_yaml,
+    located_dict,
+)
 from gateway.model.catalogue import Catalogue
 from gateway.model.devices import DeviceBase
 from gateway.model.resolved import ResolvedAsset, ResolvedDevice
@@ -363,8 +370,11 @@ def _issue_from_pydantic(model: type[BaseModel], raw: LocatedDict, error: Any,
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if message.startswith("Input should be "):
             message = "expected " + message.removeprefix("Input should be ")
-        if not isinstance(error.get("input"), Mapping) and not any(s in path for s in _SECRET_KEYS):
-            message += f"; found {_show(error.get('input'))}"
+        found = error.get("input")
+        if isinstance(found, FromEnvironment):
+            message += f"; found {found.hidden()}"
+        elif not isinstance(found, Mapping) and not any(s in path for s in _SECRET_KEYS):
+            message += f"; found {_show(found)}"
     return ConfigIssue(location, path, message)
 
 
