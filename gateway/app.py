@@ -40,6 +40,7 @@ from gateway.statedir import StateLock
 from gateway.systemd import notify
 from gateway.tasks import cancel_requests, restore_cancel_requests
 from gateway.topics import Topics
+from gateway.watchdog import Check, Watchdog, watchdog_interval
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class Gateway:
         self.publisher: Publisher | None = None
         self._registry: DeviceRegistry | None = None
         self._drivers: dict[str, Driver[Any]] = {}  # by device id
+        self.watchdog: Watchdog | None = None  # when systemd watches us (WatchdogSec=)
         probe = system_clock_state if config.main.clock.source == "system" else assumed_clock_state
         self.clock = clock if clock is not None else ClockWatch(probe)
 
@@ -105,6 +107,7 @@ class Gateway:
                 self._drivers.update((device.id, driver) for device in devices)
                 self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status))
             log.info("gateway %s starting: %d devices on %d links", self.gateway_id, len(mappers), len(self.runners))
+            self.watchdog = _watchdog(buffer, self.pipeline)
             await self._run_parts(stop, self.publisher, self.pipeline)
             log.info("gateway %s stopped", self.gateway_id)
 
@@ -129,6 +132,8 @@ class Gateway:
                 sources.create_task(pipeline.run_clock(), name="processing-clock")
                 sources.create_task(self._report_health(), name="device-health")
                 sources.create_task(self.clock.run(self.config.main.clock.check_interval), name="clock")
+                if self.watchdog is not None:
+                    sources.create_task(self.watchdog.run(), name="watchdog")
                 for runner in self.runners:
                     sources.create_task(runner.run(), name=f"link {runner.name}")
                 notify("READY=1")
@@ -171,6 +176,15 @@ class Gateway:
             for runner in self.runners:
                 for status in runner.statuses:
                     self._publish_status(status)
+
+
+def _watchdog(buffer: Buffer, pipeline: Pipeline) -> Watchdog | None:
+    interval = watchdog_interval()
+    if interval is None:
+        return None
+    within_ms = int(interval * 1000)
+    return Watchdog(interval, [Check("the buffer's SQLite thread", buffer.answers),
+                               Check("the pipeline", lambda: pipeline.making_progress(within_ms))])
 
 
 async def _raise_when_set(stop: asyncio.Event) -> None:

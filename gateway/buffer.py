@@ -236,6 +236,11 @@ class Buffer:
         (level,) = await self._run(lambda: self._db.execute("PRAGMA synchronous").fetchone())
         return {0: "off", 1: "normal", 2: "full", 3: "extra"}[int(level)]
 
+    async def answers(self) -> bool:
+        """True once the buffer's thread has run a no-op job: it is not stuck in SQLite (for the watchdog)."""
+        await self._run(lambda: None)
+        return True
+
     async def stats(self) -> BufferStats:
         stats = await self._run(_read_stats, self._db)
         cap = await self._run(self._space.cap)

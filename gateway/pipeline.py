@@ -50,6 +50,7 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self.entries_committed = 0  # readings, statistics and alarm events: each took one seq number
+        self._last_commit_ms = now_ms()
         self._clock = clock
         self._dropping: str | None = _UNTOLD
         self._announcing: set[int] = set()  # drops (by first_seq) in an announcement not yet committed
@@ -57,6 +58,10 @@ class Pipeline:
         if clock is not None:
             clock.on_state.append(self._clock_state_changed)
             clock.on_jump.append(self._clock_jumped)
+
+    async def making_progress(self, within_ms: int) -> bool:
+        """Idle, or committed something in the last `within_ms` (for the watchdog)."""
+        return self._idle.is_set() or now_ms() - self._last_commit_ms <= within_ms
 
     @property
     def buffer_dropping(self) -> str | None:
@@ -213,6 +218,7 @@ class Pipeline:
         batch, self._pending = self._pending, []
         if batch:
             await self._buffer.commit(batch)
+            self._last_commit_ms = now_ms()
             self.entries_committed += sum(m.entries for m in batch)
             # Told or not (a disk too full even for that), they are the buffer's to list again.
             self._announcing.difference_update(first for m in batch for first in m.announces)
