@@ -22,6 +22,7 @@ from drivers.registry import ProtocolUnavailable
 from gateway import __version__
 from gateway.config.errors import ConfigError
 from gateway.config.loader import GatewayConfig, load_config
+from gateway.logs import setup_logging
 from gateway.statedir import StateDirInUse
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -48,7 +49,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except SystemExit as done:  # --help, --version or a usage error: flushed under main's watch
         sys.stdout.flush()
         return done.code if isinstance(done.code, int) else EXIT_CONFIG
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     command: Callable[[argparse.Namespace], int] = args.command
     os.umask(os.umask(0o077) | 0o077)  # whatever the caller's umask: what we create is ours alone
     try:
@@ -354,17 +355,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--embedded-broker", action="store_true",
                       help="use the embedded Python broker even when mosquitto is installed")
     return parser
-
-
-def _setup_logging(level: str | None) -> None:
-    # journald adds its own timestamps; a terminal gets them from us.
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty() else \
-        "%(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=(level or "info").upper(), format=fmt, stream=sys.stderr)
-    for noisy in ("pymodbus", "asyncua", "amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if (level or "info") != "debug" else logging.INFO)
-    # asyncua logs a traceback at ERROR when a server vanishes mid-publish; our driver reports it once, clearly.
-    logging.getLogger("asyncua.client.ua_session").setLevel(logging.CRITICAL)
 
 
 def _print_config_error(exc: ConfigError) -> None:

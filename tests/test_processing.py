@@ -409,7 +409,7 @@ def test_alarm_rules_are_validated() -> None:
         Processing.model_validate({"alarms": [{"level": "high", "limit": 40}, {"level": "high-high", "limit": 20}]})
     with pytest.raises(ValidationError, match=r"the low limit \(50\) is not below the high limit \(40\)"):
         Processing.model_validate({"alarms": [{"level": "high", "limit": 40}, {"level": "low", "limit": 50}]})
-    with pytest.raises(ValidationError, match="the low-low limit .* is not below the high limit"):
+    with pytest.raises(ValidationError, match=r"the low-low limit .* is not below the high limit"):
         Processing.model_validate({"alarms": [{"level": "high", "limit": 40}, {"level": "low-low", "limit": 40}]})
     Processing.model_validate({"alarms": [{"level": "low-low", "limit": 10}, {"level": "low", "limit": 10},
                                           {"level": "high", "limit": 40}, {"level": "high-high", "limit": 40}]})
