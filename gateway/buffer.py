@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -85,12 +86,16 @@ class BufferStats:
 
 class Buffer:
     def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor,
-                 max_bytes: int, size: int, last_seq: int) -> None:
+                 max_bytes: int, depth: BufferStats) -> None:
         self._db = connection
         self._executor = executor
         self._max_bytes = max_bytes
-        self._size = size
-        self._next_seq = last_seq + 1
+        self._size = depth.bytes
+        self._next_seq = depth.last_seq + 1
+        # What waits, kept in step with every commit, drop and acknowledgement (on the buffer thread), so
+        # depth() costs no table scan: a status page asks every second, and a full buffer has a million rows.
+        self._depth = _Depth(depth.messages, depth.readings, depth.dropped_messages, depth.dropped_readings,
+                             depth.last_seq)
         # Set by every commit (and at open when rows are waiting): the publisher waits on it.
         self.new_data = asyncio.Event()
 
@@ -100,22 +105,19 @@ class Buffer:
         private_file(path)  # SQLite gives its -wal and -shm files the database file's mode
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
 
-        def connect() -> tuple[sqlite3.Connection, int, int]:
+        def connect() -> tuple[sqlite3.Connection, BufferStats]:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             db.executescript(_SCHEMA)
-            size = db.execute(
-                f"SELECT COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) FROM messages"
-            ).fetchone()[0]
-            last_seq = max(_counter(db, "last_seq"), db.execute(
-                "SELECT COALESCE(MAX(last_seq), 0) FROM messages").fetchone()[0])
-            return db, int(size), int(last_seq)
+            stats = _read_stats(db)
+            last_seq = max(stats.last_seq, db.execute("SELECT COALESCE(MAX(last_seq), 0) FROM messages").fetchone()[0])
+            return db, dataclasses.replace(stats, last_seq=int(last_seq))
 
         loop = asyncio.get_running_loop()
-        db, size, last_seq = await loop.run_in_executor(executor, connect)
-        buffer = cls(db, executor, max_bytes, size, last_seq)
-        if size:
+        db, depth = await loop.run_in_executor(executor, connect)
+        buffer = cls(db, executor, max_bytes, depth)
+        if depth.bytes:
             buffer.new_data.set()
         return buffer
 
@@ -160,6 +162,14 @@ class Buffer:
     async def stats(self) -> BufferStats:
         return await self._run(_read_stats, self._db)
 
+    async def depth(self) -> BufferStats:
+        """The same figures as stats() without scanning the table: the counts are kept as rows come and go,
+        and the oldest waiting row is one lookup by id."""
+        oldest = await self._run(self._oldest_created_ms)
+        depth = self._depth
+        return BufferStats(depth.messages, depth.readings, self._size, oldest, depth.dropped_messages,
+                           depth.dropped_readings, depth.last_seq)
+
     async def close(self) -> None:
         await self._run(self._db.close)
         self._executor.shutdown(wait=True)
@@ -189,17 +199,25 @@ class Buffer:
                 "INSERT INTO messages (priority, topic, body, first_seq, last_seq, created_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?)", rows)
             self._db.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = 'last_seq'", (last_seq,))
-            freed = self._drop_oldest(self._size + added - self._max_bytes)
-        self._size += added - freed  # only once the transaction has committed
+            dropped = self._drop_oldest(self._size + added - self._max_bytes)
+        # Only once the transaction has committed:
+        self._size += added - dropped.bytes
+        depth = self._depth
+        depth.messages += len(rows) - dropped.messages
+        depth.readings += sum(m.last_seq - m.first_seq + 1 for m in messages) - dropped.readings
+        depth.dropped_messages += dropped.messages
+        depth.dropped_readings += dropped.readings
+        depth.last_seq = max(depth.last_seq, last_seq)
 
-    def _drop_oldest(self, excess: int) -> int:
-        """Delete the oldest messages of the lowest priority until `excess` bytes are freed; return bytes freed.
+    def _drop_oldest(self, excess: int) -> _Depth:
+        """Delete the oldest messages of the lowest priority until `excess` bytes are freed; return what was
+        dropped (its `bytes` are the bytes freed).
 
         Walks one priority at a time in id order, which the index serves directly, and stops
         as soon as enough is freed, so a full buffer does not sort its whole table on every commit.
         """
         if excess <= 0:
-            return 0
+            return _Depth()
         dropped_ids: list[tuple[int]] = []
         freed = readings = 0
         priorities = [row[0] for row in self._db.execute("SELECT DISTINCT priority FROM messages ORDER BY priority")]
@@ -219,7 +237,7 @@ class Buffer:
         self._db.executemany("DELETE FROM messages WHERE id = ?", dropped_ids)
         self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped_messages'", (len(dropped_ids),))
         self._db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped_readings'", (readings,))
-        return freed
+        return _Depth(len(dropped_ids), readings, bytes=freed)
 
     def _fetch(self, limit: int, exclude: tuple[int, ...], live_after: int) -> list[StoredMessage]:
         # Rows in flight are skipped in Python rather than with NOT IN, so each query stays a plain index scan.
@@ -241,15 +259,36 @@ class Buffer:
         return found
 
     def _ack(self, ids: tuple[int, ...]) -> None:
-        freed = 0
+        freed = messages = readings = 0
         with _transaction(self._db):
             for chunk in _chunks(ids, 500):
                 marks = ",".join("?" * len(chunk))
-                freed += self._db.execute(
-                    f"SELECT COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) "
-                    f"FROM messages WHERE id IN ({marks})", chunk).fetchone()[0]
+                # Rows the size cap dropped meanwhile are not found, and so not counted twice.
+                size, count, entries = self._db.execute(
+                    f"SELECT COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0), COUNT(*), "
+                    f"COALESCE(SUM(last_seq - first_seq + 1), 0) FROM messages WHERE id IN ({marks})",
+                    chunk).fetchone()
+                freed, messages, readings = freed + size, messages + count, readings + entries
                 self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
         self._size -= freed
+        self._depth.messages -= messages
+        self._depth.readings -= readings
+
+    def _oldest_created_ms(self) -> int | None:
+        row = self._db.execute("SELECT created_ms FROM messages ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else int(row[0])
+
+
+@dataclass(slots=True)
+class _Depth:
+    """Counts of what waits in the buffer and what the cap dropped (or, from _drop_oldest, of one drop)."""
+
+    messages: int = 0
+    readings: int = 0
+    dropped_messages: int = 0
+    dropped_readings: int = 0
+    last_seq: int = 0
+    bytes: int = 0
 
 
 @contextlib.contextmanager
