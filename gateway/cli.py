@@ -71,7 +71,12 @@ def _main(argv: Sequence[str] | None) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from gateway.app import links
+    from gateway.config.listener import check_status_listener
 
+    # What only trying shows (the status listener's address, its password file), located like the rest.
+    issues = check_status_listener(config)
+    if issues:
+        raise ConfigError(issues)
     points = sum(len(d.points) for d in config.devices)
     print(f"{args.config}: valid — {len(config.devices)} devices on {len(links(config.devices))} links, "
           f"{points} points, {len(config.catalogue.indicators)} indicators in the catalogue")
