@@ -34,8 +34,11 @@ from gateway.payload import encode_asset_description, encode_json
 from gateway.pipeline import Pipeline
 from gateway.processing import Processor
 from gateway.publisher import Publisher
+from gateway.report import GatewayReport, LatestReadings
 from gateway.state import DeviceRegistry
 from gateway.statedir import StateLock
+from gateway.status.listener import StatusListener
+from gateway.status.process import LoopLag
 from gateway.systemd import notify
 from gateway.tasks import cancel_requests, restore_cancel_requests
 from gateway.topics import Topics
@@ -77,6 +80,8 @@ class Gateway:
         self._drivers: dict[str, Driver[Any]] = {}  # by device id
         probe = system_clock_state if config.main.clock.source == "system" else assumed_clock_state
         self.clock = clock if clock is not None else ClockWatch(probe)
+        self.report: GatewayReport | None = None  # what the status listener and the MQTT gateway status show
+        self._loop_lag = LoopLag()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raise if any part fails unexpectedly."""
@@ -92,8 +97,9 @@ class Gateway:
             mappers = {d.id: DeviceMapper(d) for d in config.enabled_devices}
             self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
             processor = Processor(config.assets, alarm_file=config.state_dir / ALARM_FILE)
+            readings = LatestReadings(keep=config.main.status.enabled)
             self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
-                                     on_active_alarms=self.publisher.set_retained)
+                                     on_active_alarms=self.publisher.set_retained, on_readings=readings.observe)
             self._announce_assets()
             self.pipeline.announce_alarm_states()
             context = LinkContext(state_dir=config.state_dir)
@@ -101,6 +107,9 @@ class Gateway:
                 driver = make_driver(devices, context)
                 self._drivers.update((device.id, driver) for device in devices)
                 self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status))
+            self.report = GatewayReport(self.gateway_id, config.main.gateway.name, config.main.buffer.max_bytes,
+                                        self.publisher, buffer, processor, self._statuses, self._drivers, readings,
+                                        self._loop_lag, self.clock)
             log.info("gateway %s starting: %d devices on %d links", self.gateway_id, len(mappers), len(self.runners))
             await self._run_parts(stop, self.publisher, self.pipeline)
             log.info("gateway %s stopped", self.gateway_id)
@@ -126,9 +135,16 @@ class Gateway:
                 sources.create_task(pipeline.run_clock(), name="processing-clock")
                 sources.create_task(self._report_health(), name="device-health")
                 sources.create_task(self.clock.run(self.config.main.clock.check_interval), name="clock")
+                sources.create_task(self._loop_lag.run(), name="event-loop-lag")
+                if self.config.main.status.enabled:
+                    assert self.report is not None
+                    sources.create_task(StatusListener(self.config.main.status, self.report).run(),
+                                        name="status-listener")
                 for runner in self.runners:
                     sources.create_task(runner.run(), name=f"link {runner.name}")
                 notify("READY=1")
+                if self.report is not None:
+                    self.report.running = True
         except* _StopRequested:
             restore_cancel_requests(cancel_requests_before)
 
@@ -161,12 +177,25 @@ class Gateway:
         self.publisher.set_retained(self.topics.device_status(device.id), encode_json(document))
         return document
 
+    def _statuses(self) -> Iterator[DeviceStatus[Any]]:
+        for runner in self.runners:
+            yield from runner.statuses
+
     async def _report_health(self) -> None:
-        """Refresh every device's retained status now and then, so its counters stay current."""
+        """Refresh the retained gateway status's figures (buffer, process, clock) at once and every
+        HEALTH_INTERVAL, and every device's retained status then too, so their counters stay current. A change
+        of the clock's synchronisation is told at once."""
+        assert self.publisher is not None and self.report is not None
+        clock_changed = asyncio.Event()
+        self.clock.on_state.append(lambda _state: clock_changed.set())
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL)
-            for runner in self.runners:
-                for status in runner.statuses:
+            self.publisher.update_status(await self.report.mqtt_health())
+            try:
+                async with asyncio.timeout(HEALTH_INTERVAL):
+                    await clock_changed.wait()
+                clock_changed.clear()
+            except TimeoutError:
+                for status in self._statuses():
                     self._publish_status(status)
 
 
