@@ -82,6 +82,7 @@ class Gateway:
         self.clock = clock if clock is not None else ClockWatch(probe)
         self.report: GatewayReport | None = None  # what the status listener and the MQTT gateway status show
         self._loop_lag = LoopLag()
+        self.status_listener = StatusListener(config.main.status) if config.main.status.enabled else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raise if any part fails unexpectedly."""
@@ -136,10 +137,9 @@ class Gateway:
                 sources.create_task(self._report_health(), name="device-health")
                 sources.create_task(self.clock.run(self.config.main.clock.check_interval), name="clock")
                 sources.create_task(self._loop_lag.run(), name="event-loop-lag")
-                if self.config.main.status.enabled:
+                if self.status_listener is not None:
                     assert self.report is not None
-                    sources.create_task(StatusListener(self.config.main.status, self.report).run(),
-                                        name="status-listener")
+                    sources.create_task(self.status_listener.run(self.report), name="status-listener")
                 for runner in self.runners:
                     sources.create_task(runner.run(), name=f"link {runner.name}")
                 notify("READY=1")

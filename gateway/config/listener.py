@@ -46,8 +46,10 @@ def _unreadable(path: Path) -> str | None:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        return f"expected a readable file holding the password; found {exc.strerror.lower() if exc.strerror else exc}"\
-               f": {path}"
+        found = exc.strerror.lower() if exc.strerror else str(exc)
+        fix = ("; create it, readable by the gateway's user only, or correct the path (relative to this file)"
+               if isinstance(exc, FileNotFoundError) else "")
+        return f"expected a readable file holding the password; found {found}: {path}{fix}"
     except UnicodeDecodeError:
         return f"expected a text file holding the password; found bytes that are not UTF-8: {path}"
     if not text.strip():

@@ -21,18 +21,19 @@ RETRY = 30.0  # seconds between attempts to start a listener that could not star
 
 
 class StatusListener:
-    def __init__(self, settings: StatusSettings, source: SnapshotSource) -> None:
+    def __init__(self, settings: StatusSettings) -> None:
         self._settings = settings
-        self._source = source
         self._last_problem: str | None = None
+        self.serving = asyncio.Event()  # set while the address is bound and requests are answered
 
     @property
     def address(self) -> str:
         host = self._settings.host
         return f"http://{f'[{host}]' if ':' in host else host}:{self._settings.port}/"
 
-    async def run(self) -> None:
-        """Serve until cancelled; returns only when aiohttp is missing. Never raises anything else."""
+    async def run(self, source: SnapshotSource) -> None:
+        """Serve `source`'s snapshots until cancelled; returns only when aiohttp is missing. Never raises
+        anything else."""
         try:
             from gateway.status.server import StatusServer
         except ImportError as exc:
@@ -41,7 +42,7 @@ class StatusListener:
         settings = self._settings
         while True:
             try:
-                server = StatusServer(settings.host, settings.port, self._source, settings.refresh,
+                server = StatusServer(settings.host, settings.port, source, settings.refresh,
                                       credentials(settings.auth))
                 await server.start()
             except OSError as exc:
@@ -51,11 +52,13 @@ class StatusListener:
                 continue
             log.info("status page on %s%s", self.address, " (basic authentication)" if settings.auth else "")
             self._last_problem = None
+            self.serving.set()
             try:
                 await server.serve()
             except Exception:
                 log.exception("status page failed; starting it again in %g s", RETRY)
             finally:
+                self.serving.clear()
                 await server.stop()
             await asyncio.sleep(RETRY)
 
