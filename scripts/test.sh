@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh Debian machine, then run it.
-# Installs mosquitto (the tests start their own brokers), openssl, python3-seccomp, systemd and chromium with
-# chromium-driver when missing.
+# Installs mosquitto (the tests start their own brokers), openssl, python3-seccomp, systemd, chromium with
+# chromium-driver, and tmux when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # The status page's browser test drives Debian's own Chromium (no browser download).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)  # watch is tried in a real 80x24 terminal
 if [ ${#need_apt[@]} -gt 0 ]; then
     sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
