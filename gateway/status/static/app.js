@@ -124,6 +124,7 @@ function drawProcess(s) {
     ["event-loop lag", (1000 * p.loop_lag_seconds).toFixed(0) + " ms (worst " +
       (1000 * p.loop_lag_max_seconds).toFixed(0) + " ms)"],
     ["readings made", count(s.readings_total)],
+    ["system clock", s.clock],
   ]);
 }
 
