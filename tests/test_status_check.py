@@ -14,9 +14,9 @@ from tests.brokers import free_port
 from tests.status_helpers import status_site
 
 
-def check(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "check", str(config)], capture_output=True,
-                          text=True, timeout=60)
+def check(config: Path, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    code = f"import sys\n{prelude}\nfrom gateway.cli import main\nsys.exit(main(['check', {str(config)!r}]))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
 
 
 def site(tmp_path: Path, port: int, **status: Any) -> Path:
@@ -65,3 +65,8 @@ def test_a_valid_listener_passes(tmp_path: Path) -> None:
     result = check(site(tmp_path, free_port(), auth={"username": "engineer", "password_file": str(secret)}))
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
+
+
+def test_a_listener_without_aiohttp_installed_is_a_located_error_naming_the_extra(tmp_path: Path) -> None:
+    line = located(check(site(tmp_path, free_port()), prelude="sys.modules['aiohttp'] = None"), "status.enabled")
+    assert "needs aiohttp, which is not installed" in line and "municipal-gateway[status]" in line
