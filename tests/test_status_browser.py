@@ -56,7 +56,8 @@ def browser() -> Iterator[Any]:
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      "--no-first-run", "--disable-extensions",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):  # nothing but this machine
         options.add_argument(argument)
     # A phone's screen (headless chromium's windows are never narrower than 500 px; emulation is).
     options.add_experimental_option("mobileEmulation", {"deviceMetrics": PHONE})
