@@ -24,6 +24,7 @@ from drivers.registry import make_driver
 from gateway.buffer import Buffer
 from gateway.clock import ClockWatch, assumed_clock_state, system_clock_state
 from gateway.config.loader import GatewayConfig
+from gateway.gateway_alarms import GatewayAlarms
 from gateway.links import DeviceStatus, LinkRunner
 from gateway.mapping import DeviceMapper
 from gateway.model.devices import DeviceBase
@@ -49,8 +50,9 @@ log = logging.getLogger(__name__)
 HEALTH_INTERVAL = 60.0
 # Seconds a stopping gateway waits for the broker to acknowledge what is still buffered.
 FLUSH_LIMIT = 5.0
-# The active alarms, kept across restarts (in the state directory).
+# The active alarms of the assets and of the gateway itself, kept across restarts (in the state directory).
 ALARM_FILE = "active-alarms.json"
+GATEWAY_ALARM_FILE = "gateway-alarms.json"
 
 
 def links(devices: Sequence[ResolvedDevice[DeviceBase]]) -> dict[str, list[DeviceBase]]:
@@ -100,7 +102,9 @@ class Gateway:
             processor = Processor(config.assets, alarm_file=config.state_dir / ALARM_FILE)
             readings = LatestReadings(keep=config.main.status.enabled)
             self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
-                                     on_active_alarms=self.publisher.set_retained, on_readings=readings.observe)
+                                     on_active_alarms=self.publisher.set_retained, clock=self.clock,
+                                     gateway_alarms=GatewayAlarms(config.state_dir / GATEWAY_ALARM_FILE),
+                                     on_readings=readings.observe)
             self._announce_assets()
             self.pipeline.announce_alarm_states()
             context = LinkContext(state_dir=config.state_dir)

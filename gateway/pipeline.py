@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from gateway.buffer import Buffer, Message
+from gateway.clock import ClockState, ClockWatch, Jump
+from gateway.gateway_alarms import CLOCK_JUMPED, CLOCK_UNSYNCHRONISED, GatewayAlarmEvent, GatewayAlarms
 from gateway.mapping import DeviceMapper
 from gateway.model.readings import AssetRef, Reading, Sample, now_ms
 from gateway.payload import encode_active_alarms, encode_alarm_events, encode_batch, encode_statistics
@@ -31,9 +33,12 @@ class Pipeline:
     def __init__(self, gateway_id: str, topics: Topics, mappers: dict[str, DeviceMapper], buffer: Buffer,
                  processor: Processor | None = None,
                  on_active_alarms: Callable[[str, bytes], None] | None = None,
+                 clock: ClockWatch | None = None, gateway_alarms: GatewayAlarms | None = None,
                  on_readings: Callable[[Sequence[Reading]], None] | None = None) -> None:
-        """`on_active_alarms(topic, body)` publishes an asset's retained active-alarm state; `on_readings` sees
-        every reading as mapped (before report by exception holds any back) and every derived one."""
+        """`on_active_alarms(topic, body)` publishes an asset's (or the gateway's) retained active-alarm state;
+        `clock`: readings' time is flagged uncertain while it is, and its jumps reach the processor before
+        the time after them is used; `gateway_alarms`: the gateway's own alarms (None: none kept); `on_readings`
+        sees every reading as mapped (before report by exception holds any back) and every derived one."""
         self._gateway_id = gateway_id
         self._topics = topics
         self._mappers = mappers
@@ -46,8 +51,14 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self.entries_committed = 0  # readings, statistics and alarm events: each took one seq number
+        self._clock = clock
+        self._gateway_alarms = gateway_alarms if gateway_alarms is not None else GatewayAlarms(None)
+        if clock is not None:
+            clock.on_state.append(self._clock_state_changed)
+            clock.on_jump.append(self._clock_jumped)
 
     def submit(self, device_id: str, samples: Sequence[Sample], receive_time_ms: int) -> None:
+        self._look_for_jump()
         mapper = self._mappers[device_id]
         readings = mapper.readings(samples, receive_time_ms)
         self._observe(readings)
@@ -57,6 +68,7 @@ class Pipeline:
             self._enqueue_output(self._processor.process(device_id, readings))
 
     def submit_failure(self, device_id: str, reason: str, receive_time_ms: int) -> None:
+        self._look_for_jump()
         mapper = self._mappers[device_id]
         readings = mapper.failed(reason, receive_time_ms)
         self._observe(readings)
@@ -67,6 +79,7 @@ class Pipeline:
 
     def tick(self) -> None:
         """Let the processor close windows and run out alarm delays; called about once a second."""
+        self._look_for_jump()
         if self._processor is not None:
             self._enqueue_output(self._processor.tick())
 
@@ -83,6 +96,46 @@ class Pipeline:
             self._enqueue_output(self._processor.restart_events())
             for asset in self._processor.alarm_assets():
                 self._announce_alarm_state(asset)
+        self._announce_gateway_alarms()
+
+    def set_gateway_alarm(self, alarm: str, active: bool, message: str = "") -> None:
+        """Raise or clear one of the gateway's own alarms (an event only when it changes)."""
+        event = self._gateway_alarms.update(alarm, active, now_ms(), message)
+        if event is not None:
+            self._enqueue_gateway_events([event])
+
+    def _enqueue_gateway_events(self, events: list[GatewayAlarmEvent]) -> None:
+        first_seq = self._buffer.allocate_sequence(len(events))
+        body = encode_alarm_events(self._gateway_id, None, events, first_seq, self._time_uncertain)
+        self._queue(Message(self._topics.gateway_alarm(), body, ALARM_PRIORITY, first_seq,
+                            first_seq + len(events) - 1, now_ms()))
+        self._announce_gateway_alarms()
+
+    def _announce_gateway_alarms(self) -> None:
+        if self._on_active_alarms is not None:
+            body = encode_active_alarms(self._gateway_id, None, self._gateway_alarms.active(), now_ms())
+            self._on_active_alarms(self._topics.gateway_active_alarms(), body)
+
+    # -- the clock -------------------------------------------------------------------------------------------
+
+    @property
+    def _time_uncertain(self) -> bool:
+        return self._clock is not None and self._clock.uncertain
+
+    def _look_for_jump(self) -> None:
+        if self._clock is not None:
+            self._clock.jumped()  # calls _clock_jumped first when it did
+
+    def _clock_state_changed(self, state: ClockState) -> None:
+        self.set_gateway_alarm(CLOCK_UNSYNCHRONISED, state is ClockState.UNSYNCHRONISED,
+                               "the system clock is not synchronised: readings are flagged time_uncertain"
+                               if state is ClockState.UNSYNCHRONISED else "")
+
+    def _clock_jumped(self, jump: Jump) -> None:
+        if self._processor is not None:
+            self._enqueue_output(self._processor.clock_jumped(jump))
+        if jump.worth_a_warning:
+            self._enqueue_gateway_events([GatewayAlarms.occurred(CLOCK_JUMPED, jump.after_ms, jump.describe())])
 
     def _observe(self, readings: Sequence[Reading]) -> None:
         if self._on_readings is not None and readings:
@@ -93,7 +146,7 @@ class Pipeline:
         self._observe([r for r in output.readings if r.device == DERIVED_DEVICE])
         for asset, events in _by_asset(output.events, lambda e: e.asset).items():
             first_seq = self._buffer.allocate_sequence(len(events))
-            body = encode_alarm_events(self._gateway_id, asset, events, first_seq)
+            body = encode_alarm_events(self._gateway_id, asset, events, first_seq, self._time_uncertain)
             self._queue(Message(self._topics.alarm(asset), body, ALARM_PRIORITY, first_seq,
                                 first_seq + len(events) - 1, now_ms()))
             self._announce_alarm_state(asset)
@@ -103,7 +156,8 @@ class Pipeline:
             grouped = _by_asset(output.statistics, lambda pair: pair[0])
             for asset, pairs in grouped.items():
                 first_seq = self._buffer.allocate_sequence(len(pairs))
-                body = encode_statistics(self._gateway_id, asset, [w for _, w in pairs], first_seq)
+                body = encode_statistics(self._gateway_id, asset, [w for _, w in pairs], first_seq,
+                                         self._time_uncertain)
                 self._queue(Message(self._topics.stats(asset), body, 0, first_seq, first_seq + len(pairs) - 1,
                                     now_ms()))
 
@@ -117,7 +171,7 @@ class Pipeline:
         if not readings:
             return
         first_seq = self._buffer.allocate_sequence(len(readings))
-        body = encode_batch(self._gateway_id, asset, readings, first_seq)
+        body = encode_batch(self._gateway_id, asset, readings, first_seq, self._time_uncertain)
         self._queue(Message(self._topics.data(asset), body, 0, first_seq, first_seq + len(readings) - 1, now_ms()))
 
     def _queue(self, message: Message) -> None:
