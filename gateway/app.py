@@ -101,10 +101,10 @@ class Gateway:
             self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
             processor = Processor(config.assets, alarm_file=config.state_dir / ALARM_FILE)
             readings = LatestReadings(keep=config.main.status.enabled)
+            gateway_alarms = GatewayAlarms(config.state_dir / GATEWAY_ALARM_FILE)
             self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
                                      on_active_alarms=self.publisher.set_retained, clock=self.clock,
-                                     gateway_alarms=GatewayAlarms(config.state_dir / GATEWAY_ALARM_FILE),
-                                     on_readings=readings.observe)
+                                     gateway_alarms=gateway_alarms, on_readings=readings.observe)
             self._announce_assets()
             self.pipeline.announce_alarm_states()
             context = LinkContext(state_dir=config.state_dir)
@@ -114,7 +114,7 @@ class Gateway:
                 self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status))
             self.report = GatewayReport(self.gateway_id, config.main.gateway.name, config.main.buffer.max_bytes,
                                         self.publisher, buffer, processor, self._statuses, self._drivers, readings,
-                                        self._loop_lag, self.clock)
+                                        self._loop_lag, self.clock, gateway_alarms)
             log.info("gateway %s starting: %d devices on %d links", self.gateway_id, len(mappers), len(self.runners))
             await self._run_parts(stop, self.publisher, self.pipeline)
             log.info("gateway %s stopped", self.gateway_id)

@@ -15,6 +15,7 @@ from typing import Any
 from gateway import __version__
 from gateway.buffer import Buffer, BufferStats
 from gateway.clock import ClockWatch
+from gateway.gateway_alarms import GatewayAlarmEvent, GatewayAlarms
 from gateway.links import DeviceStatus
 from gateway.model.driver import Driver
 from gateway.model.readings import Reading, now_ms
@@ -55,7 +56,7 @@ class GatewayReport:
     def __init__(self, gateway_id: str, name: str, max_bytes: int, publisher: Publisher, buffer: Buffer,
                  processor: Processor, statuses: Callable[[], Iterable[DeviceStatus[Any]]],
                  drivers: Mapping[str, Driver[Any]], readings: LatestReadings, lag: LoopLag,
-                 clock: ClockWatch) -> None:
+                 clock: ClockWatch, gateway_alarms: GatewayAlarms) -> None:
         self._gateway_id = gateway_id
         self._name = name
         self._max_bytes = max_bytes
@@ -67,6 +68,7 @@ class GatewayReport:
         self._readings = readings
         self._lag = lag
         self._clock = clock
+        self._gateway_alarms = gateway_alarms
         self._cpu = CpuShare()
         self.running = False  # True between READY and STOPPING
         # Sections other parts add to the page (schedules, the audit log): each called for every snapshot.
@@ -125,8 +127,9 @@ class GatewayReport:
             counters=self._drivers[device.id].counters(device))
 
     def _alarm_rows(self) -> list[AlarmRow]:
-        return [_alarm_row(event) for asset in self._processor.alarm_assets()
-                for event in self._processor.active_alarms(asset.asset)]
+        own = [_gateway_alarm_row(event) for event in self._gateway_alarms.active()]
+        return own + [_alarm_row(event) for asset in self._processor.alarm_assets()
+                      for event in self._processor.active_alarms(asset.asset)]
 
 
 def _value_row(path: str, reading: Reading) -> ValueRow:
@@ -140,6 +143,12 @@ def _value_row(path: str, reading: Reading) -> ValueRow:
 def _alarm_row(event: AlarmEvent) -> AlarmRow:
     return AlarmRow(event.asset.path(), event.alarm, event.level, event.severity.value, event.time_ms, event.device,
                     event.indicator, event.value, event.limit, event.unit, event.message)
+
+
+def _gateway_alarm_row(event: GatewayAlarmEvent) -> AlarmRow:
+    """One of the gateway's own alarms (its clock, its buffer): no asset, device or value."""
+    return AlarmRow("gateway", event.alarm, "gateway", event.severity.value, event.time_ms, "", None, None, None,
+                    None, event.message)
 
 
 def _age_s(moment_ms: int | None, now: int) -> float | None:

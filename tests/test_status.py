@@ -3,6 +3,7 @@ aiohttp's client against the real listener on 127.0.0.1. Waits are on the listen
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -15,6 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from drivers.modbus.tables import Table
+from gateway.app import Gateway
+from gateway.clock import ClockState, ClockWatch
+from gateway.config.loader import load_config
 from simulators.modbus import ModbusSimulator
 from tests.brokers import Broker, free_port
 from tests.conftest import SubscriberFactory
@@ -158,6 +162,31 @@ async def test_the_retained_gateway_status_carries_the_gateways_health(
     assert status["clock"] in {"synchronised", "unsynchronised", "unknown", "assumed"}
     # The Last Will stays plain, and the clean stop says offline.
     assert json.loads(fleet.messages[-1].payload)["state"] == "offline"
+
+
+async def test_the_gateways_own_clock_alarm_and_clock_state_are_on_the_page_and_in_the_mqtt_status(
+        tmp_path: Path, broker: Broker, mqtt_subscriber: SubscriberFactory, plc: ModbusSimulator) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/"
+    fleet = await mqtt_subscriber(broker, "city/gateway/test-gw/status")
+    gateway = Gateway(load_config(status_site(tmp_path, broker.port, plc.port, port)),
+                      clock=ClockWatch(lambda: ClockState.UNSYNCHRONISED))  # a box without NTP
+    stop = asyncio.Event()
+    task = asyncio.create_task(gateway.run(stop))
+    try:
+        async with aiohttp.ClientSession() as web:
+            assert gateway.status_listener is not None
+            await gateway.status_listener.serving.wait()
+            seen = await until(web, base, lambda s: bool(s["alarms"]), "the clock alarm")
+        await fleet.wait_for(lambda m: any(json.loads(x.payload).get("clock") == "unsynchronised" for x in m),
+                             "the clock's state in the gateway status")
+    finally:
+        stop.set()
+        await task
+    assert seen["clock"] == "unsynchronised"
+    [alarm] = seen["alarms"]
+    assert (alarm["asset"], alarm["alarm"], alarm["severity"], alarm["device"]) == (
+        "gateway", "clock-unsynchronised", "warning", "")
 
 
 def basic(user: str, password: str) -> dict[str, str]:

@@ -81,7 +81,7 @@ class ValueRow:
 
 @dataclass(frozen=True, slots=True)
 class AlarmRow:
-    asset: str
+    asset: str  # domain/site/asset, or "gateway" for the gateway's own alarms (its clock, its buffer)
     alarm: str
     level: str
     severity: str

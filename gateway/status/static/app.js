@@ -140,7 +140,7 @@ function drawAlarms(s) {
       ? "warn" : "bad")));
     item.appendChild(document.createTextNode(" "));
     item.appendChild(element("span", a.alarm, "what"));
-    item.appendChild(element("div", a.asset + " · device " + a.device, "muted"));
+    item.appendChild(element("div", a.device ? a.asset + " · device " + a.device : "the gateway itself", "muted"));
     if (a.indicator) {
       item.appendChild(element("div", a.indicator + " " + shown(a.value) + " " + (a.unit || "") +
         (a.limit !== null ? " (limit " + shown(a.limit) + ")" : "")));
