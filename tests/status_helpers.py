@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from gateway.app import Gateway
 from tests.brokers import WAIT
 from tests.e2e import modbus_device, write_config
 
@@ -63,6 +64,13 @@ async def until(session: aiohttp.ClientSession, base: str, condition: Callable[[
     except TimeoutError:
         pass
     raise AssertionError(f"timed out waiting for {what}; last snapshot: {json.dumps(last)[:2000]}")
+
+
+async def serving(gateway: Gateway) -> None:
+    """Until the gateway's listener answers; a gateway that failed to start fails the test within WAIT."""
+    assert gateway.status_listener is not None
+    async with asyncio.timeout(WAIT):
+        await gateway.status_listener.serving.wait()
 
 
 def value_of(snapshot: dict[str, Any], indicator: str) -> Any:

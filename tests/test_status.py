@@ -23,7 +23,7 @@ from simulators.modbus import ModbusSimulator
 from tests.brokers import Broker, free_port
 from tests.conftest import SubscriberFactory
 from tests.e2e import running
-from tests.status_helpers import status_site, until, value_of
+from tests.status_helpers import serving, status_site, until, value_of
 
 
 @pytest.fixture
@@ -40,8 +40,7 @@ async def test_the_page_follows_live_values_and_alarms_and_metrics_and_health_te
     port = free_port()
     base = f"http://127.0.0.1:{port}/"
     async with running(status_site(tmp_path, broker.port, plc.port, port)) as gateway, aiohttp.ClientSession() as web:
-        assert gateway.status_listener is not None
-        await gateway.status_listener.serving.wait()
+        await serving(gateway)
 
         async with web.get(base) as page:
             assert page.status == 200 and page.content_type == "text/html"
@@ -106,8 +105,7 @@ async def test_bad_paths_and_methods_are_refused_and_nothing_writes(
     port = free_port()
     base = f"http://127.0.0.1:{port}/"
     async with running(status_site(tmp_path, broker.port, plc.port, port)) as gateway, aiohttp.ClientSession() as web:
-        assert gateway.status_listener is not None
-        await gateway.status_listener.serving.wait()
+        await serving(gateway)
         for path in ("nope", "static/../gateway.yaml", "static/missing.js", "static/index.html", "api", "metrics/x"):
             async with web.get(base + path) as reply:
                 assert reply.status == 404, path
@@ -129,8 +127,7 @@ async def test_basic_authentication_guards_everything_but_healthz(
     config = status_site(tmp_path, broker.port, plc.port, port,
                          auth={"username": "engineer", "password_file": str(secret)})
     async with running(config) as gateway, aiohttp.ClientSession() as web:
-        assert gateway.status_listener is not None
-        await gateway.status_listener.serving.wait()
+        await serving(gateway)
         for path in ("", "api/status", "metrics", "static/app.js", "api/events"):
             async with web.get(base + path) as reply:
                 assert reply.status == 401, path
@@ -175,8 +172,7 @@ async def test_the_gateways_own_clock_alarm_and_clock_state_are_on_the_page_and_
     task = asyncio.create_task(gateway.run(stop))
     try:
         async with aiohttp.ClientSession() as web:
-            assert gateway.status_listener is not None
-            await gateway.status_listener.serving.wait()
+            await serving(gateway)
             seen = await until(web, base, lambda s: bool(s["alarms"]), "the clock alarm")
         await fleet.wait_for(lambda m: any(json.loads(x.payload).get("clock") == "unsynchronised" for x in m),
                              "the clock's state in the gateway status")

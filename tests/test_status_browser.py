@@ -19,7 +19,7 @@ from drivers.modbus.tables import Table
 from simulators.modbus import ModbusSimulator
 from tests.brokers import WAIT, Broker, free_port
 from tests.e2e import running
-from tests.status_helpers import status_site
+from tests.status_helpers import serving, status_site
 
 ARTEFACTS = Path(__file__).parent / "artefacts"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -79,8 +79,7 @@ async def test_the_page_shows_a_live_value_change_and_the_alarm_it_raises(
     port = free_port()
     base = f"http://127.0.0.1:{port}/"
     async with running(status_site(tmp_path, broker.port, plc.port, port)) as gateway:
-        assert gateway.status_listener is not None
-        await gateway.status_listener.serving.wait()
+        await serving(gateway)
         await asyncio.to_thread(browser.get, base)
         await appears(browser, "#live", "live")
         await appears(browser, PRESSURE, "412")

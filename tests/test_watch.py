@@ -18,7 +18,7 @@ from gateway.status.watch import View, screen
 from simulators.modbus import ModbusSimulator
 from tests.brokers import Broker, eventually, free_port
 from tests.e2e import running
-from tests.status_helpers import status_site
+from tests.status_helpers import serving, status_site
 
 COMMAND = [sys.executable, "-m", "gateway.cli", "watch"]
 
@@ -44,8 +44,7 @@ async def test_watch_once_prints_the_filtered_values_with_unit_quality_source_ti
         tmp_path: Path, broker: Broker, plc: ModbusSimulator) -> None:
     config = status_site(tmp_path, broker.port, plc.port, free_port())
     async with running(config) as gateway:
-        assert gateway.status_listener is not None
-        await gateway.status_listener.serving.wait()
+        await serving(gateway)
 
         async def printed() -> str:
             code, out, err = await run(*COMMAND, str(config), "--once", "--indicator", "pressure")
@@ -114,8 +113,7 @@ async def test_the_live_view_in_an_80_by_24_terminal_follows_the_value_and_filte
         return text in await tmux("capture-pane", "-p", "-t", "watch")
 
     async with running(config) as gateway:
-        assert gateway.status_listener is not None
-        await gateway.status_listener.serving.wait()
+        await serving(gateway)
         command = " ".join([*COMMAND, str(config), "--refresh", "0.2"])
         await tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "watch", command)
         try:
