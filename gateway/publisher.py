@@ -62,6 +62,8 @@ def backoff_delay(failures: int, initial: float, maximum: float) -> float:
 @dataclass(slots=True)
 class PublisherStats:
     published: int = 0  # buffered messages handed to the broker, re-sends included
+    bytes_published: int = 0  # their payload bytes
+    entries_published: int = 0  # the readings, statistics and alarm events in them (each took one seq)
     acked: int = 0  # buffered messages the broker acknowledged
     reconnects: int = 0  # connections established after the first one
     connect_failures: int = 0
@@ -100,11 +102,35 @@ class Publisher:
         self._backlogged = False  # the last fetch filled the window, so more rows may be waiting
         self._last_problem: str | None = None
         self._ever_connected = False
+        self._health: dict[str, object] = {}  # figures the retained online status carries (update_status)
         self.stats = PublisherStats()
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def broker(self) -> str:
+        return self._where
+
+    @property
+    def connected_since_ms(self) -> int | None:
+        """When the current connection was established; None while not connected."""
+        link = self._link
+        return link.connected_at_ms if link is not None and link.is_up else None
+
+    @property
+    def problem(self) -> str | None:
+        """The last connection problem logged, until a connection succeeds."""
+        return self._last_problem
+
+    def update_status(self, health: dict[str, object]) -> None:
+        """Figures the retained online status carries from now on (buffer, process); published now if connected.
+        The Last Will stays a plain `offline`."""
+        self._health = health
+        link = self._link
+        if link is not None and link.is_up:
+            link.publish(self._status_topic, self._online_status(link), retain=True)
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -201,7 +227,7 @@ class Publisher:
         self._ever_connected = True
         self._last_problem = None
         log.info("Connected to MQTT broker %s as %s", self._where, self._client_id)
-        link.publish(self._status_topic, self._status("online", since=link.connected_at_ms), retain=True)
+        link.publish(self._status_topic, self._online_status(link), retain=True)
         for topic, body in self._described():
             link.publish(topic, body, retain=True)
         for topic, body in self._retained.items():
@@ -215,6 +241,9 @@ class Publisher:
             self._link = None
         log.warning("Lost connection to MQTT broker %s (%s); %d unacknowledged messages will be sent again",
                     self._where, link.down_reason, len(link.inflight))
+
+    def _online_status(self, link: _Link) -> bytes:
+        return self._status("online", since=link.connected_at_ms, **self._health)
 
     def _status(self, state: str, **fields: object) -> bytes:
         return json.dumps({"state": state, "gateway": self._gateway_id, **fields,
@@ -259,6 +288,8 @@ class Publisher:
         if mid is not None:
             link.inflight[mid] = row.id
             self.stats.published += 1
+            self.stats.bytes_published += len(body)
+            self.stats.entries_published += row.last_seq - row.first_seq + 1
 
     def _on_puback(self, link: _Link, mid: int) -> None:
         row_id = link.inflight.pop(mid, None)
