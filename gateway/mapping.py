@@ -25,22 +25,24 @@ class DeviceMapper:
         self.out_of_range = 0
 
     def readings(self, samples: Sequence[Sample], receive_time_ms: int) -> list[Reading]:
-        readings = []
+        # The hot path (every point of every poll): names bound once per batch rather than looked up per sample.
+        readings: list[Reading] = []
+        append, points, asset, device_id = readings.append, self.points, self.asset, self.device_id
+        isfinite = math.isfinite
         for sample in samples:
-            point = self.points.get(sample.point)
+            point = points.get(sample.point)
             if point is None:
                 continue  # a driver never reports unconfigured points; ignore rather than guess an indicator
             value, in_range = point.transform.convert(sample.value)
             quality, reason = sample.quality, sample.reason
-            if isinstance(value, float) and not math.isfinite(value):
+            if isinstance(value, float) and not isfinite(value):
                 value, quality, reason = None, Quality.BAD, Reason.DECODE_ERROR.value
             elif not in_range and quality is not Quality.BAD:
                 quality, reason = Quality.BAD, Reason.OUT_OF_RANGE.value
                 self.out_of_range += 1
             indicator = point.indicator
-            readings.append(Reading(
-                self.asset, indicator.id, value, indicator.unit, indicator.unit_code, quality, reason,
-                sample.source_time_ms or receive_time_ms, receive_time_ms, self.device_id, sample.point))
+            append(Reading(asset, indicator.id, value, indicator.unit, indicator.unit_code, quality, reason,
+                           sample.source_time_ms or receive_time_ms, receive_time_ms, device_id, sample.point))
         return readings
 
     def failed(self, reason: str, receive_time_ms: int) -> list[Reading]:

@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import orjson
+
 from gateway import __version__
 from gateway.model.catalogue import Indicator
 from gateway.model.readings import AssetRef, Reading
@@ -28,6 +30,17 @@ HISTORICAL_PREFIX = b'{"historical":true,'
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
+def _fast(body: dict[str, object]) -> bytes:
+    """The reading batches, the hot path, through orjson: the same JSON as `_compact` but for the spelling of
+    some numbers (0.00001 rather than 1e-05: the same value). orjson writes NaN and infinity as null rather
+    than refusing them; readings cannot hold them (the mapping makes such a value a bad reading, reason
+    decode-error). An integer past 64 bits, which orjson cannot write, goes through the standard encoder."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return _compact(body).encode()
+
+
 def _entries_message(gateway_id: str, asset: AssetRef | None, key: str, entries: list[dict[str, object]],
                      time_uncertain: bool = False) -> bytes:
     """A buffered message: `{"historical":false,` first (see `mark_historical`), then `"time_uncertain":true`
@@ -40,7 +53,7 @@ def _entries_message(gateway_id: str, asset: AssetRef | None, key: str, entries:
     if asset is not None:
         body["asset"] = _asset(asset)
     body[key] = entries
-    return _compact(body).encode()
+    return _fast(body) if key == "readings" else _compact(body).encode()
 
 
 def encode_batch(gateway_id: str, asset: AssetRef, readings: Sequence[Reading], first_seq: int,

@@ -427,7 +427,9 @@ class UnitPoller:
 
     def _unreadable_news(self, device: ModbusDeviceBase) -> list[Sample]:
         """A bad `unreadable` sample for each unreadable point of `device` it has not reported yet."""
-        news = []
+        news: list[Sample] = []
+        if not self.knowledge.unreadable:
+            return news  # the usual case, on every poll: no point of the unit is unreadable
         for point in device.points:
             key = point_key(point)
             if key in self.knowledge.unreadable and (device.id, key) not in self._reported:

@@ -8,6 +8,7 @@ indicator's canonical unit.
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Any, Self
 
 from pydantic import Field, PositiveInt, PrivateAttr, field_validator, model_validator
@@ -51,6 +52,12 @@ class AssetType(StrictModel):
     indicators: list[Id] = Field(default_factory=list)
 
 
+@functools.cache
+def _unit_code(unit: str) -> str:
+    """UN/CEFACT code of a canonical unit, looked up once: every reading carries it."""
+    return units.lookup(unit).code
+
+
 class Indicator(StrictModel):
     id: Id
     name: Names
@@ -84,7 +91,7 @@ class Indicator(StrictModel):
 
     @property
     def unit_code(self) -> str:
-        return units.lookup(self.unit).code
+        return _unit_code(self.unit)
 
     @property
     def processing(self) -> Processing:

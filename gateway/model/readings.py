@@ -60,7 +60,10 @@ class AssetRef:
         return f"{self.domain}/{self.site}/{self.asset}"
 
 
-@dataclass(frozen=True, slots=True)
+# Samples and readings are made for every point of every poll: slotted, and not frozen, because a frozen
+# dataclass's __init__ sets each field through object.__setattr__, which costs four times as much (1.3 against
+# 0.34 us for a Reading). Nothing changes one once made: a change is a new one (dataclasses.replace).
+@dataclass(slots=True)
 class Sample:
     """One point as a driver read it: value after decoding, before scaling and unit conversion.
 
@@ -75,7 +78,7 @@ class Sample:
     source_time_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reading:
     """One value of one indicator of one asset at one time, in the canonical unit."""
 
