@@ -135,6 +135,8 @@ def _describe_indicator(indicator: Indicator, rules: Processing,
     if valid_range != indicator.range:
         body["catalogue_range"] = _listed(indicator.range)
     body["quantified"] = indicator.quantified.value
+    if indicator.states is not None:
+        body["states"] = [{"code": s.code, "id": s.id, "name": s.name.model_dump()} for s in indicator.states]
     body.update(describe_processing(indicator, rules))
     return body
 

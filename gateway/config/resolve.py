@@ -24,6 +24,7 @@ from gateway.model import units
 from gateway.model.catalogue import Catalogue
 from gateway.model.devices import DeviceBase
 from gateway.model.resolved import (
+    PointError,
     ResolvedAsset,
     ResolvedDevice,
     ResolvedPoint,
@@ -115,6 +116,9 @@ class Resolver:
             except units.UnitError as exc:
                 self.issue(point_raw.where("unit"), f"{point_path}.unit",
                            f"{exc}; indicator {indicator.id!r} is measured in {indicator.unit}")
+                continue
+            except PointError as exc:
+                self.issue(point_raw.where(exc.key), f"{point_path}.{exc.key}", str(exc))
                 continue
             if device.enabled:
                 self._one_source(device, point.name, indicator.id, point_raw, point_path)

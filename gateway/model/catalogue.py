@@ -51,6 +51,14 @@ class AssetType(StrictModel):
     indicators: list[Id] = Field(default_factory=list)
 
 
+class State(StrictModel):
+    """One named state of a multi-state indicator (a working mode, an alarm number): its code and its name."""
+
+    code: int = Field(ge=-(2**63), lt=2**64)
+    id: Id
+    name: Names
+
+
 class Indicator(StrictModel):
     id: Id
     name: Names
@@ -59,6 +67,8 @@ class Indicator(StrictModel):
     range: tuple[float, float] | None = None
     quantified: Quantification
     description: str = ""
+    # A multi-state integer (kind state or alarm, unit state) may name its codes; a reading then carries both.
+    states: list[State] | None = None
     # Default processing of every point feeding this indicator (a point's `processing:` overrides per key).
     reporting: Reporting | None = None
     windows: list[PositiveInt] | None = None
@@ -81,6 +91,28 @@ class Indicator(StrictModel):
         if self.range is not None and self.range[0] > self.range[1]:
             raise ValueError(f"range must be [low, high], found [{self.range[0]}, {self.range[1]}]")
         return self
+
+    @model_validator(mode="after")
+    def _states_are_distinct(self) -> Self:
+        if self.states is None:
+            return self
+        if self.unit != "state" or self.kind not in (IndicatorKind.STATE, IndicatorKind.ALARM):
+            raise ValueError("`states:` is for multi-state indicators: expected kind state or alarm with unit "
+                             f"state, found kind {self.kind} with unit {self.unit}")
+        for what in ("code", "id"):
+            seen = [getattr(state, what) for state in self.states]
+            twice = sorted({str(v) for v in seen if seen.count(v) > 1})
+            if twice:
+                raise ValueError(f"expected each state's {what} once, found {', '.join(twice)} more than once")
+        return self
+
+    @property
+    def boolean(self) -> bool:
+        """A true/false indicator (named after what `true` means): unit state, no range and no named states."""
+        return self.unit == "state" and self.range is None and self.states is None
+
+    def state_named(self, state_id: str) -> State | None:
+        return next((state for state in self.states or () if state.id == state_id), None)
 
     @property
     def unit_code(self) -> str:

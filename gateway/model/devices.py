@@ -32,6 +32,10 @@ class PointBase:
     range: tuple[float, float] | None = Field(
         None, description="Valid range in `unit`; outside it the reading is bad (out-of-range).")
     writable: bool = Field(False, description="Only writable points can ever be written to the device.")
+    invert: bool = Field(False, description="For a boolean: publish true where the device says false and back.")
+    states: dict[int, Id] | None = Field(
+        None, description="For a multi-state indicator: the device's codes, each mapped to a state id the "
+                          "catalogue declares for the indicator; codes left out are published as unknown.")
     processing: Processing | None = Field(
         None, description="Report by exception, windows, counter and alarms; each key given replaces the "
                           "catalogue's default for the indicator (docs/processing.md).")
@@ -41,6 +45,12 @@ class PointBase:
         if self.range is not None and self.range[0] > self.range[1]:
             raise ValueError(f"range must be [low, high], found [{self.range[0]}, {self.range[1]}]")
         return self
+
+    @property
+    def decodes_boolean(self) -> bool:
+        """Whether the protocol decodes this point to true/false (a coil, a bit of a register); False when
+        only the device can tell (an OPC-UA node)."""
+        return False
 
 
 class SupervisionSettings(StrictModel):

@@ -35,6 +35,7 @@ class Reason(enum.StrEnum):
     STALE = "stale"
     NOT_FOUND = "not-found"
     CALCULATION = "calculation-error"  # a derived indicator could not be computed
+    UNKNOWN_STATE = "unknown-state"  # a multi-state code the configuration does not name
 
 
 def now_ms() -> int:
@@ -90,21 +91,24 @@ class Reading:
     receive_time_ms: int
     device: str
     point: str
+    state: str | None = None  # the state id of a multi-state indicator's code
+    instance: str | None = None  # which of several sources of the indicator on the asset
 
     def as_payload(self, seq: int) -> dict[str, object]:
         """The JSON shape of one reading inside a batch (documented in README)."""
-        body: dict[str, object] = {
-            "seq": seq,
-            "indicator": self.indicator,
-            "value": self.value,
-            "unit": self.unit,
-            "unit_code": self.unit_code,
-            "quality": self.quality.value,
-            "ts": self.source_time_ms,
-            "rx": self.receive_time_ms,
-            "device": self.device,
-            "point": self.point,
-        }
+        body: dict[str, object] = {"seq": seq, "indicator": self.indicator}
+        if self.instance is not None:
+            body["instance"] = self.instance
+        body["value"] = self.value
+        if self.state is not None:
+            body["state"] = self.state
+        body["unit"] = self.unit
+        body["unit_code"] = self.unit_code
+        body["quality"] = self.quality.value
+        body["ts"] = self.source_time_ms
+        body["rx"] = self.receive_time_ms
+        body["device"] = self.device
+        body["point"] = self.point
         if self.reason is not None:
             body["reason"] = self.reason
         return body

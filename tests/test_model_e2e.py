@@ -1,0 +1,46 @@
+"""The metadata model end to end: booleans and named states, as a subscriber receives them.
+
+Real parts only: the Modbus simulator, the whole gateway and mosquitto.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from drivers.modbus.tables import Table
+from simulators.modbus import ModbusSimulator
+from tests.brokers import Broker
+from tests.conftest import SubscriberFactory
+from tests.e2e import DATA_TOPIC, modbus_device, readings, running, write_config
+
+META_TOPIC = "city/water-supply/ps01/ps01-station/meta"
+
+
+async def test_an_inverted_bit_and_a_named_mode_reach_the_subscriber(
+        tmp_path: Path, broker: Broker, mqtt_subscriber: SubscriberFactory) -> None:
+    points = [
+        # The PLC reports "pump stopped" on discrete input 3: inverted, it feeds pump-running.
+        {"name": "pump_stopped", "indicator": "pump-running", "table": "discrete_input", "address": 3, "invert": True},
+        # The PLC's own mode codes (7 automatic, 5 manual) map onto the catalogue's states.
+        {"name": "mode", "indicator": "pump-mode", "table": "holding_register", "address": 20,
+         "states": {7: "automatic", 5: "manual"}},
+    ]
+    plc = ModbusSimulator([1])
+    await plc.start()
+    try:
+        plc.set_bits(1, Table.DISCRETE_INPUT, 3, [True])
+        plc.set_registers(1, Table.HOLDING_REGISTER, 20, [7])
+        config = write_config(tmp_path, broker.port, [modbus_device("plc-1", plc.port, points=points)])
+        subscriber = await mqtt_subscriber(broker, META_TOPIC, DATA_TOPIC)
+        async with running(config):
+            await subscriber.wait_count(1, DATA_TOPIC)
+    finally:
+        await plc.stop()
+    by_point = {r["point"]: r for r in readings(subscriber.messages)}
+    assert by_point["pump_stopped"]["value"] is False, "the pump is stopped, so pump-running is false"
+    mode = by_point["mode"]
+    assert (mode["value"], mode["state"], mode["quality"]) == (2, "automatic", "good")
+    described = {d["point"]: d for d in json.loads(subscriber.on(META_TOPIC)[0].payload)["indicators"]}
+    assert [s["id"] for s in described["mode"]["states"]] == ["stopped", "manual", "automatic"]
+    assert described["mode"]["states"][2]["name"] == {"en": "Automatic", "zh": "自动"}
