@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from gateway.model.rules import DerivedIndicator, Processing
 from gateway.model.schema import Id, PointName, Seconds, StrictModel, record
@@ -19,6 +19,19 @@ class AssetSettings(StrictModel):
     name: str = ""
 
 
+_NUMBERS: dict[float, float] = {}
+
+
+def _shared(number: float) -> float:
+    """One float object for each scale or offset a site uses (0.1, 0.01 ...), not one per point."""
+    if len(_NUMBERS) < 4096:
+        return _NUMBERS.setdefault(number, number)
+    return _NUMBERS.get(number, number)
+
+
+SharedFloat = Annotated[float, AfterValidator(_shared)]
+
+
 @record
 class PointBase:
     """What every protocol's point has: which indicator it feeds and how its value becomes canonical.
@@ -27,8 +40,8 @@ class PointBase:
     name: PointName
     indicator: Id
     unit: str | None = Field(None, description="Unit of the value after scale/offset; defaults to the indicator's.")
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: SharedFloat = 1.0
+    offset: SharedFloat = 0.0
     range: tuple[float, float] | None = Field(
         None, description="Valid range in `unit`; outside it the reading is bad (out-of-range).")
     writable: bool = Field(False, description="Only writable points can ever be written to the device.")
