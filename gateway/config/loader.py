@@ -169,6 +169,10 @@ class _Loader:
                        f"unknown protocol {protocol!r}; expected one of: {', '.join(sorted(known))}"
                        + suggest(str(protocol), known))
             return None, raw
+        if "drop" in raw and "profile" not in raw:
+            self.issue(raw.where("drop"), f"{path}.drop",
+                       "`drop:` leaves out points of the device's profile; expected `profile:`, found none")
+            return None, raw
         if "profile" in raw:
             merged = self.apply_profile(raw, path, profiles_dir)
             if merged is None:
@@ -183,7 +187,39 @@ class _Loader:
         if file not in self._profiles:
             self._profiles[file] = self.load_profile(file, raw.where("profile"), f"{path}.profile")
         profile = self._profiles[file]
-        return None if profile is None else _merge_profile(profile, raw)
+        if profile is None:
+            return None
+        problems = len(self.issues)
+        fits = _profile_protocols(profile)
+        if fits and raw.get("protocol") not in fits:
+            self.issue(raw.where("profile"), f"{path}.profile",
+                       f"profile {name!r} fits {', '.join(fits)}; expected a device of one of those protocols, found "
+                       f"{raw.get('protocol')!r} (a profile whose register map holds for other protocols lists them "
+                       "in `protocols:`)")
+        self.check_trimming(profile, raw, path)
+        return _merge_profile(profile, raw) if len(self.issues) == problems else None
+
+    def check_trimming(self, profile: LocatedDict, raw: LocatedDict, path: str) -> None:
+        """Points the device drops or overrides must be points of the profile (a new point is complete)."""
+        profile_points = profile.get("points")
+        names = [n for p in profile_points if (n := _point_name(p)) is not None] \
+            if isinstance(profile_points, LocatedList) else []
+        dropped = raw.get("drop")
+        if isinstance(dropped, LocatedList):
+            for index, name in enumerate(dropped):
+                if isinstance(name, str) and name not in names:
+                    self.issue(dropped.where(index), f"{path}.drop[{index}]",
+                               f"profile {raw['profile']!r} has no point {name!r} to drop; expected one of: "
+                               f"{', '.join(names) or '(none)'}" + suggest(name, names))
+        own = raw.get("points")
+        for index, point in enumerate(own if isinstance(own, LocatedList) else ()):
+            name = _point_name(point)
+            if name is None or name in names or "indicator" in point:
+                continue
+            self.issue(point.where("name"), f"{path}.points[{index}].name",
+                       f"point {name!r} overrides no point of profile {raw['profile']!r}; expected one of: "
+                       f"{', '.join(names) or '(none)'}{suggest(name, names)} (a point of the device's own needs "
+                       "`indicator:`)")
 
     def load_profile(self, file: Path, used_at: Location, path: str) -> LocatedDict | None:
         if not _is_file(file):
@@ -194,7 +230,8 @@ class _Loader:
         raw = self.load(file)
         if raw is None:
             return None
-        allowed = {"profile", "manufacturer", "model", "datasheet", "protocol", "description", "defaults", "points"}
+        allowed = {"profile", "manufacturer", "model", "datasheet", "protocol", "protocols", "description",
+                   "defaults", "points"}
         problems = len(self.issues)
         if not isinstance(raw, LocatedDict):
             self.issue(Location(str(file), 1, 1), "", f"expected a profile mapping, found {_kind(raw)}")
@@ -208,6 +245,23 @@ class _Loader:
                        f"expected the profile name {file.stem!r} (the file name), found {raw.get('profile')!r}")
         if "points" in raw and not isinstance(raw["points"], LocatedList):
             self.issue(raw.where("points"), "points", f"expected a list of points, found {_kind(raw['points'])}")
+        known = protocols()
+        if "protocol" in raw and "protocols" in raw:
+            self.issue(raw.where("protocols"), "protocols", "expected `protocol:` (one) or `protocols:` (a list), "
+                       "found both")
+        for key in ("protocol", "protocols"):
+            if key not in raw:
+                continue
+            declared = raw[key] if key == "protocols" else [raw[key]]
+            if not isinstance(declared, list) or not declared:
+                self.issue(raw.where(key), key, f"expected a list of protocols, found {_kind(declared)}")
+                continue
+            for index, protocol in enumerate(declared):
+                if protocol not in known:
+                    where = declared.where(index) if isinstance(declared, LocatedList) else raw.where(key)
+                    self.issue(where, key if key == "protocol" else f"{key}[{index}]",
+                               f"unknown protocol {protocol!r}; expected one of: {', '.join(sorted(known))}"
+                               + suggest(str(protocol), known))
         if "defaults" in raw and not isinstance(raw["defaults"], LocatedDict):
             self.issue(raw.where("defaults"), "defaults", f"expected a mapping, found {_kind(raw['defaults'])}")
         return raw if len(self.issues) == problems else None
@@ -258,12 +312,20 @@ def _load_catalogue(loader: _Loader, path: Path) -> Catalogue | None:
 
 # -- profiles ---------------------------------------------------------------------------------------------
 
+def _profile_protocols(profile: LocatedDict) -> list[str]:
+    """The protocols a (checked) profile says it fits; empty when it does not say."""
+    if "protocols" in profile:
+        return [str(p) for p in profile["protocols"]]
+    return [str(profile["protocol"])] if "protocol" in profile else []
+
+
 def _merge_profile(profile: LocatedDict, device: LocatedDict) -> LocatedDict:
     """The device as if the profile's defaults and points had been written into it.
 
-    The device's own keys win over the profile's defaults; a device point whose
-    name matches a profile point overrides that point's keys; other device
-    points are added. Every key keeps the location of the file it came from.
+    The device's own keys win over the profile's defaults; the profile points it
+    names in `drop:` are left out; a device point whose name matches a profile
+    point overrides that point's keys; other device points are added. Every key
+    keeps the location of the file it came from.
     Entries of the wrong shape are passed through untouched for validation to report.
     """
     defaults = profile.get("defaults") or located_dict(profile.location)
@@ -276,7 +338,10 @@ def _merge_profile(profile: LocatedDict, device: LocatedDict) -> LocatedDict:
     points.location = getattr(own_points, "location", profile.location)
     points.item_locations = []
     profile_points = profile.get("points") or LocatedList()
+    dropped = set(device.get("drop") or ())
     for index, point in enumerate(profile_points):
+        if _point_name(point) in dropped:
+            continue
         override = own_by_name.pop(_point_name(point) or "", None)
         if override is None:
             points.append(point)

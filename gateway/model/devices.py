@@ -88,6 +88,8 @@ class DeviceBase(StrictModel):
     protocol: str
     asset: AssetSettings
     profile: str | None = Field(None, description="A device profile (register map) under the profiles directory.")
+    drop: list[PointName] = Field(
+        default_factory=list, description="Points of the profile this device leaves out, by name (needs `profile:`).")
     enabled: bool = True
     poll_interval: Seconds = Field(10.0, description="Seconds between polls.")
     timeout: Seconds = Field(3.0, description="Seconds to wait for one reply.")
