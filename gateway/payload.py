@@ -110,11 +110,20 @@ def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: 
             "domain": settings.domain, "site": settings.site, "id": settings.id, "type": settings.type,
             "type_name": asset.type.name.model_dump() if asset.type else None, "name": settings.name,
         },
+        "catalogue": _catalogues(asset),
         "indicators": indicators,
         "updated": updated_ms,
         "version": __version__,
     }
     return _compact(body).encode()
+
+
+def _catalogues(asset: ResolvedAsset) -> list[dict[str, str]]:
+    """The catalogue files (name and version) the asset's type and indicators come from, in the order first used."""
+    entries = [asset.type, *(p.indicator for d in asset.devices for p in d.points),
+               *(d.indicator for d in asset.derived)]
+    sources = {entry.source.name: entry.source for entry in entries if entry is not None and entry.source is not None}
+    return [source.describe() for source in sources.values()]
 
 
 def _describe_indicator(indicator: Indicator, rules: Processing,
@@ -135,6 +144,8 @@ def _describe_indicator(indicator: Indicator, rules: Processing,
     if valid_range != indicator.range:
         body["catalogue_range"] = _listed(indicator.range)
     body["quantified"] = indicator.quantified.value
+    if indicator.source is not None:
+        body["catalogue"] = indicator.source.name
     if indicator.states is not None:
         body["states"] = [{"code": s.code, "id": s.id, "name": s.name.model_dump()} for s in indicator.states]
     body.update(describe_processing(indicator, rules))

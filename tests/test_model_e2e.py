@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from drivers.modbus.tables import Table
 from simulators.modbus import ModbusSimulator
 from tests.brokers import Broker
@@ -44,3 +46,32 @@ async def test_an_inverted_bit_and_a_named_mode_reach_the_subscriber(
     described = {d["point"]: d for d in json.loads(subscriber.on(META_TOPIC)[0].payload)["indicators"]}
     assert [s["id"] for s in described["mode"]["states"]] == ["stopped", "manual", "automatic"]
     assert described["mode"]["states"][2]["name"] == {"en": "Automatic", "zh": "自动"}
+
+
+async def test_the_meta_says_which_catalogue_each_indicator_came_from(
+        tmp_path: Path, broker: Broker, mqtt_subscriber: SubscriberFactory) -> None:
+    (tmp_path / "city-water.yaml").write_text(
+        "name: city-water\nversion: '4'\nindicators:\n"
+        "  - {id: chlorine-dose-rate, name: {en: Chlorine dose rate, zh: 投氯量}, kind: measurement, unit: L/h,\n"
+        "     range: [0, 200], quantified: instantaneous}\n")
+    points = [{"name": "dose", "indicator": "chlorine-dose-rate", "table": "holding_register", "address": 0},
+              {"name": "q", "indicator": "flow", "table": "holding_register", "address": 1}]
+    plc = ModbusSimulator([1])
+    await plc.start()
+    try:
+        plc.set_registers(1, Table.HOLDING_REGISTER, 0, [12, 40])
+        config = write_config(tmp_path, broker.port, [modbus_device("plc-1", plc.port, points=points)])
+        main = yaml.safe_load(config.read_text())
+        main["catalogue"] = [main["catalogue"], "city-water.yaml"]
+        config.write_text(yaml.safe_dump(main))
+        subscriber = await mqtt_subscriber(broker, META_TOPIC, DATA_TOPIC)
+        async with running(config):
+            await subscriber.wait_count(1, DATA_TOPIC)
+    finally:
+        await plc.stop()
+    meta = json.loads(subscriber.on(META_TOPIC)[0].payload)
+    assert meta["catalogue"] == [{"name": "catalogue", "version": "1"}, {"name": "city-water", "version": "4"}]
+    assert {d["id"]: d["catalogue"] for d in meta["indicators"]} == {"chlorine-dose-rate": "city-water",
+                                                                     "flow": "catalogue"}
+    assert {r["indicator"]: r["value"] for r in readings(subscriber.messages)} == {"chlorine-dose-rate": 12,
+                                                                                   "flow": 40}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from drivers.modbus.config import ModbusPoint
-from gateway.config.loader import load_config
+from gateway import cli
+from gateway.config.loader import load_catalogue, load_config
 
 CASES = Path(__file__).parent / "config_cases"
 COMMON = CASES / "common"
@@ -37,3 +39,65 @@ def test_a_device_drops_and_overrides_points_of_its_profile(tmp_path: Path) -> N
     assert isinstance(pressure.config, ModbusPoint)
     assert (pressure.config.address, pressure.config.scale) == (7, 0.1), "overridden key by key"
     assert pressure.config.unit == "bar", "what the override does not name stays the profile's"
+
+
+OVERLAY = """\
+name: city-water
+version: "4"
+indicators:
+  - {id: chlorine-dose-rate, name: {en: Chlorine dose rate, zh: 投氯量}, kind: measurement, unit: L/h,
+     range: [0, 200], quantified: instantaneous}
+  - {id: flow, override: true, name: {en: Flow, zh: 流量}, kind: measurement, unit: m3/h, range: [0, 500],
+     quantified: instantaneous}
+"""
+
+
+def overlay_site(directory: Path) -> Path:
+    (directory / "city-water.yaml").write_text(OVERLAY)
+    return write_site(directory, [{
+        "id": "plc-1", "protocol": "modbus-tcp", "host": "127.0.0.1", "asset": STATION,
+        "points": [{"name": "dose", "indicator": "chlorine-dose-rate", "table": "input_register", "address": 0},
+                   {"name": "q", "indicator": "flow", "table": "input_register", "address": 1}]}],
+        catalogue=[str(COMMON / "catalogue.yaml"), "city-water.yaml"])
+
+
+def test_an_overlay_adds_indicators_and_overrides_one_that_says_so(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    main = overlay_site(tmp_path)
+    config = load_config(main, environ={})
+    dose, flow = config.devices[0].points
+    assert dose.indicator.source is not None and dose.indicator.source.name == "city-water"
+    assert flow.valid_range == (0, 500), "the overlay's flow replaced the shipped one"
+    assert [s.name for s in config.catalogue.sources] == ["catalogue", "city-water"]
+    (note,) = config.notes
+    assert str(note).startswith(f"{tmp_path}/city-water.yaml:6:6: indicators[1].id: indicator 'flow' overrides the "
+                                "one of catalogue 'catalogue' version 1")
+    assert cli.main(["check", str(main)]) == 0
+    out = capsys.readouterr().out
+    assert "note: " in out and "indicator 'flow' overrides" in out and "(1 overlay)" in out
+
+
+def test_the_catalogue_command_says_which_file_defined_each_indicator(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    main = overlay_site(tmp_path)
+    assert cli.main(["catalogue", str(main)]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "city-water 4" in listed["chlorine-dose-rate"] and "L/h (E32)" in listed["chlorine-dose-rate"]
+    assert "city-water 4" in listed["flow"] and "[0, 500]" in listed["flow"]
+    assert "catalogue 1" in listed["outlet-pressure"]
+    assert cli.main(["catalogue", str(main), "--indicator", "chlorine-dose-rate"]) == 0
+    shown = capsys.readouterr().out
+    assert "投氯量" in shown and f"city-water 4 ({tmp_path}/city-water.yaml:4:5)" in shown
+    assert cli.main(["catalogue", str(main), "--indicator", "chlorine-dose-rat"]) == 2
+    assert "did you mean 'chlorine-dose-rate'?" in capsys.readouterr().err
+
+
+def test_the_shipped_example_overlay_fits_the_shipped_catalogue() -> None:
+    shipped = Path(__file__).parent.parent / "config"
+    catalogue = load_catalogue(shipped / "catalogue.yaml", shipped / "overlays" / "example-water-utility.yaml")
+    assert [(s.name, s.version) for s in catalogue.sources] == [("municipal-gateway", "2"),
+                                                                ("example-water-utility", "1")]
+    pressure = catalogue.indicator("service-pressure")
+    assert pressure is not None and pressure.alarms is not None and pressure.alarms[0].limit == 160
+    mode = catalogue.indicator("dosing-pump-mode")
+    assert mode is not None and mode.states is not None and mode.source is not None

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 import drivers
 from drivers.registry import protocols
+from gateway.config.catalogues import read_catalogues
 from gateway.config.errors import ConfigError, ConfigIssue, Location, format_path, suggest
 from gateway.config.resolve import Resolver
 from gateway.config.yamlsource import LocatedDict, LocatedList, YamlLoadError, load_yaml, located_dict
@@ -45,6 +46,7 @@ class GatewayConfig:
     catalogue: Catalogue
     devices: tuple[ResolvedDevice[DeviceBase], ...]  # every configured device, enabled or not
     assets: tuple[ResolvedAsset, ...]  # every asset an enabled device feeds
+    notes: tuple[ConfigIssue, ...] = ()  # what is valid but worth saying: catalogue entries an overlay overrides
 
     @property
     def state_dir(self) -> Path:
@@ -273,7 +275,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Gateway
     main, inline, files = loader.load_main(path)  # errors name files as the user gave them
     if main is None:
         raise ConfigError(loader.issues)
-    catalogue = _load_catalogue(loader, main.catalogue)
+    catalogue, notes = read_catalogues(loader, main.catalogue_files)
     resolver = Resolver(catalogue) if catalogue is not None else None
     # One device file at a time, so the raw YAML of a large site never sits in memory all at once.
     for entries in itertools.chain([inline], (loader.device_file(file) for file in files)):
@@ -289,25 +291,28 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Gateway
     issues = loader.issues + resolver.issues
     if issues:
         raise ConfigError(issues)
-    return GatewayConfig(path.resolve(), main, catalogue, tuple(resolver.devices), resolver.assets())
+    return GatewayConfig(path.resolve(), main, catalogue, tuple(resolver.devices), resolver.assets(), tuple(notes))
 
 
-def load_catalogue(path: Path) -> Catalogue:
+def load_catalogue(*paths: Path) -> Catalogue:
+    """The catalogue of these files (the first, then its overlays), or raise ConfigError listing every issue."""
     loader = _Loader(None)
-    catalogue = _load_catalogue(loader, path)
-    if catalogue is None:
+    catalogue, _ = read_catalogues(loader, paths)
+    if catalogue is None or loader.issues:
         raise ConfigError(loader.issues)
     return catalogue
 
 
-def _load_catalogue(loader: _Loader, path: Path) -> Catalogue | None:
-    raw = loader.load(path)
-    if raw is None:
-        return None
-    if not isinstance(raw, LocatedDict):
-        loader.issue(Location(str(path), 1, 1), "", f"expected the catalogue mapping, found {_kind(raw)}")
-        return None
-    return loader.validate(Catalogue, raw)
+def load_main_catalogue(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Catalogue, list[ConfigIssue]]:
+    """The catalogue the main file at `path` names, without its devices, and the notes on what overlays override."""
+    loader = _Loader(environ)
+    main, _, _ = loader.load_main(path)
+    if main is None:
+        raise ConfigError(loader.issues)
+    catalogue, notes = read_catalogues(loader, main.catalogue_files)
+    if catalogue is None or loader.issues:
+        raise ConfigError(loader.issues)
+    return catalogue, notes
 
 
 # -- profiles ---------------------------------------------------------------------------------------------
@@ -452,7 +457,7 @@ def _absolute_paths(main: MainFile, base: Path) -> MainFile:
         buffer = buffer.model_copy(update={"path": gateway.state_dir / buffer.path})
     return main.model_copy(update={
         "gateway": gateway, "buffer": buffer,
-        "catalogue": absolute(main.catalogue), "profiles": absolute(main.profiles),
+        "catalogue": [absolute(file) for file in main.catalogue_files], "profiles": absolute(main.profiles),
     })
 
 
@@ -494,4 +499,4 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["ConfigError", "GatewayConfig", "drivers", "load_catalogue", "load_config"]
+__all__ = ["ConfigError", "GatewayConfig", "drivers", "load_catalogue", "load_config", "load_main_catalogue"]

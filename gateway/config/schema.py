@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, TypeAdapter, create_model
 
 import drivers  # noqa: F401  (registers the protocols)
 from drivers.registry import protocols
-from gateway.model.catalogue import Catalogue
+from gateway.model.catalogue import CatalogueFile
 from gateway.model.settings import MainFile
 
 
@@ -35,7 +35,7 @@ def _model_for(kind: str, device: Any) -> type[BaseModel]:
     if kind == "devices":
         return create_model("DeviceFile", devices=(list[device], ...))
     if kind == "catalogue":
-        return Catalogue
+        return CatalogueFile  # the shipped catalogue and its overlays alike
     raise ValueError(f"unknown schema kind {kind!r}")
 
 

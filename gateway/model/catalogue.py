@@ -8,6 +8,7 @@ indicator's canonical unit.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any, Self
 
 from pydantic import Field, PositiveInt, PrivateAttr, field_validator, model_validator
@@ -39,13 +40,48 @@ class Quantification(enum.StrEnum):
     EVENT = "event"  # a condition that is raised and cleared
 
 
-class Domain(StrictModel):
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A catalogue file as the entries it defines name it: the shipped one, or a site's or utility's overlay."""
+
+    name: str  # the file's `name:` (the file name without .yaml when it has none)
+    version: str
+    file: str
+
+    def describe(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version}
+
+
+_OVERRIDE = Field(False, description="Replaces the entry of the same id from an earlier catalogue file.")
+
+
+class _Entry(StrictModel):
+    """What every catalogue entry has: an id, and where it was defined (set when catalogue files are merged)."""
+
     id: Id
+    override: bool = _OVERRIDE
+    _source: Source | None = PrivateAttr(None)
+    _where: str = PrivateAttr("")
+
+    @property
+    def source(self) -> Source | None:
+        """The catalogue file that defined this entry (None for a catalogue made in code)."""
+        return self._source
+
+    @property
+    def defined_at(self) -> str:
+        """file:line:column of the entry, when it was read from a file."""
+        return self._where
+
+    def came_from(self, source: Source, where: str) -> None:
+        self._source, self._where = source, where
+
+
+class Domain(_Entry):
     name: Names
 
 
-class AssetType(StrictModel):
-    id: Id
+class AssetType(_Entry):
     domain: Id
     name: Names
     indicators: list[Id] = Field(default_factory=list)
@@ -59,8 +95,7 @@ class State(StrictModel):
     name: Names
 
 
-class Indicator(StrictModel):
-    id: Id
+class Indicator(_Entry):
     name: Names
     kind: IndicatorKind
     unit: str
@@ -128,18 +163,48 @@ class Indicator(StrictModel):
         return self._processing
 
 
+class CatalogueFile(StrictModel):
+    """One catalogue file as written: the shipped catalogue, or an overlay that adds to (or overrides) it."""
+
+    name: Id | None = Field(None, description="Names this catalogue in self-descriptions; default: the file name.")
+    version: str = "1"
+    description: str = ""
+    domains: list[Domain] = Field(default_factory=list)
+    asset_types: list[AssetType] = Field(default_factory=list)
+    indicators: list[Indicator] = Field(default_factory=list)
+
+
 class Catalogue(StrictModel):
     version: str = "1"
+    name: Id | None = None
+    description: str = ""
     domains: list[Domain]
     asset_types: list[AssetType]
     indicators: list[Indicator]
 
     _indicators: dict[str, Indicator] = PrivateAttr(default_factory=dict)
     _asset_types: dict[str, AssetType] = PrivateAttr(default_factory=dict)
+    _sources: tuple[Source, ...] = PrivateAttr(())
 
     def model_post_init(self, context: Any, /) -> None:
         self._indicators = {i.id: i for i in self.indicators}
         self._asset_types = {t.id: t for t in self.asset_types}
+
+    @classmethod
+    def merged(cls, sources: list[tuple[Source, CatalogueFile]], domains: list[Domain],
+               asset_types: list[AssetType], indicators: list[Indicator]) -> Catalogue:
+        """The catalogue of several files whose entries the loader has merged (and checked across files)."""
+        first = sources[0][1]
+        catalogue = cls.model_construct(version=first.version, name=first.name, description=first.description,
+                                        domains=domains, asset_types=asset_types, indicators=indicators)
+        catalogue.model_post_init(None)
+        catalogue._sources = tuple(source for source, _ in sources)
+        return catalogue
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        """The files the catalogue was read from, the shipped one first (empty for one made in code)."""
+        return self._sources
 
     def indicator(self, indicator_id: str) -> Indicator | None:
         return self._indicators.get(indicator_id)
