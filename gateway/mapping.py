@@ -48,7 +48,8 @@ class DeviceMapper:
             indicator = point.indicator
             readings.append(Reading(
                 self.asset, indicator.id, value, indicator.unit, indicator.unit_code, quality, reason,
-                sample.source_time_ms or receive_time_ms, receive_time_ms, self.device_id, sample.point, state))
+                sample.source_time_ms or receive_time_ms, receive_time_ms, self.device_id, sample.point, state,
+                point.config.instance))
         return readings
 
     def failed(self, reason: str, receive_time_ms: int) -> list[Reading]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.model.catalogue import Indicator
-from gateway.model.readings import AssetRef, Reading
+from gateway.model.readings import AssetRef, Reading, series_key
 from gateway.model.resolved import ResolvedAsset
 from gateway.model.rules import Processing
 
@@ -72,7 +72,7 @@ def encode_active_alarms(gateway_id: str, asset: AssetRef, active: Sequence[Alar
     return _compact(body).encode()
 
 
-def describe_processing(indicator: Indicator, rules: Processing) -> dict[str, object]:
+def describe_processing(indicator: Indicator, rules: Processing, instance: str | None = None) -> dict[str, object]:
     """How a subscriber should read an indicator's messages: reporting rule, windows, counter, alarm limits."""
     reporting = rules.reporting
     return {
@@ -83,7 +83,7 @@ def describe_processing(indicator: Indicator, rules: Processing) -> dict[str, ob
         "windows": list(rules.windows or ()),
         "counter": None if rules.counter is None else {"rollover_bits": rules.counter.rollover_bits,
                                                        "max_per_hour": rules.counter.max_per_hour},
-        "alarms": [rule.describe(indicator.id) for rule in rules.alarms or ()],
+        "alarms": [rule.describe(series_key(indicator.id, instance)) for rule in rules.alarms or ()],
     }
 
 
@@ -96,8 +96,10 @@ def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: 
     indicators = []
     for device in asset.devices:
         for point in device.points:
-            indicators.append({**_describe_indicator(point.indicator, point.rules, point.valid_range),
-                               "device": device.id, "point": point.name, "writable": point.config.writable})
+            described = _describe_indicator(point.indicator, point.rules, point.valid_range,
+                                            point.config.instance)
+            indicators.append({**described, "device": device.id, "point": point.name,
+                               "writable": point.config.writable})
     for derived in asset.derived:
         definition = derived.definition
         formula: object = (definition.expression if definition.night_minimum is None
@@ -126,21 +128,23 @@ def _catalogues(asset: ResolvedAsset) -> list[dict[str, str]]:
     return [source.describe() for source in sources.values()]
 
 
-def _describe_indicator(indicator: Indicator, rules: Processing,
-                        valid_range: tuple[float, float] | None) -> dict[str, object]:
+def _describe_indicator(indicator: Indicator, rules: Processing, valid_range: tuple[float, float] | None,
+                        instance: str | None = None) -> dict[str, object]:
     """What a subscriber needs to read an indicator's values: meaning, unit, range and processing rules.
 
     `range` is the one the values are checked against (outside it a reading is bad, out-of-range): a point's
     own when it has one. The catalogue's follows as `catalogue_range` only when it is a different one.
     """
-    body: dict[str, object] = {
-        "id": indicator.id,
+    body: dict[str, object] = {"id": indicator.id}
+    if instance is not None:
+        body["instance"] = instance
+    body.update({
         "name": indicator.name.model_dump(),
         "kind": indicator.kind.value,
         "unit": indicator.unit,
         "unit_code": indicator.unit_code,
         "range": _listed(valid_range),
-    }
+    })
     if valid_range != indicator.range:
         body["catalogue_range"] = _listed(indicator.range)
     body["quantified"] = indicator.quantified.value
@@ -148,7 +152,7 @@ def _describe_indicator(indicator: Indicator, rules: Processing,
         body["catalogue"] = indicator.source.name
     if indicator.states is not None:
         body["states"] = [{"code": s.code, "id": s.id, "name": s.name.model_dump()} for s in indicator.states]
-    body.update(describe_processing(indicator, rules))
+    body.update(describe_processing(indicator, rules, instance))
     return body
 
 

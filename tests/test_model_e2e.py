@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from drivers.modbus.tables import Table
@@ -17,6 +18,7 @@ from tests.conftest import SubscriberFactory
 from tests.e2e import DATA_TOPIC, modbus_device, readings, running, write_config
 
 META_TOPIC = "city/water-supply/ps01/ps01-station/meta"
+ALARM_TOPIC = "city/water-supply/ps01/ps01-station/alarm"
 
 
 async def test_an_inverted_bit_and_a_named_mode_reach_the_subscriber(
@@ -75,3 +77,42 @@ async def test_the_meta_says_which_catalogue_each_indicator_came_from(
                                                                      "flow": "catalogue"}
     assert {r["indicator"]: r["value"] for r in readings(subscriber.messages)} == {"chlorine-dose-rate": 12,
                                                                                    "flow": 40}
+
+
+async def test_two_instances_of_one_indicator_reach_the_subscriber_apart(
+        tmp_path: Path, broker: Broker, mqtt_subscriber: SubscriberFactory) -> None:
+    levels = Path(__file__).parent / "config_cases" / "common" / "levels-overlay.yaml"
+    points = [
+        {"name": "reservoir", "indicator": "level", "instance": "reservoir", "table": "holding_register",
+         "address": 0, "scale": 0.01},
+        {"name": "wet_well", "indicator": "level", "instance": "wet-well", "table": "holding_register",
+         "address": 1, "scale": 0.01},
+    ]
+    derived = [{"indicator": "level-difference", "expression": "level[reservoir] - level[wet-well]"}]
+    plc = ModbusSimulator([1])
+    await plc.start()
+    try:
+        plc.set_registers(1, Table.HOLDING_REGISTER, 0, [320, 610])  # the wet well is above its 5 m alarm
+        config = write_config(tmp_path, broker.port,
+                              [modbus_device("plc-1", plc.port, points=points, derived=derived)])
+        main = yaml.safe_load(config.read_text())
+        main["catalogue"] = [main["catalogue"], str(levels)]
+        config.write_text(yaml.safe_dump(main))
+        subscriber = await mqtt_subscriber(broker, META_TOPIC, DATA_TOPIC, ALARM_TOPIC)
+        async with running(config):
+            await subscriber.wait_count(1, ALARM_TOPIC)
+            await subscriber.wait_for(lambda _: any(r["indicator"] == "level-difference"
+                                                    for r in readings(subscriber.messages)), "a derived reading")
+    finally:
+        await plc.stop()
+    got = readings(subscriber.messages)
+    assert [(r["indicator"], r.get("instance"), r["value"]) for r in got[:3]] == [
+        ("level", "reservoir", pytest.approx(3.2)), ("level", "wet-well", pytest.approx(6.1)),
+        ("level-difference", None, pytest.approx(-2.9))]
+    (event,) = json.loads(subscriber.on(ALARM_TOPIC)[0].payload)["events"]
+    assert (event["alarm"], event["indicator"], event["instance"], event["event"]) == (
+        "level[wet-well]-high", "level", "wet-well", "raised")
+    meta = json.loads(subscriber.on(META_TOPIC)[0].payload)
+    described = {(d["id"], d.get("instance")): d for d in meta["indicators"]}
+    assert set(described) == {("level", "reservoir"), ("level", "wet-well"), ("level-difference", None)}
+    assert described[("level", "wet-well")]["alarms"][0]["id"] == "level[wet-well]-high"

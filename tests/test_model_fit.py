@@ -9,7 +9,12 @@ import yaml
 
 from drivers.modbus.config import ModbusPoint
 from gateway import cli
+from gateway.config.errors import ConfigError
 from gateway.config.loader import load_catalogue, load_config
+from gateway.mapping import DeviceMapper
+from gateway.model.readings import Sample
+from gateway.processing import Output, Processor
+from gateway.processing.windows import WindowStats
 
 CASES = Path(__file__).parent / "config_cases"
 COMMON = CASES / "common"
@@ -24,6 +29,7 @@ def write_site(directory: Path, devices: list[dict[str, object]], **main: object
     return path
 
 
+T0 = 1_700_000_040_000  # a whole minute in UTC
 STATION = {"domain": "water-supply", "site": "ps01", "id": "ps01-station", "type": "water-pumping-station"}
 
 
@@ -101,3 +107,58 @@ def test_the_shipped_example_overlay_fits_the_shipped_catalogue() -> None:
     assert pressure is not None and pressure.alarms is not None and pressure.alarms[0].limit == 160
     mode = catalogue.indicator("dosing-pump-mode")
     assert mode is not None and mode.states is not None and mode.source is not None
+
+
+LEVELS = COMMON / "levels-overlay.yaml"
+
+
+def level_site(directory: Path, points: list[dict[str, object]], derived: list[dict[str, object]] | None = None,
+               ) -> Path:
+    return write_site(directory, [{"id": "plc-1", "protocol": "modbus-tcp", "host": "127.0.0.1", "asset": STATION,
+                                   "points": points, "derived": derived or []}],
+                      catalogue=[str(COMMON / "catalogue.yaml"), str(LEVELS)])
+
+
+def level_point(name: str, address: int, instance: str | None, **more: object) -> dict[str, object]:
+    point: dict[str, object] = {"name": name, "indicator": "level", "table": "input_register", "address": address,
+                                "scale": 0.01, **more}
+    if instance is not None:
+        point["instance"] = instance
+    return point
+
+
+def test_instances_keep_their_own_processing_and_feed_derived_indicators(tmp_path: Path) -> None:
+    processing = {"windows": [60]}
+    config = load_config(level_site(tmp_path, [level_point("reservoir", 0, "reservoir", processing=processing),
+                                               level_point("wet_well", 1, "wet-well", processing=processing)],
+                                    [{"indicator": "level-difference",
+                                      "expression": "level[reservoir] - level[wet-well]"}]), environ={})
+    now = [T0]
+    processor = Processor(config.assets, supervision={"plc-1": None}, clock=lambda: now[0])
+    mapper = DeviceMapper(config.devices[0])
+
+    def poll(reservoir: int, wet_well: int) -> Output:
+        return processor.process("plc-1", mapper.readings([Sample("reservoir", reservoir),
+                                                          Sample("wet_well", wet_well)], now[0]))
+
+    first = poll(320, 610)  # 3.2 m in the reservoir, 6.1 m in the wet well: only the wet well is high
+    assert [(r.indicator, r.instance) for r in first.readings] == [
+        ("level", "reservoir"), ("level", "wet-well"), ("level-difference", None)]
+    assert first.readings[2].value == pytest.approx(-2.9)
+    assert [(e.alarm, e.instance, e.event) for e in first.events] == [("level[wet-well]-high", "wet-well", "raised")]
+    assert first.events[0].as_payload()["instance"] == "wet-well"
+    now[0] += 30_000
+    poll(340, 400)
+    now[0] += 40_000  # past the end of the first minute: each instance closes its own window
+    closed = poll(340, 400).statistics
+    assert sorted((w.instance, w.maximum) for _, w in closed if isinstance(w, WindowStats)) == [
+        ("reservoir", pytest.approx(3.4)), ("wet-well", pytest.approx(6.1))]
+    assert {w.as_payload(1)["instance"] for _, w in closed} == {"reservoir", "wet-well"}
+
+
+@pytest.mark.parametrize("name", ["wet/well", "wet+well", "wet#well", "Wet-Well", "wet well", "level[x]", "1st"])
+def test_an_instance_name_that_does_not_fit_a_topic_is_refused_at_load(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(level_site(tmp_path, [level_point("a", 0, name)]), environ={})
+    assert "devices[0].points[0].instance: an instance name goes into ids and payloads" in str(caught.value)
+    assert f"found {name!r}" in str(caught.value)

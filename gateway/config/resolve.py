@@ -23,6 +23,7 @@ from gateway.config.yamlsource import LocatedDict, LocatedList, located_dict
 from gateway.model import units
 from gateway.model.catalogue import Catalogue
 from gateway.model.devices import DeviceBase
+from gateway.model.readings import series_key
 from gateway.model.resolved import (
     PointError,
     ResolvedAsset,
@@ -53,7 +54,8 @@ class Resolver:
     _written: dict[str, _Written] = field(default_factory=dict)
     _device_ids: dict[str, str] = field(default_factory=dict)  # first place each id was used
     _assets: dict[str, tuple[tuple[str, str, str], str]] = field(default_factory=dict)
-    _fed: dict[tuple[str, str], str] = field(default_factory=dict)  # (asset, indicator) -> who feeds it
+    # (asset, indicator) -> instance (None: the plain indicator) -> who feeds it
+    _fed: dict[tuple[str, str], dict[str | None, str]] = field(default_factory=dict)
 
     def issue(self, location: Location | None, path: str, message: str) -> None:
         self.issues.append(ConfigIssue(location, path, message))
@@ -121,17 +123,34 @@ class Resolver:
                 self.issue(point_raw.where(exc.key), f"{point_path}.{exc.key}", str(exc))
                 continue
             if device.enabled:
-                self._one_source(device, point.name, indicator.id, point_raw, point_path)
+                self._one_source(device, point.name, indicator.id, point.instance, point_raw, point_path)
         return tuple(resolved) if len(resolved) == len(device.points) else None
 
-    def _one_source(self, device: DeviceBase, point: str, indicator: str, point_raw: LocatedDict,
-                    point_path: str) -> None:
-        feeds = (device.asset.id, indicator)
-        if feeds in self._fed:
-            self.issue(point_raw.where("indicator"), f"{point_path}.indicator",
-                       f"indicator {indicator!r} of asset {device.asset.id!r} is already fed by {self._fed[feeds]}; "
-                       "expected one source per indicator of an asset")
-        self._fed.setdefault(feeds, f"device {device.id!r} point {point!r}")
+    def _one_source(self, device: DeviceBase, point: str, indicator: str, instance: str | None,
+                    point_raw: LocatedDict, point_path: str) -> None:
+        """Asset, indicator and instance name one source: two points feeding the same one are an error, and so
+        is an indicator fed both with and without instances (a consumer could not tell which is which)."""
+        asset = device.asset.id
+        fed = self._fed.setdefault((asset, indicator), {})
+        this = f"device {device.id!r} point {point!r}"
+        if instance in fed:
+            if instance is None:
+                self.issue(point_raw.where("indicator"), f"{point_path}.indicator",
+                           f"indicator {indicator!r} of asset {asset!r} is already fed by {fed[None]}; expected one "
+                           "source per indicator of an asset, or an `instance:` on each point feeding it to keep "
+                           "them apart (e.g. instance: reservoir and instance: wet-well)")
+            else:
+                self.issue(point_raw.where("instance"), f"{point_path}.instance",
+                           f"instance {instance!r} of indicator {indicator!r} of asset {asset!r} is already fed by "
+                           f"{fed[instance]}; expected a different instance name for each source")
+        elif fed and (None in fed) != (instance is None):
+            named = ", ".join(sorted(str(i) for i in {*fed, instance} if i is not None))
+            key = "instance" if instance is not None else "indicator"
+            self.issue(point_raw.where(key), f"{point_path}.{key}",
+                       f"indicator {indicator!r} of asset {asset!r} is fed both with instances ({named}) and without "
+                       f"({'by ' + fed[None] if None in fed else 'this point'}); expected an `instance:` on every "
+                       "point feeding it")
+        fed.setdefault(instance, this)
 
     def _note_derived(self, device: DeviceBase, raw: LocatedDict, written: _Written) -> None:
         entries = raw.get("derived")
@@ -154,8 +173,8 @@ class Resolver:
     def check_derived(self) -> None:
         """Derived indicators must be in the catalogue and computed from indicators their asset has."""
         available: dict[str, set[str]] = {}
-        for asset_id, indicator_id in self._fed:
-            available.setdefault(asset_id, set()).add(indicator_id)
+        for (asset_id, indicator_id), instances in self._fed.items():
+            available.setdefault(asset_id, set()).update(series_key(indicator_id, i) for i in instances)
         for device in self._enabled():
             for rule in device.config.derived:
                 if self.catalogue.indicator(rule.indicator) is not None:
@@ -170,18 +189,25 @@ class Resolver:
                                f"unknown indicator {rule.indicator!r}; expected an indicator id from the catalogue"
                                + suggest(rule.indicator, [i.id for i in self.catalogue.indicators]))
                 for name in sorted(rule.inputs() - has):
+                    sources = sorted(n for n in has if n.startswith(f"{name}["))
+                    hint = (f" ({name!r} has several sources on this asset: name one, as {sources[0]!r})"
+                            if sources else "")
                     self.issue(where, rule_path, f"input {name!r} is not an indicator of asset {device.asset.asset!r}; "
-                               f"expected one of: {', '.join(sorted(has))}" + suggest(name, has))
+                               f"expected one of: {', '.join(sorted(has))}" + (hint or suggest(name, has)))
 
     def check_alarm_ids(self) -> None:
         """Every alarm of an asset (of its points and of its derived indicators) has an id of its own."""
         seen: dict[tuple[str, str], str] = {}
+        series: set[tuple[str, str]] = set()
         for device in self._enabled():
             written = self._written[device.id]
             for point in device.points:
+                key = series_key(point.indicator.id, point.config.instance)
+                if (device.asset.asset, key) in series:
+                    continue  # a second source of one series, already reported as such
+                series.add((device.asset.asset, key))
                 where = written.processing.get(point.name)
-                self._alarm_ids(device, point.indicator.id, point.rules.alarms, where,
-                                f"{written.path}.points[{point.name}]", seen)
+                self._alarm_ids(device, key, point.rules.alarms, where, f"{written.path}.points[{point.name}]", seen)
             for index, rule in enumerate(device.config.derived):
                 indicator = self.catalogue.indicator(rule.indicator)
                 if indicator is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Sequence
 from typing import Annotated, Self
 
@@ -30,6 +32,18 @@ def _shared(number: float) -> float:
 
 
 SharedFloat = Annotated[float, AfterValidator(_shared)]
+_INSTANCE = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+def _instance_name(name: str) -> str:
+    if len(name) > 64 or not _INSTANCE.match(name):
+        raise ValueError("an instance name goes into ids and payloads beside the asset and indicator ids, and must "
+                         "fit every topic layout: expected a lower-case letter, then a-z, 0-9 and '-' (no '/', '+', "
+                         "'#', '[', ']', spaces or capitals), at most 64 characters")
+    return sys.intern(name)
+
+
+Instance = Annotated[str, AfterValidator(_instance_name)]
 
 
 @record
@@ -45,6 +59,9 @@ class PointBase:
     range: tuple[float, float] | None = Field(
         None, description="Valid range in `unit`; outside it the reading is bad (out-of-range).")
     writable: bool = Field(False, description="Only writable points can ever be written to the device.")
+    instance: Instance | None = Field(
+        None, description="Tells several sources of one indicator of an asset apart (level: reservoir, wet-well); "
+                          "derived expressions name one as level[wet-well].")
     invert: bool = Field(False, description="For a boolean: publish true where the device says false and back.")
     states: dict[int, Id] | None = Field(
         None, description="For a multi-state indicator: the device's codes, each mapped to a state id the "

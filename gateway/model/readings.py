@@ -38,6 +38,12 @@ class Reason(enum.StrEnum):
     UNKNOWN_STATE = "unknown-state"  # a multi-state code the configuration does not name
 
 
+def series_key(indicator: str, instance: str | None) -> str:
+    """How processing, alarm ids and derived expressions name one source of an indicator: `level`, or
+    `level[wet-well]` for one of several instances of it on an asset."""
+    return indicator if instance is None else f"{indicator}[{instance}]"
+
+
 def now_ms() -> int:
     """Wall-clock UTC time in milliseconds since the epoch."""
     return time.time_ns() // 1_000_000
@@ -93,6 +99,11 @@ class Reading:
     point: str
     state: str | None = None  # the state id of a multi-state indicator's code
     instance: str | None = None  # which of several sources of the indicator on the asset
+
+    @property
+    def series(self) -> str:
+        """`indicator`, or `indicator[instance]`: the name derived expressions use."""
+        return self.indicator if self.instance is None else f"{self.indicator}[{self.instance}]"
 
     def as_payload(self, seq: int) -> dict[str, object]:
         """The JSON shape of one reading inside a batch (documented in README)."""

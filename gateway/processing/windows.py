@@ -46,12 +46,17 @@ class WindowStats:
     mean: float | None = None
     last: float | None = None
     failed: int = 0
+    instance: str | None = None
 
     def as_payload(self, seq: int) -> dict[str, object]:
-        return {"seq": seq, "indicator": self.indicator, "unit": self.unit, "unit_code": self.unit_code,
-                "window": self.window_s, "start": self.start_ms, "end": self.end_ms,
-                "min": self.minimum, "max": self.maximum, "mean": self.mean, "last": self.last,
-                "count": self.count, "failed": self.failed, "good": round(self.good, 4)}
+        body: dict[str, object] = {"seq": seq, "indicator": self.indicator}
+        if self.instance is not None:
+            body["instance"] = self.instance
+        body.update({"unit": self.unit, "unit_code": self.unit_code,
+                     "window": self.window_s, "start": self.start_ms, "end": self.end_ms,
+                     "min": self.minimum, "max": self.maximum, "mean": self.mean, "last": self.last,
+                     "count": self.count, "failed": self.failed, "good": round(self.good, 4)})
+        return body
 
 
 def numeric(value: Value) -> float | None:
@@ -68,6 +73,7 @@ class SeriesInfo:
     indicator: str
     unit: str
     unit_code: str
+    instance: str | None = None
 
 
 S = TypeVar("S")  # what a closed window gives: WindowStats, or ConsumptionStats for a counter
@@ -183,7 +189,7 @@ class StatisticsWindow(AlignedWindow[WindowStats]):
         info = self.info
         return WindowStats(info.indicator, info.unit, info.unit_code, self.size_s, self.start_ms, end_ms,
                            self.count, self._good_ms / self.size_ms, self._min, self._max, mean, self._last,
-                           self.failed)
+                           self.failed, info.instance)
 
     def interval_mean(self) -> float | None:
         """Mean of the open window so far (for callers that close windows themselves)."""
