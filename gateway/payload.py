@@ -87,7 +87,8 @@ def describe_processing(indicator: Indicator, rules: Processing, instance: str |
     }
 
 
-def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: int) -> bytes:
+def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: int,
+                             attributes: Sequence[dict[str, object]] = ()) -> bytes:
     """Retained self-description of one asset: what it is and every indicator it reports.
 
     A subscriber learns indicators, units, ranges, sources and processing rules from this message alone.
@@ -114,6 +115,7 @@ def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: 
         },
         "catalogue": _catalogues(asset),
         "indicators": indicators,
+        "attributes": list(attributes),  # what describes the asset, as last read (README: static attributes)
         "updated": updated_ms,
         "version": __version__,
     }

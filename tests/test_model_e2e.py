@@ -6,14 +6,16 @@ Real parts only: the Modbus simulator, the whole gateway and mosquitto.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from drivers.modbus.tables import Table
 from simulators.modbus import ModbusSimulator
-from tests.brokers import Broker
+from tests.brokers import Broker, Received
 from tests.conftest import SubscriberFactory
 from tests.e2e import DATA_TOPIC, modbus_device, readings, running, write_config
 
@@ -116,3 +118,47 @@ async def test_two_instances_of_one_indicator_reach_the_subscriber_apart(
     described = {(d["id"], d.get("instance")): d for d in meta["indicators"]}
     assert set(described) == {("level", "reservoir"), ("level", "wet-well"), ("level-difference", None)}
     assert described[("level", "wet-well")]["alarms"][0]["id"] == "level[wet-well]-high"
+
+
+def text_registers(text: str, registers: int) -> list[int]:
+    raw = text.encode().ljust(registers * 2, b"\x00")
+    return list(struct.unpack(f">{registers}H", raw))
+
+
+async def test_attributes_go_into_the_meta_and_never_into_readings(
+        tmp_path: Path, broker: Broker, mqtt_subscriber: SubscriberFactory) -> None:
+    points = [{"name": "flow", "indicator": "flow", "table": "holding_register", "address": 0}]
+    attributes = [
+        {"name": "station_no", "attribute": "station-number", "table": "holding_register", "address": 100},
+        {"name": "station_name", "attribute": "station-id", "table": "holding_register", "address": 110,
+         "type": "string", "length": 4},
+    ]
+    plc = ModbusSimulator([1])
+    await plc.start()
+    try:
+        plc.set_registers(1, Table.HOLDING_REGISTER, 0, [40])
+        plc.set_registers(1, Table.HOLDING_REGISTER, 100, [17])
+        plc.set_registers(1, Table.HOLDING_REGISTER, 110, text_registers("北站-1", 4))  # UTF-8 text, 8 bytes
+        device = modbus_device("plc-1", plc.port, points=points, attributes=attributes, attribute_interval=0.3)
+        config = write_config(tmp_path, broker.port, [device])
+        subscriber = await mqtt_subscriber(broker, META_TOPIC, DATA_TOPIC, "city/gateway/test-gw/device/+/status")
+
+        def described_attributes(messages: list[Received]) -> list[dict[str, Any]]:
+            metas = [m for m in messages if m.topic == META_TOPIC]
+            return json.loads(metas[-1].payload)["attributes"] if metas else []
+
+        async with running(config):
+            await subscriber.wait_for(lambda m: len(described_attributes(m)) == 2, "the attributes in the meta")
+            first = described_attributes(subscriber.messages)
+            plc.set_registers(1, Table.HOLDING_REGISTER, 110, text_registers("南站-2", 4))
+            await subscriber.wait_for(lambda m: any(a["value"] == "南站-2" for a in described_attributes(m)),
+                                      "the changed station id, read again")
+            await subscriber.wait_count(1, DATA_TOPIC)
+    finally:
+        await plc.stop()
+    assert [(a["id"], a["value"], a["point"], a["device"]) for a in first] == [
+        ("station-number", 17, "station_no", "plc-1"), ("station-id", "北站-1", "station_name", "plc-1")]
+    assert first[0]["name"] == {"en": "Station number", "zh": "站号"}
+    assert {r["point"] for r in readings(subscriber.messages)} == {"flow"}, "attributes are never readings"
+    statuses = {m.topic for m in subscriber.messages if m.topic.endswith("/status")}
+    assert statuses == {"city/gateway/test-gw/device/plc-1/status"}, "the attribute reader is no device of its own"

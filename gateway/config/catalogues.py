@@ -17,11 +17,12 @@ from pydantic import BaseModel
 
 from gateway.config.errors import ConfigIssue, Location, suggest
 from gateway.config.yamlsource import LocatedDict, LocatedList
-from gateway.model.catalogue import AssetType, Catalogue, CatalogueFile, Domain, Indicator, Source
+from gateway.model.catalogue import AssetType, Attribute, Catalogue, CatalogueFile, Domain, Indicator, Source
 
 _M = TypeVar("_M", bound=BaseModel)
-_KINDS = (("domains", "domain"), ("asset_types", "asset type"), ("indicators", "indicator"))
-Entry = Domain | AssetType | Indicator
+_KINDS = (("domains", "domain"), ("asset_types", "asset type"), ("indicators", "indicator"),
+          ("attributes", "attribute"))
+Entry = Domain | AssetType | Indicator | Attribute
 
 
 class Reader(Protocol):
@@ -129,10 +130,11 @@ def read_catalogues(reader: Reader, paths: Sequence[Path]) -> tuple[Catalogue | 
     entries = merge.entries
     return Catalogue.merged(merge.sources, _typed(entries["domains"], Domain),
                             _typed(entries["asset_types"], AssetType),
-                            _typed(entries["indicators"], Indicator)), merge.notes
+                            _typed(entries["indicators"], Indicator),
+                            _typed(entries["attributes"], Attribute)), merge.notes
 
 
-_E = TypeVar("_E", Domain, AssetType, Indicator)
+_E = TypeVar("_E", Domain, AssetType, Indicator, Attribute)
 
 
 def _typed(entries: dict[str, Entry], kind: type[_E]) -> list[_E]:

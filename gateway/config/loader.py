@@ -30,10 +30,11 @@ from gateway.config.resolve import Resolver
 from gateway.config.yamlsource import LocatedDict, LocatedList, YamlLoadError, load_yaml, located_dict
 from gateway.model.catalogue import Catalogue
 from gateway.model.devices import DeviceBase
-from gateway.model.resolved import ResolvedAsset, ResolvedDevice
+from gateway.model.resolved import ATTRIBUTES_SUFFIX, AttributeSource, ResolvedAsset, ResolvedDevice
 from gateway.model.settings import MainFile
 
 _M = TypeVar("_M", bound=BaseModel)
+ATTRIBUTE_INTERVAL = 3600.0  # seconds between two reads of a device's attributes, unless it says
 _SECRET_KEYS = ("password", "key_password", "passphrase", "secret", "token")
 
 
@@ -47,6 +48,7 @@ class GatewayConfig:
     devices: tuple[ResolvedDevice[DeviceBase], ...]  # every configured device, enabled or not
     assets: tuple[ResolvedAsset, ...]  # every asset an enabled device feeds
     notes: tuple[ConfigIssue, ...] = ()  # what is valid but worth saying: catalogue entries an overlay overrides
+    attribute_sources: tuple[AttributeSource, ...] = ()  # what enabled devices read as their assets' attributes
 
     @property
     def state_dir(self) -> Path:
@@ -183,6 +185,57 @@ class _Loader:
         model = known[protocol].config_model
         return self.validate(model, raw, list(_path_parts(path))), raw
 
+    def take_attributes(self, raw: LocatedDict, path: str) -> tuple[LocatedList, Any, Location, Location] | None:
+        """The device's `attributes:` (a list) and `attribute_interval`, taken out of its mapping: they are
+        validated as a device of their own (`attribute_device`)."""
+        if "attributes" not in raw:
+            if "attribute_interval" in raw:
+                self.issue(raw.where("attribute_interval"), f"{path}.attribute_interval",
+                           "`attribute_interval` is how often `attributes:` are read again; expected `attributes:`, "
+                           "found none")
+                raw.pop("attribute_interval")
+            return None
+        where, interval_where = raw.where("attributes"), raw.where("attribute_interval")
+        attributes, interval = raw.pop("attributes"), raw.pop("attribute_interval", None)
+        if not isinstance(attributes, LocatedList):
+            self.issue(where, f"{path}.attributes", f"expected a list of attribute points, found {_kind(attributes)}")
+            return None
+        return attributes, interval, where, interval_where
+
+    def attribute_device(self, device: DeviceBase, raw: LocatedDict,
+                         taken: tuple[LocatedList, Any, Location, Location], path: str) -> DeviceBase | None:
+        """The device's attributes as a device of their own: the same connection settings, the attribute points
+        (each `attribute:` read as a point's `indicator:`), polled every `attribute_interval` seconds."""
+        attributes, interval, where, interval_where = taken
+        points = LocatedList()
+        points.location, points.item_locations = attributes.location, list(attributes.item_locations)
+        for item in attributes:
+            if isinstance(item, LocatedDict):
+                renamed = {("indicator" if k == "attribute" else k): v for k, v in item.items()}
+                locations = {("indicator" if k == "attribute" else k): v for k, v in item.key_locations.items()}
+                points.append(located_dict(item.location, renamed, locations))
+            else:
+                points.append(item)
+        skipped = {"points", "derived", "drop", "profile", "supervision", "poll_interval"}
+        keys = {k: v for k, v in raw.items() if k not in skipped}
+        keys["points"] = points
+        keys["poll_interval"] = ATTRIBUTE_INTERVAL if interval is None else interval
+        merged = located_dict(raw.location, keys, {**raw.key_locations, "points": where,
+                                                   "poll_interval": interval_where})
+        first = len(self.issues)
+        validated = self.validate(type(device), merged, list(_path_parts(path)))
+        for index in range(first, len(self.issues)):  # say it as the user wrote it
+            issue = self.issues[index]
+            fixed = issue.path.replace(f"{path}.points[", f"{path}.attributes[").replace(
+                f"{path}.poll_interval", f"{path}.attribute_interval")
+            if fixed.startswith(f"{path}.attributes["):
+                fixed = fixed.replace("].indicator", "].attribute")
+            self.issues[index] = ConfigIssue(issue.location, fixed, issue.message.replace(
+                "name, indicator,", "name, attribute,"))
+        if validated is None:
+            return None
+        return validated.model_copy(update={"id": device.id + ATTRIBUTES_SUFFIX, "supervision": None})
+
     def apply_profile(self, raw: LocatedDict, path: str, profiles_dir: Path) -> LocatedDict | None:
         name = raw["profile"]
         file = profiles_dir / f"{name}.yaml"
@@ -280,9 +333,14 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Gateway
     # One device file at a time, so the raw YAML of a large site never sits in memory all at once.
     for entries in itertools.chain([inline], (loader.device_file(file) for file in files)):
         for raw, device_path in entries:
+            attributes = loader.take_attributes(raw, device_path)
             device, merged_raw = loader.device(raw, device_path, main.profiles)
             if device is not None and resolver is not None:
                 resolver.add_device(device, merged_raw, device_path)
+                if attributes is not None:
+                    source = loader.attribute_device(device, merged_raw, attributes, device_path)
+                    if source is not None:
+                        resolver.add_attributes(device, source, attributes[0], device_path)
     if resolver is None or catalogue is None:
         raise ConfigError(loader.issues)
     resolver.check_links()
@@ -291,7 +349,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Gateway
     issues = loader.issues + resolver.issues
     if issues:
         raise ConfigError(issues)
-    return GatewayConfig(path.resolve(), main, catalogue, tuple(resolver.devices), resolver.assets(), tuple(notes))
+    return GatewayConfig(path.resolve(), main, catalogue, tuple(resolver.devices), resolver.assets(), tuple(notes),
+                         tuple(resolver.attribute_sources))
 
 
 def load_catalogue(*paths: Path) -> Catalogue:

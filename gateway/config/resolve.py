@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from gateway.config.errors import ConfigIssue, Location, suggest
 from gateway.config.yamlsource import LocatedDict, LocatedList, located_dict
 from gateway.model import units
-from gateway.model.catalogue import Catalogue
+from gateway.model.catalogue import Attribute, Catalogue
 from gateway.model.devices import DeviceBase
 from gateway.model.readings import series_key
 from gateway.model.resolved import (
+    AttributeSource,
     PointError,
     ResolvedAsset,
     ResolvedDevice,
@@ -52,6 +53,8 @@ class Resolver:
     issues: list[ConfigIssue] = field(default_factory=list)
     devices: list[ResolvedDevice[DeviceBase]] = field(default_factory=list)
     _written: dict[str, _Written] = field(default_factory=dict)
+    attribute_sources: list[AttributeSource] = field(default_factory=list)
+    _attributes: dict[tuple[str, str], str] = field(default_factory=dict)  # (asset, attribute) -> who reads it
     _device_ids: dict[str, str] = field(default_factory=dict)  # first place each id was used
     _assets: dict[str, tuple[tuple[str, str, str], str]] = field(default_factory=dict)
     # (asset, indicator) -> instance (None: the plain indicator) -> who feeds it
@@ -78,6 +81,28 @@ class Resolver:
         self._note_derived(device, raw, written)
         if points is not None:
             self.devices.append(ResolvedDevice(device, asset_ref(device), points))
+
+    def add_attributes(self, device: DeviceBase, source: DeviceBase, raw: LocatedList, path: str) -> None:
+        """The attributes a device reads for its asset: each in the catalogue, each once per asset."""
+        attributes: list[tuple[str, Attribute]] = []
+        for index, point in enumerate(source.points):
+            entry = raw[index] if index < len(raw) and isinstance(raw[index], LocatedDict) else None
+            where = entry.where("attribute") if entry is not None else raw.where(index)
+            attribute = self.catalogue.attribute(point.indicator)
+            if attribute is None:
+                self.issue(where, f"{path}.attributes[{index}].attribute",
+                           f"unknown attribute {point.indicator!r}; expected an attribute id from the catalogue"
+                           + suggest(point.indicator, [a.id for a in self.catalogue.attributes]))
+                continue
+            first = self._attributes.setdefault((device.asset.id, attribute.id), f"device {device.id!r}")
+            if first != f"device {device.id!r}" or any(a.id == attribute.id for _, a in attributes):
+                self.issue(where, f"{path}.attributes[{index}].attribute",
+                           f"attribute {attribute.id!r} of asset {device.asset.id!r} is already read by {first}; "
+                           "expected each attribute of an asset from one source")
+                continue
+            attributes.append((point.name, attribute))
+        if device.enabled and device.id in self._written and len(attributes) == len(source.points):
+            self.attribute_sources.append(AttributeSource(source, device.id, asset_ref(device), tuple(attributes)))
 
     def _check_asset(self, device: DeviceBase, raw: LocatedDict, path: str) -> None:
         catalogue, asset, where = self.catalogue, device.asset, raw["asset"]

@@ -81,6 +81,14 @@ class Domain(_Entry):
     name: Names
 
 
+class Attribute(_Entry):
+    """What describes an asset rather than measures it (station number, serial number, firmware version):
+    read at connect and then rarely, published in the asset's self-description, never as readings."""
+
+    name: Names
+    description: str = ""
+
+
 class AssetType(_Entry):
     domain: Id
     name: Names
@@ -172,6 +180,7 @@ class CatalogueFile(StrictModel):
     domains: list[Domain] = Field(default_factory=list)
     asset_types: list[AssetType] = Field(default_factory=list)
     indicators: list[Indicator] = Field(default_factory=list)
+    attributes: list[Attribute] = Field(default_factory=list)
 
 
 class Catalogue(StrictModel):
@@ -181,6 +190,7 @@ class Catalogue(StrictModel):
     domains: list[Domain]
     asset_types: list[AssetType]
     indicators: list[Indicator]
+    attributes: list[Attribute] = Field(default_factory=list)
 
     _indicators: dict[str, Indicator] = PrivateAttr(default_factory=dict)
     _asset_types: dict[str, AssetType] = PrivateAttr(default_factory=dict)
@@ -192,11 +202,12 @@ class Catalogue(StrictModel):
 
     @classmethod
     def merged(cls, sources: list[tuple[Source, CatalogueFile]], domains: list[Domain],
-               asset_types: list[AssetType], indicators: list[Indicator]) -> Catalogue:
+               asset_types: list[AssetType], indicators: list[Indicator], attributes: list[Attribute]) -> Catalogue:
         """The catalogue of several files whose entries the loader has merged (and checked across files)."""
         first = sources[0][1]
         catalogue = cls.model_construct(version=first.version, name=first.name, description=first.description,
-                                        domains=domains, asset_types=asset_types, indicators=indicators)
+                                        domains=domains, asset_types=asset_types, indicators=indicators,
+                                        attributes=attributes)
         catalogue.model_post_init(None)
         catalogue._sources = tuple(source for source, _ in sources)
         return catalogue
@@ -208,6 +219,9 @@ class Catalogue(StrictModel):
 
     def indicator(self, indicator_id: str) -> Indicator | None:
         return self._indicators.get(indicator_id)
+
+    def attribute(self, attribute_id: str) -> Attribute | None:
+        return next((a for a in self.attributes if a.id == attribute_id), None)
 
     def asset_type(self, type_id: str) -> AssetType | None:
         return self._asset_types.get(type_id)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Generic
 
 from gateway.model import units
-from gateway.model.catalogue import AssetType, Catalogue, Indicator
+from gateway.model.catalogue import AssetType, Attribute, Catalogue, Indicator
 from gateway.model.devices import AssetSettings, DeviceBase, PointBase
 from gateway.model.driver import D
 from gateway.model.expression import Expression, parse
@@ -249,6 +249,24 @@ def assets_of(devices: Sequence[ResolvedDevice[DeviceBase]], catalogue: Catalogu
         assets.append(ResolvedAsset(feeding[0].asset, settings, catalogue.asset_type(settings.type),
                                     tuple(feeding), tuple(derived)))
     return tuple(assets)
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeSource:
+    """The attributes one device reads for its asset: a device of their own on the same link (`config`, its
+    points the attribute points, polled every `attribute_interval`), named after the device it belongs to."""
+
+    config: DeviceBase  # id `<device>#attributes`, never a device of its own in topics or status
+    device: str
+    asset: AssetRef
+    attributes: tuple[tuple[str, Attribute], ...]  # (point name, catalogue attribute)
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+
+ATTRIBUTES_SUFFIX = "#attributes"
 
 
 def asset_ref(device: DeviceBase) -> AssetRef:
