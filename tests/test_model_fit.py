@@ -162,3 +162,20 @@ def test_an_instance_name_that_does_not_fit_a_topic_is_refused_at_load(tmp_path:
         load_config(level_site(tmp_path, [level_point("a", 0, name)]), environ={})
     assert "devices[0].points[0].instance: an instance name goes into ids and payloads" in str(caught.value)
     assert f"found {name!r}" in str(caught.value)
+
+
+def test_the_worked_example_site_loads_as_the_readme_describes_it() -> None:
+    config = load_config(Path(__file__).parent.parent / "config" / "model-example" / "gateway.yaml", environ={})
+    station, pump, dosing = config.devices
+    names = [p.name for p in station.points]
+    assert "flooding" not in names and "volume_total" not in names, "dropped from the profile"
+    levels = {p.config.instance: p.name for p in station.points if p.indicator.id == "level"}
+    assert levels == {"reservoir": "tank_level", "wet-well": "wet_well_level"}
+    running = {p.config.instance: p.config.invert for p in pump.points if p.indicator.id == "pump-running"}
+    assert running == {"status-word": False, "contactor": True}
+    mode = next(p for p in dosing.points if p.name == "mode")
+    assert mode.transform.states is not None and mode.transform.states.name(12) == (2, "flow-paced")
+    assert mode.indicator.source is not None and mode.indicator.source.name == "example-water-utility"
+    (attributes,) = config.attribute_sources
+    assert [a.id for _, a in attributes.attributes] == ["station-number", "station-id"]
+    assert attributes.config.poll_interval == 21600
