@@ -176,6 +176,8 @@ def test_the_worked_example_site_loads_as_the_readme_describes_it() -> None:
     mode = next(p for p in dosing.points if p.name == "mode")
     assert mode.transform.states is not None and mode.transform.states.name(12) == (2, "flow-paced")
     assert mode.indicator.source is not None and mode.indicator.source.name == "example-water-utility"
+    (derived,) = next(a for a in config.assets if a.ref.asset == "ps02-station").derived
+    assert derived.inputs == {"level[reservoir]", "level[wet-well]"}
     (attributes,) = config.attribute_sources
     assert [a.id for _, a in attributes.attributes] == ["station-number", "station-id"]
     assert attributes.config.poll_interval == 21600
