@@ -57,8 +57,11 @@ class Resolver:
     _attributes: dict[tuple[str, str], str] = field(default_factory=dict)  # (asset, attribute) -> who reads it
     _device_ids: dict[str, str] = field(default_factory=dict)  # first place each id was used
     _assets: dict[str, tuple[tuple[str, str, str], str]] = field(default_factory=dict)
-    # (asset, indicator) -> instance (None: the plain indicator) -> who feeds it
-    _fed: dict[tuple[str, str], dict[str | None, str]] = field(default_factory=dict)
+    # (asset, indicator, instance) -> who feeds it; instance None: the indicator has one source on the asset.
+    # Flat, not nested per indicator: a large site has a source per point, and this is what it holds.
+    _fed: dict[tuple[str, str, str | None], str] = field(default_factory=dict)
+    _instanced: set[tuple[str, str]] = field(default_factory=set)  # (asset, indicator) fed with instances
+    _second_sources: set[tuple[str, str]] = field(default_factory=set)  # (device, point) reported as a duplicate
 
     def issue(self, location: Location | None, path: str, message: str) -> None:
         self.issues.append(ConfigIssue(location, path, message))
@@ -156,26 +159,32 @@ class Resolver:
         """Asset, indicator and instance name one source: two points feeding the same one are an error, and so
         is an indicator fed both with and without instances (a consumer could not tell which is which)."""
         asset = device.asset.id
-        fed = self._fed.setdefault((asset, indicator), {})
-        this = f"device {device.id!r} point {point!r}"
-        if instance in fed:
+        key = (asset, indicator, instance)
+        first = self._fed.get(key)
+        plain = self._fed.get((asset, indicator, None))
+        if first is not None:
             if instance is None:
                 self.issue(point_raw.where("indicator"), f"{point_path}.indicator",
-                           f"indicator {indicator!r} of asset {asset!r} is already fed by {fed[None]}; expected one "
+                           f"indicator {indicator!r} of asset {asset!r} is already fed by {first}; expected one "
                            "source per indicator of an asset, or an `instance:` on each point feeding it to keep "
                            "them apart (e.g. instance: reservoir and instance: wet-well)")
             else:
                 self.issue(point_raw.where("instance"), f"{point_path}.instance",
                            f"instance {instance!r} of indicator {indicator!r} of asset {asset!r} is already fed by "
-                           f"{fed[instance]}; expected a different instance name for each source")
-        elif fed and (None in fed) != (instance is None):
-            named = ", ".join(sorted(str(i) for i in {*fed, instance} if i is not None))
-            key = "instance" if instance is not None else "indicator"
-            self.issue(point_raw.where(key), f"{point_path}.{key}",
+                           f"{first}; expected a different instance name for each source")
+            self._second_sources.add((device.id, point))
+            return
+        if (instance is None and (asset, indicator) in self._instanced) or (instance is not None and plain):
+            named = ", ".join(sorted({i for (a, n, i) in self._fed if a == asset and n == indicator and i is not None}
+                                     | ({instance} if instance is not None else set())))
+            where = "instance" if instance is not None else "indicator"
+            self.issue(point_raw.where(where), f"{point_path}.{where}",
                        f"indicator {indicator!r} of asset {asset!r} is fed both with instances ({named}) and without "
-                       f"({'by ' + fed[None] if None in fed else 'this point'}); expected an `instance:` on every "
-                       "point feeding it")
-        fed.setdefault(instance, this)
+                       f"({'by ' + plain if plain else 'this point'}); expected an `instance:` on every point "
+                       "feeding it")
+        self._fed[key] = f"device {device.id!r} point {point!r}"
+        if instance is not None:
+            self._instanced.add((asset, indicator))
 
     def _note_derived(self, device: DeviceBase, raw: LocatedDict, written: _Written) -> None:
         entries = raw.get("derived")
@@ -198,8 +207,8 @@ class Resolver:
     def check_derived(self) -> None:
         """Derived indicators must be in the catalogue and computed from indicators their asset has."""
         available: dict[str, set[str]] = {}
-        for (asset_id, indicator_id), instances in self._fed.items():
-            available.setdefault(asset_id, set()).update(series_key(indicator_id, i) for i in instances)
+        for asset_id, indicator_id, instance in self._fed:
+            available.setdefault(asset_id, set()).add(series_key(indicator_id, instance))
         for device in self._enabled():
             for rule in device.config.derived:
                 if self.catalogue.indicator(rule.indicator) is not None:
@@ -223,14 +232,12 @@ class Resolver:
     def check_alarm_ids(self) -> None:
         """Every alarm of an asset (of its points and of its derived indicators) has an id of its own."""
         seen: dict[tuple[str, str], str] = {}
-        series: set[tuple[str, str]] = set()
         for device in self._enabled():
             written = self._written[device.id]
             for point in device.points:
+                if (device.id, point.name) in self._second_sources:
+                    continue  # its alarms would be the first source's: reported as a second source already
                 key = series_key(point.indicator.id, point.config.instance)
-                if (device.asset.asset, key) in series:
-                    continue  # a second source of one series, already reported as such
-                series.add((device.asset.asset, key))
                 where = written.processing.get(point.name)
                 self._alarm_ids(device, key, point.rules.alarms, where, f"{written.path}.points[{point.name}]", seen)
             for index, rule in enumerate(device.config.derived):
