@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers.modbus.config import ModbusPoint
+from drivers.modbus.config import ModbusPoint, ModbusTcpDevice
 from gateway import cli
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load_catalogue, load_config
@@ -181,3 +181,11 @@ def test_the_worked_example_site_loads_as_the_readme_describes_it() -> None:
     (attributes,) = config.attribute_sources
     assert [a.id for _, a in attributes.attributes] == ["station-number", "station-id"]
     assert attributes.config.poll_interval == 21600
+
+
+def test_a_configuration_pointed_elsewhere_takes_its_attribute_readers_along() -> None:
+    config = load_config(Path(__file__).parent.parent / "config" / "model-example" / "gateway.yaml", environ={})
+    moved = config.with_devices(lambda device: device.model_copy(update={"host": "127.0.0.1"}))
+    (reader,) = moved.attribute_sources
+    assert isinstance(reader.config, ModbusTcpDevice) and reader.config.host == "127.0.0.1"
+    assert not config.with_devices(lambda device: None).attribute_sources

@@ -78,7 +78,13 @@ class GatewayConfig:
             devices = tuple(kept[d.id] for d in asset.devices if d.id in kept)
             if devices:
                 assets.append(dataclasses.replace(asset, devices=devices))
-        return dataclasses.replace(self, devices=tuple(kept.values()), assets=tuple(assets))
+        readers = []  # a device's attributes are read over the device's connection, changed alike
+        for source in self.attribute_sources:
+            changed = change(source.config) if source.device in kept else None
+            if changed is not None:
+                readers.append(dataclasses.replace(source, config=changed))
+        return dataclasses.replace(self, devices=tuple(kept.values()), assets=tuple(assets),
+                                   attribute_sources=tuple(readers))
 
 
 @dataclass
