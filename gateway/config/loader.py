@@ -273,8 +273,13 @@ class _Loader:
                                f"profile {raw['profile']!r} has no point {name!r} to drop; expected one of: "
                                f"{', '.join(names) or '(none)'}" + suggest(name, names))
         own = raw.get("points")
+        dropping = set(dropped) if isinstance(dropped, LocatedList) else set()
         for index, point in enumerate(own if isinstance(own, LocatedList) else ()):
             name = _point_name(point)
+            if name is not None and name in dropping:
+                self.issue(point.where("name"), f"{path}.points[{index}].name",
+                           f"point {name!r} is both dropped (`drop:`) and overridden here; expected one of the two")
+                continue
             if name is None or name in names or "indicator" in point:
                 continue
             self.issue(point.where("name"), f"{path}.points[{index}].name",
