@@ -189,3 +189,23 @@ def test_a_configuration_pointed_elsewhere_takes_its_attribute_readers_along() -
     (reader,) = moved.attribute_sources
     assert isinstance(reader.config, ModbusTcpDevice) and reader.config.host == "127.0.0.1"
     assert not config.with_devices(lambda device: None).attribute_sources
+
+
+def test_a_state_alarm_of_a_multi_state_indicator_may_name_the_state(tmp_path: Path) -> None:
+    alarm = {"alarms": [{"level": "state", "state": "manual", "message": "pump left in manual"}]}
+    config = load_config(write_site(tmp_path, [{
+        "id": "plc-1", "protocol": "modbus-tcp", "host": "127.0.0.1", "asset": STATION,
+        "points": [{"name": "mode", "indicator": "pump-mode", "table": "holding_register", "address": 0,
+                    "states": {7: "automatic", 5: "manual"}, "processing": alarm}]}]), environ={})
+    processor = Processor(config.assets, supervision={"plc-1": None}, clock=lambda: T0)
+    mapper = DeviceMapper(config.devices[0])
+    assert not processor.process("plc-1", mapper.readings([Sample("mode", 7)], T0)).events
+    (raised,) = processor.process("plc-1", mapper.readings([Sample("mode", 5)], T0)).events
+    assert (raised.alarm, raised.event, raised.value) == ("pump-mode-state", "raised", 1)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_site(tmp_path, [{
+            "id": "plc-1", "protocol": "modbus-tcp", "host": "127.0.0.1", "asset": STATION,
+            "points": [{"name": "mode", "indicator": "pump-mode", "table": "holding_register", "address": 0,
+                        "processing": {"alarms": [{"level": "state", "state": "manul"}]}}]}]), environ={})
+    assert ("devices[0].points[0].processing: alarm state 'manul' is not a state of 'pump-mode'; expected one of: "
+            "stopped, manual, automatic") in str(caught.value)

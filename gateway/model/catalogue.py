@@ -147,6 +147,10 @@ class Indicator(_Entry):
             twice = sorted({str(v) for v in seen if seen.count(v) > 1})
             if twice:
                 raise ValueError(f"expected each state's {what} once, found {', '.join(twice)} more than once")
+        for rule in self.alarms or ():
+            if isinstance(rule.state, str) and self.state_named(rule.state) is None:
+                raise ValueError(f"alarm state {rule.state!r} is not one of the indicator's states; expected one of: "
+                                 f"{', '.join(s.id for s in self.states)}")
         return self
 
     @property

@@ -177,8 +177,25 @@ class ResolvedPoint:
 def resolve_point(point: PointBase, indicator: Indicator) -> ResolvedPoint:
     """Raises UnitError when the point's unit does not convert to the indicator's, PointError when one of its
     keys does not fit the indicator."""
-    rules = indicator.processing.overridden_by(point.processing)
+    rules = _named_alarm_states(indicator.processing.overridden_by(point.processing), indicator)
     return ResolvedPoint(point, indicator, point_transform(point, indicator), rules)
+
+
+def _named_alarm_states(rules: Processing, indicator: Indicator) -> Processing:
+    """State alarms of a multi-state indicator may name the state (`state: manual`): they compare its code."""
+    if indicator.states is None or not rules.alarms or not any(
+            isinstance(rule.state, str) for rule in rules.alarms):
+        return rules
+    alarms = []
+    for rule in rules.alarms:
+        if isinstance(rule.state, str):
+            state = indicator.state_named(rule.state)
+            if state is None:
+                raise PointError("processing", f"alarm state {rule.state!r} is not a state of {indicator.id!r}; "
+                                               f"expected one of: {', '.join(s.id for s in indicator.states)}")
+            rule = rule.model_copy(update={"state": state.code})
+        alarms.append(rule)
+    return rules.model_copy(update={"alarms": alarms})
 
 
 @dataclass(frozen=True, slots=True)
