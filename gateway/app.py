@@ -25,6 +25,7 @@ from gateway.attributes import AttributeBoard
 from gateway.buffer import Buffer
 from gateway.clock import ClockWatch, assumed_clock_state, system_clock_state
 from gateway.config.loader import GatewayConfig
+from gateway.gateway_alarms import GatewayAlarms
 from gateway.links import DeviceStatus, LinkRunner
 from gateway.mapping import DeviceMapper
 from gateway.model.devices import DeviceBase
@@ -40,6 +41,7 @@ from gateway.statedir import StateLock
 from gateway.systemd import notify
 from gateway.tasks import cancel_requests, restore_cancel_requests
 from gateway.topics import Topics
+from gateway.watchdog import Check, Watchdog, watchdog_interval
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,9 @@ log = logging.getLogger(__name__)
 HEALTH_INTERVAL = 60.0
 # Seconds a stopping gateway waits for the broker to acknowledge what is still buffered.
 FLUSH_LIMIT = 5.0
-# The active alarms, kept across restarts (in the state directory).
+# The active alarms of the assets and of the gateway itself, kept across restarts (in the state directory).
 ALARM_FILE = "active-alarms.json"
+GATEWAY_ALARM_FILE = "gateway-alarms.json"
 
 
 def links(devices: Sequence[ResolvedDevice[DeviceBase]],
@@ -80,6 +83,7 @@ class Gateway:
         self._registry: DeviceRegistry | None = None
         self._drivers: dict[str, Driver[Any]] = {}  # by device id
         self.attributes = AttributeBoard(config.attribute_sources)
+        self.watchdog: Watchdog | None = None  # when systemd watches us (WatchdogSec=)
         probe = system_clock_state if config.main.clock.source == "system" else assumed_clock_state
         self.clock = clock if clock is not None else ClockWatch(probe)
 
@@ -90,7 +94,7 @@ class Gateway:
             # Before anything in the state directory is opened: one gateway per state directory.
             resources.enter_context(StateLock(config.state_dir))
             buffer = await Buffer.open(config.buffer_path, config.main.buffer.max_bytes,
-                                       config.main.buffer.synchronous)
+                                       config.main.buffer.synchronous, config.main.buffer.free_share)
             resources.push_async_callback(buffer.close)
             self._registry = DeviceRegistry(config.state_dir / "devices.json")
             resources.callback(self._registry.close)
@@ -98,7 +102,8 @@ class Gateway:
             self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
             processor = Processor(config.assets, alarm_file=config.state_dir / ALARM_FILE)
             self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
-                                     on_active_alarms=self.publisher.set_retained)
+                                     on_active_alarms=self.publisher.set_retained, clock=self.clock,
+                                     gateway_alarms=GatewayAlarms(config.state_dir / GATEWAY_ALARM_FILE))
             self._announce_assets()
             self.pipeline.announce_alarm_states()
             context = LinkContext(state_dir=config.state_dir)
@@ -107,6 +112,7 @@ class Gateway:
                 self._drivers.update((device.id, driver) for device in devices)
                 self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status))
             log.info("gateway %s starting: %d devices on %d links", self.gateway_id, len(mappers), len(self.runners))
+            self.watchdog = _watchdog(buffer, self.pipeline)
             await self._run_parts(stop, self.publisher, self.pipeline)
             log.info("gateway %s stopped", self.gateway_id)
 
@@ -131,6 +137,8 @@ class Gateway:
                 sources.create_task(pipeline.run_clock(), name="processing-clock")
                 sources.create_task(self._report_health(), name="device-health")
                 sources.create_task(self.clock.run(self.config.main.clock.check_interval), name="clock")
+                if self.watchdog is not None:
+                    sources.create_task(self.watchdog.run(), name="watchdog")
                 for runner in self.runners:
                     sources.create_task(runner.run(), name=f"link {runner.name}")
                 notify("READY=1")
@@ -190,6 +198,15 @@ class Gateway:
                 for status in runner.statuses:
                     if not self.attributes.reads(status.device.id):
                         self._publish_status(status)
+
+
+def _watchdog(buffer: Buffer, pipeline: Pipeline) -> Watchdog | None:
+    interval = watchdog_interval()
+    if interval is None:
+        return None
+    within_ms = int(interval * 1000)
+    return Watchdog(interval, [Check("the buffer's SQLite thread", buffer.answers),
+                               Check("the pipeline", lambda: pipeline.making_progress(within_ms))])
 
 
 async def _raise_when_set(stop: asyncio.Event) -> None:

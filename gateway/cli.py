@@ -22,6 +22,7 @@ from drivers.registry import ProtocolUnavailable
 from gateway import __version__
 from gateway.config.errors import ConfigError, suggest
 from gateway.config.loader import GatewayConfig, load_config, load_main_catalogue
+from gateway.logs import setup_logging
 from gateway.statedir import StateDirInUse
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -48,7 +49,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except SystemExit as done:  # --help, --version or a usage error: flushed under main's watch
         sys.stdout.flush()
         return done.code if isinstance(done.code, int) else EXIT_CONFIG
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     command: Callable[[argparse.Namespace], int] = args.command
     os.umask(os.umask(0o077) | 0o077)  # whatever the caller's umask: what we create is ours alone
     try:
@@ -68,9 +69,20 @@ def _main(argv: Sequence[str] | None) -> int:
 
 # -- commands ----------------------------------------------------------------------------------------------
 
+# The gateway ids of the shipped example configurations (not the demo's, which runs on its own broker): two
+# boxes with one client id throw each other off the broker, each reconnect taking the other's session.
+EXAMPLE_IDS = frozenset({"gw-north-01", "gas-north-gw1", "gw-serial-example", "gw-change-me"})
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, check_files=True)
     from gateway.app import links
+
+    client_id = config.main.mqtt.client_id or config.main.gateway.id
+    if client_id in EXAMPLE_IDS:
+        print(f"warning: {args.config}: the MQTT client id {client_id!r} is a shipped example's; every box needs "
+              "its own (gateway.id, or mqtt.client_id), or gateways that share it throw each other off the "
+              "broker", file=sys.stderr)
 
     points = sum(len(d.points) for d in config.devices)
     for note in config.notes:
@@ -172,7 +184,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     print(f"  waiting:  {stats.messages} messages, {stats.readings} readings, {stats.bytes} bytes "
           f"(cap {config.main.buffer.max_bytes})")
     print(f"  oldest:   {oldest}")
-    print(f"  dropped:  {stats.dropped_messages} messages, {stats.dropped_readings} readings (size cap)")
+    print(f"  dropped:  {stats.dropped_messages} messages, {stats.dropped_readings} readings (size cap and full disk)")
     print(f"  last seq: {stats.last_seq}")
     for status in read_registry(config.state_dir / "devices.json"):
         print(f"  device {status['device']}: {status['state']} since {format_time_ms(status['since'])}"
@@ -181,7 +193,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, check_files=True)
     if args.log_level is None:
         logging.getLogger().setLevel(config.main.gateway.log_level.value.upper())
     return asyncio.run(_run(config))
@@ -371,17 +383,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--embedded-broker", action="store_true",
                       help="use the embedded Python broker even when mosquitto is installed")
     return parser
-
-
-def _setup_logging(level: str | None) -> None:
-    # journald adds its own timestamps; a terminal gets them from us.
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty() else \
-        "%(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=(level or "info").upper(), format=fmt, stream=sys.stderr)
-    for noisy in ("pymodbus", "asyncua", "amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if (level or "info") != "debug" else logging.INFO)
-    # asyncua logs a traceback at ERROR when a server vanishes mid-publish; our driver reports it once, clearly.
-    logging.getLogger("asyncua.client.ua_session").setLevel(logging.CRITICAL)
 
 
 def _print_config_error(exc: ConfigError) -> None:

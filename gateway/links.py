@@ -287,6 +287,7 @@ class LinkRunner(Generic[D]):
                          status.consecutive_failures)
             elif status.state is DeviceState.DEGRADED:
                 log.info("device %s reads good values again", status.device.id)
+            status.consecutive_failures = 0  # before the status goes out: it says the failures are over
             self._set_state(status, DeviceState.ONLINE, None, None)
         status.consecutive_failures = 0
 
