@@ -71,7 +71,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 # The gateway ids of the shipped example configurations (not the demo's, which runs on its own broker): two
 # boxes with one client id throw each other off the broker, each reconnect taking the other's session.
-EXAMPLE_IDS = frozenset({"gw-north-01", "gas-north-gw1", "gw-serial-example", "gw-change-me"})
+EXAMPLE_IDS = frozenset({"gw-north-01", "gas-north-gw1", "gw-serial-example", "gw-change-me", "ps02-gw"})
 
 
 def cmd_check(args: argparse.Namespace) -> int:
