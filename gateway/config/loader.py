@@ -217,7 +217,7 @@ class _Loader:
                        f"unknown protocol {protocol!r}; expected one of: {', '.join(sorted(known))}"
                        + suggest(str(protocol), known))
             return None, raw
-        if "drop" in raw and "profile" not in raw:
+        if raw.get("drop") and "profile" not in raw:  # `drop: []` (as a dumped device has) drops nothing
             self.issue(raw.where("drop"), f"{path}.drop",
                        "`drop:` leaves out points of the device's profile; expected `profile:`, found none")
             return None, raw
