@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from drivers.modbus.config import ModbusPoint, ModbusTcpDevice
-from gateway import cli
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load_catalogue, load_config
 from gateway.mapping import DeviceMapper
@@ -67,8 +68,12 @@ def overlay_site(directory: Path) -> Path:
         catalogue=[str(COMMON / "catalogue.yaml"), "city-water.yaml"])
 
 
-def test_an_overlay_adds_indicators_and_overrides_one_that_says_so(tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it, in a process of its own (it sets up logging for the whole process)."""
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_an_overlay_adds_indicators_and_overrides_one_that_says_so(tmp_path: Path) -> None:
     main = overlay_site(tmp_path)
     config = load_config(main, environ={})
     dose, flow = config.devices[0].points
@@ -78,24 +83,27 @@ def test_an_overlay_adds_indicators_and_overrides_one_that_says_so(tmp_path: Pat
     (note,) = config.notes
     assert str(note).startswith(f"{tmp_path}/city-water.yaml:6:6: indicators[1].id: indicator 'flow' overrides the "
                                 "one of catalogue 'catalogue' version 1")
-    assert cli.main(["check", str(main)]) == 0
-    out = capsys.readouterr().out
+    checked = run_cli("check", str(main))
+    assert checked.returncode == 0, checked.stderr
+    out = checked.stdout
     assert "note: " in out and "indicator 'flow' overrides" in out and "(1 overlay)" in out
 
 
-def test_the_catalogue_command_says_which_file_defined_each_indicator(tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_catalogue_command_says_which_file_defined_each_indicator(tmp_path: Path) -> None:
     main = overlay_site(tmp_path)
-    assert cli.main(["catalogue", str(main)]) == 0
-    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    listing = run_cli("catalogue", str(main))
+    assert listing.returncode == 0, listing.stderr
+    listed = {line.split()[0]: line for line in listing.stdout.splitlines() if line.strip()}
     assert "city-water 4" in listed["chlorine-dose-rate"] and "L/h (E32)" in listed["chlorine-dose-rate"]
     assert "city-water 4" in listed["flow"] and "[0, 500]" in listed["flow"]
     assert "catalogue 1" in listed["outlet-pressure"]
-    assert cli.main(["catalogue", str(main), "--indicator", "chlorine-dose-rate"]) == 0
-    shown = capsys.readouterr().out
+    one = run_cli("catalogue", str(main), "--indicator", "chlorine-dose-rate")
+    assert one.returncode == 0, one.stderr
+    shown = one.stdout
     assert "投氯量" in shown and f"city-water 4 ({tmp_path}/city-water.yaml:4:5)" in shown
-    assert cli.main(["catalogue", str(main), "--indicator", "chlorine-dose-rat"]) == 2
-    assert "did you mean 'chlorine-dose-rate'?" in capsys.readouterr().err
+    unknown = run_cli("catalogue", str(main), "--indicator", "chlorine-dose-rat")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "did you mean 'chlorine-dose-rate'?" in unknown.stderr
 
 
 def test_the_shipped_example_overlay_fits_the_shipped_catalogue() -> None:
