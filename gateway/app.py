@@ -36,8 +36,11 @@ from gateway.payload import encode_asset_description, encode_json
 from gateway.pipeline import Pipeline
 from gateway.processing import Processor
 from gateway.publisher import Publisher
+from gateway.report import GatewayReport, LatestReadings
 from gateway.state import DeviceRegistry
 from gateway.statedir import StateLock
+from gateway.status.listener import StatusListener
+from gateway.status.process import LoopLag
 from gateway.systemd import notify
 from gateway.tasks import cancel_requests, restore_cancel_requests
 from gateway.topics import Topics
@@ -47,6 +50,9 @@ log = logging.getLogger(__name__)
 
 # Seconds between refreshes of the retained device status (state, polls, protocol counters).
 HEALTH_INTERVAL = 60.0
+# Back-pressure: polls wait while more than this many in-flight windows of messages committed since the broker
+# connected wait for its acknowledgement (256 messages by default: about a second of a large site's polls).
+BACKLOG_WINDOWS = 8
 # Seconds a stopping gateway waits for the broker to acknowledge what is still buffered.
 FLUSH_LIMIT = 5.0
 # The active alarms of the assets and of the gateway itself, kept across restarts (in the state directory).
@@ -86,6 +92,9 @@ class Gateway:
         self.watchdog: Watchdog | None = None  # when systemd watches us (WatchdogSec=)
         probe = system_clock_state if config.main.clock.source == "system" else assumed_clock_state
         self.clock = clock if clock is not None else ClockWatch(probe)
+        self.report: GatewayReport | None = None  # what the status listener and the MQTT gateway status show
+        self._loop_lag = LoopLag()
+        self.status_listener = StatusListener(config.main.status) if config.main.status.enabled else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raise if any part fails unexpectedly."""
@@ -101,16 +110,22 @@ class Gateway:
             mappers = {d.id: DeviceMapper(d) for d in config.enabled_devices}
             self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
             processor = Processor(config.assets, alarm_file=config.state_dir / ALARM_FILE)
+            readings = LatestReadings(keep=config.main.status.enabled)
+            gateway_alarms = GatewayAlarms(config.state_dir / GATEWAY_ALARM_FILE)
             self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
                                      on_active_alarms=self.publisher.set_retained, clock=self.clock,
-                                     gateway_alarms=GatewayAlarms(config.state_dir / GATEWAY_ALARM_FILE))
+                                     gateway_alarms=gateway_alarms, on_readings=readings.observe)
             self._announce_assets()
             self.pipeline.announce_alarm_states()
             context = LinkContext(state_dir=config.state_dir)
             for link, devices in links(config.devices, config.attribute_sources).items():
                 driver = make_driver(devices, context)
                 self._drivers.update((device.id, driver) for device in devices)
-                self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status))
+                self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status,
+                                               pace=self._pace))
+            self.report = GatewayReport(self.gateway_id, config.main.gateway.name, config.main.buffer.max_bytes,
+                                        self.publisher, buffer, processor, self._statuses, self._drivers, readings,
+                                        self._loop_lag, self.clock, gateway_alarms)
             log.info("gateway %s starting: %d devices on %d links", self.gateway_id, len(mappers), len(self.runners))
             self.watchdog = _watchdog(buffer, self.pipeline)
             await self._run_parts(stop, self.publisher, self.pipeline)
@@ -139,11 +154,28 @@ class Gateway:
                 sources.create_task(self.clock.run(self.config.main.clock.check_interval), name="clock")
                 if self.watchdog is not None:
                     sources.create_task(self.watchdog.run(), name="watchdog")
+                sources.create_task(self._loop_lag.run(), name="event-loop-lag")
+                if self.status_listener is not None:
+                    assert self.report is not None
+                    sources.create_task(self.status_listener.run(self.report), name="status-listener")
                 for runner in self.runners:
                     sources.create_task(runner.run(), name=f"link {runner.name}")
                 notify("READY=1")
+                if self.report is not None:
+                    self.report.running = True
         except* _StopRequested:
             restore_cancel_requests(cancel_requests_before)
+
+    async def _pace(self) -> None:
+        """Back-pressure, before each poll: while the broker is connected but what the gateway committed since
+        has outgrown what it gets acknowledged, the poll waits for acknowledgements. The publisher gets the loop,
+        the polls come late (their devices are reported overrun), and the cap never drops a reading for want of
+        the gateway's own CPU."""
+        publisher = self.publisher
+        assert publisher is not None
+        high_water = BACKLOG_WINDOWS * self.config.main.mqtt.max_inflight
+        while publisher.live_backlog() > high_water:
+            await publisher.acknowledged.wait()
 
     def _announce_assets(self) -> None:
         assert self.publisher is not None
@@ -190,14 +222,27 @@ class Gateway:
         self.publisher.set_retained(self.topics.device_status(device.id), encode_json(document))
         return document
 
+    def _statuses(self) -> Iterator[DeviceStatus[Any]]:
+        """Every device's status; the readers of attributes are no devices of their own."""
+        for runner in self.runners:
+            yield from (status for status in runner.statuses if not self.attributes.reads(status.device.id))
+
     async def _report_health(self) -> None:
-        """Refresh every device's retained status now and then, so its counters stay current."""
+        """Refresh the retained gateway status's figures (buffer, process, clock) at once and every
+        HEALTH_INTERVAL, and every device's retained status then too, so their counters stay current. A change
+        of the clock's synchronisation is told at once."""
+        assert self.publisher is not None and self.report is not None
+        clock_changed = asyncio.Event()
+        self.clock.on_state.append(lambda _state: clock_changed.set())
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL)
-            for runner in self.runners:
-                for status in runner.statuses:
-                    if not self.attributes.reads(status.device.id):
-                        self._publish_status(status)
+            self.publisher.update_status(await self.report.mqtt_health())
+            try:
+                async with asyncio.timeout(HEALTH_INTERVAL):
+                    await clock_changed.wait()
+                clock_changed.clear()
+            except TimeoutError:
+                for status in self._statuses():
+                    self._publish_status(status)
 
 
 def _watchdog(buffer: Buffer, pipeline: Pipeline) -> Watchdog | None:

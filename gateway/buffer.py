@@ -149,13 +149,17 @@ class _Committed:
 
 class Buffer:
     def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor, path: Path,
-                 space: _Space, size: int, last_seq: int, drops: list[Drop]) -> None:
+                 space: _Space, depth: BufferStats, drops: list[Drop]) -> None:
         self._db = connection
         self._executor = executor
         self._path = path
         self._space = space
-        self._size = size  # the rows' estimated bytes (see _ROW_OVERHEAD)
-        self._next_seq = last_seq + 1
+        self._size = depth.bytes  # the rows' estimated bytes (see _ROW_OVERHEAD)
+        self._next_seq = depth.last_seq + 1
+        # What waits, kept in step with every commit, drop and acknowledgement (on the buffer thread), so
+        # depth() costs no table scan: a status page asks every second, and a full buffer has a million rows.
+        self._depth = _Depth(depth.messages, depth.readings, depth.dropped_messages, depth.dropped_readings,
+                             depth.last_seq)
         self._last_truncate_ms = 0
         # Drops not yet in the drops table (the disk was too full to write them); on the buffer thread.
         self._unstored: list[Drop] = []
@@ -178,14 +182,11 @@ class Buffer:
             db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             db.executescript(_SCHEMA)
             space = _Space(db, path, max_bytes, free_share)
-            size = db.execute(
-                f"SELECT COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) FROM messages"
-            ).fetchone()[0]
-            last_seq = max(_counter(db, "last_seq"), db.execute(
-                "SELECT COALESCE(MAX(last_seq), 0) FROM messages").fetchone()[0])
+            stats = _read_stats(db)
+            last_seq = max(stats.last_seq, db.execute("SELECT COALESCE(MAX(last_seq), 0) FROM messages").fetchone()[0])
             drops = [Drop(*row) for row in db.execute(
                 "SELECT first_seq, last_seq, reason, time_ms FROM drops ORDER BY first_seq")]
-            return cls(db, executor, path, space, int(size), int(last_seq), drops)
+            return cls(db, executor, path, space, dataclasses.replace(stats, last_seq=int(last_seq)), drops)
 
         buffer = await asyncio.get_running_loop().run_in_executor(executor, connect)
         if buffer._size:
@@ -231,6 +232,11 @@ class Buffer:
         if ids:
             await self._run(self._ack, tuple(ids))
 
+    @property
+    def waiting(self) -> int:
+        """Messages stored and not yet acknowledged (kept as rows come and go: no query)."""
+        return self._depth.messages
+
     async def synchronous(self) -> str:
         """SQLite's own word for how it syncs commits on this connection: "full" or "normal"."""
         (level,) = await self._run(lambda: self._db.execute("PRAGMA synchronous").fetchone())
@@ -245,6 +251,15 @@ class Buffer:
         stats = await self._run(_read_stats, self._db)
         cap = await self._run(self._space.cap)
         return dataclasses.replace(stats, dropping=self.dropping, cap_bytes=cap)
+
+    async def depth(self) -> BufferStats:
+        """The same figures as stats() without scanning the table: the counts are kept as rows come and go,
+        and the oldest waiting row is one lookup by id."""
+        oldest = await self._run(self._oldest_created_ms)
+        cap = await self._run(self._space.cap)
+        depth = self._depth
+        return BufferStats(depth.messages, depth.readings, self._size, oldest, depth.dropped_messages,
+                           depth.dropped_readings, depth.last_seq, self.dropping, cap)
 
     async def close(self) -> None:
         await self._run(self._db.close)
@@ -290,6 +305,8 @@ class Buffer:
                     raise
         lost = [Drop(m.first_seq, m.last_seq, DISK_FULL, now_ms()) for m in messages if m.entries]
         self._unstored.extend(lost)
+        self._depth.dropped(lost)
+        self._depth.last_seq = max([self._depth.last_seq, *(d.last_seq for d in lost)])
         return self._finish(False, lost)
 
     def _finish(self, stored: bool, dropped: list[Drop]) -> _Committed:
@@ -310,8 +327,15 @@ class Buffer:
             self._record_drops(self._unstored)
             self._db.executemany("DELETE FROM drops WHERE first_seq = ?", announced)
             dropped, freed = self._drop_to_fit(self._size + added)
-        self._size += added - freed  # only once the transaction has committed
+        # Only once the transaction has committed:
+        self._size += added - freed
         self._unstored = []
+        depth = self._depth
+        depth.messages += len(rows) - len(dropped)
+        depth.readings += sum(m.entries for m in messages) - sum(d.entries for d in dropped)
+        depth.dropped(dropped)
+        if numbered:
+            depth.last_seq = max(depth.last_seq, max(m.last_seq for m in numbered))
         return dropped
 
     def _claim_sequence(self, first_seq: int, last_seq: int) -> None:
@@ -412,15 +436,22 @@ class Buffer:
             self._truncate_wal()  # the broker has taken everything: give the WAL's space back
 
     def _delete(self, ids: tuple[int, ...]) -> None:
-        freed = 0
+        freed = messages = readings = 0
         with _transaction(self._db):
             for chunk in _chunks(ids, 500):
                 marks = ",".join("?" * len(chunk))
-                freed += self._db.execute(
-                    f"SELECT COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0) "
-                    f"FROM messages WHERE id IN ({marks})", chunk).fetchone()[0]
+                count, size, entries = self._db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0), "
+                    f"COALESCE(SUM({_ENTRIES}), 0) FROM messages WHERE id IN ({marks})", chunk).fetchone()
+                freed, messages, readings = freed + size, messages + count, readings + entries
                 self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
         self._size -= freed
+        self._depth.messages -= messages
+        self._depth.readings -= readings
+
+    def _oldest_created_ms(self) -> int | None:
+        row = self._db.execute("SELECT created_ms FROM messages ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else int(row[0])
 
     def _truncate_wal(self) -> None:
         """Checkpoint the WAL into the database and truncate it (when the disk lets the database grow)."""
@@ -435,6 +466,24 @@ class Buffer:
         self._space.release_reserve()
         self._truncate_wal()
 
+
+@dataclass(slots=True)
+class _Depth:
+    """Counts of what waits in the buffer and of what it dropped (on the buffer thread)."""
+
+    messages: int = 0
+    readings: int = 0
+    dropped_messages: int = 0
+    dropped_readings: int = 0
+    last_seq: int = 0
+
+    def dropped(self, drops: Sequence[Drop]) -> None:
+        self.dropped_messages += len(drops)
+        self.dropped_readings += sum(d.entries for d in drops)
+
+
+# The entries (seq numbers) a row carries; an announcement of drops has none.
+_ENTRIES = "CASE WHEN first_seq > 0 THEN last_seq - first_seq + 1 ELSE 0 END"
 
 _REASONS = {SIZE_CAP: "it reached its size cap", DISK_FULL: "the disk is full"}
 
@@ -551,7 +600,7 @@ def _chunks(items: tuple[int, ...], size: int) -> list[tuple[int, ...]]:
 
 def _read_stats(db: sqlite3.Connection) -> BufferStats:
     messages, readings, size, oldest = db.execute(
-        f"SELECT COUNT(*), COALESCE(SUM(last_seq - first_seq + 1), 0), "
+        f"SELECT COUNT(*), COALESCE(SUM({_ENTRIES}), 0), "
         f"COALESCE(SUM(LENGTH(body) + LENGTH(topic) + {_ROW_OVERHEAD}), 0), MIN(created_ms) FROM messages"
     ).fetchone()
     return BufferStats(int(messages), int(readings), int(size), oldest,

@@ -77,6 +77,7 @@ EXAMPLE_IDS = frozenset({"gw-north-01", "gas-north-gw1", "gw-serial-example", "g
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config, check_files=True)
     from gateway.app import links
+    from gateway.config.listener import check_status_listener
 
     client_id = config.main.mqtt.client_id or config.main.gateway.id
     if client_id in EXAMPLE_IDS:
@@ -84,6 +85,10 @@ def cmd_check(args: argparse.Namespace) -> int:
               "its own (gateway.id, or mqtt.client_id), or gateways that share it throw each other off the "
               "broker", file=sys.stderr)
 
+    # What only trying shows (the status listener's address, its password file), located like the rest.
+    issues = check_status_listener(config)
+    if issues:
+        raise ConfigError(issues)
     points = sum(len(d.points) for d in config.devices)
     for note in config.notes:
         print(f"note: {note}")
@@ -308,6 +313,32 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return scan_command(args.port, settings, probes, options)
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from gateway.status.watch import StatusReader, View, WatchError, print_once, run_interactive
+
+    settings = config.main.status
+    if not settings.enabled:
+        print(f"error: {args.config}: the status listener is off, and watch reads it; set status.enabled: true "
+              "(it listens on 127.0.0.1 only unless status.host says otherwise) and restart the gateway",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    view = View(assets=args.asset or (), indicators=args.indicator or ())
+    try:
+        reader = StatusReader.for_settings(settings)
+        if args.once or not sys.stdout.isatty():
+            import shutil
+
+            print_once(reader, view, shutil.get_terminal_size((80, 24)).columns)
+        else:
+            reader.fetch()  # nothing answers: say so plainly, before the screen is taken over
+            run_interactive(reader, view, settings.refresh if args.refresh is None else args.refresh)
+    except WatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -376,6 +407,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="seconds of silence between protocols (default: at least 0.5)")
     scan.add_argument("--first-unit", type=int, default=1, choices=range(1, 248), metavar="1-247")
     scan.add_argument("--last-unit", type=int, default=247, choices=range(1, 248), metavar="1-247")
+    watch = command("watch", cmd_watch, "show the running gateway's live values, read from its status listener "
+                    "on this box (scroll with the arrows, / to filter, q to quit)")
+    watch.add_argument("--asset", action="append", metavar="TEXT",
+                       help="only assets whose domain/site/asset contains TEXT (repeatable)")
+    watch.add_argument("--indicator", action="append", metavar="TEXT",
+                       help="only indicators whose id contains TEXT (repeatable)")
+    watch.add_argument("--once", action="store_true", help="print every row once and end (also when piped)")
+    watch.add_argument("--refresh", type=float, default=None, help="seconds between updates (default status.refresh)")
     demo = command("demo", cmd_demo, "run simulated devices, a broker and the gateway, and show what arrives",
                    config=False)
     demo.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")

@@ -22,6 +22,7 @@ from gateway.mapping import DeviceMapper
 from gateway.model.readings import AssetRef, Reading, Sample, now_ms
 from gateway.payload import encode_active_alarms, encode_alarm_events, encode_batch, encode_drops, encode_statistics
 from gateway.processing import Output, Processor
+from gateway.processing.derived import DERIVED_DEVICE
 from gateway.topics import Topics
 
 ALARM_PRIORITY = 10  # buffer priority of alarm events; readings and statistics have 0
@@ -35,16 +36,19 @@ class Pipeline:
     def __init__(self, gateway_id: str, topics: Topics, mappers: dict[str, DeviceMapper], buffer: Buffer,
                  processor: Processor | None = None,
                  on_active_alarms: Callable[[str, bytes], None] | None = None,
-                 clock: ClockWatch | None = None, gateway_alarms: GatewayAlarms | None = None) -> None:
+                 clock: ClockWatch | None = None, gateway_alarms: GatewayAlarms | None = None,
+                 on_readings: Callable[[Sequence[Reading]], None] | None = None) -> None:
         """`on_active_alarms(topic, body)` publishes an asset's (or the gateway's) retained active-alarm state;
         `clock`: readings' time is flagged uncertain while it is, and its jumps reach the processor before
-        the time after them is used; `gateway_alarms`: the gateway's own alarms (None: none kept)."""
+        the time after them is used; `gateway_alarms`: the gateway's own alarms (None: none kept); `on_readings`
+        sees every reading as mapped (before report by exception holds any back) and every derived one."""
         self._gateway_id = gateway_id
         self._topics = topics
         self._mappers = mappers
         self._buffer = buffer
         self._processor = processor
         self._on_active_alarms = on_active_alarms
+        self._on_readings = on_readings
         self._pending: list[Message] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -72,6 +76,7 @@ class Pipeline:
         self._look_for_jump()
         mapper = self._mappers[device_id]
         readings = mapper.readings(samples, receive_time_ms)
+        self._observe(readings)
         if self._processor is None:
             self._enqueue_readings(mapper.asset, readings)
         else:
@@ -81,6 +86,7 @@ class Pipeline:
         self._look_for_jump()
         mapper = self._mappers[device_id]
         readings = mapper.failed(reason, receive_time_ms)
+        self._observe(readings)
         if self._processor is None:
             self._enqueue_readings(mapper.asset, readings)
         else:
@@ -166,7 +172,13 @@ class Pipeline:
         if jump.worth_a_warning:
             self._enqueue_gateway_events([GatewayAlarms.occurred(CLOCK_JUMPED, jump.after_ms, jump.describe())])
 
+    def _observe(self, readings: Sequence[Reading]) -> None:
+        if self._on_readings is not None and readings:
+            self._on_readings(readings)
+
     def _enqueue_output(self, output: Output) -> None:
+        # Derived readings; a device's own were seen as mapped (and a pushing device's heartbeats repeat them).
+        self._observe([r for r in output.readings if r.device == DERIVED_DEVICE])
         for asset, events in _by_asset(output.events, lambda e: e.asset).items():
             first_seq = self._buffer.allocate_sequence(len(events))
             body = encode_alarm_events(self._gateway_id, asset, events, first_seq, self._time_uncertain)

@@ -62,6 +62,8 @@ def backoff_delay(failures: int, initial: float, maximum: float) -> float:
 @dataclass(slots=True)
 class PublisherStats:
     published: int = 0  # buffered messages handed to the broker, re-sends included
+    bytes_published: int = 0  # their payload bytes
+    entries_published: int = 0  # the readings, statistics and alarm events in them (each took one seq)
     acked: int = 0  # buffered messages the broker acknowledged
     reconnects: int = 0  # connections established after the first one
     connect_failures: int = 0
@@ -98,13 +100,40 @@ class Publisher:
         # Refill the window once half of it is free, so a long backlog drains in batches, not row by row.
         self._refill_at = settings.max_inflight // 2
         self._backlogged = False  # the last fetch filled the window, so more rows may be waiting
+        self._history_left = 0  # rows of the history (committed before this connection) not yet acknowledged
+        # Pulsed after each batch of acknowledged rows is deleted (and when the connection drops).
+        self.acknowledged = asyncio.Event()
         self._last_problem: str | None = None
         self._ever_connected = False
+        self._health: dict[str, object] = {}  # figures the retained online status carries (update_status)
         self.stats = PublisherStats()
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def broker(self) -> str:
+        return self._where
+
+    @property
+    def connected_since_ms(self) -> int | None:
+        """When the current connection was established; None while not connected."""
+        link = self._link
+        return link.connected_at_ms if link is not None and link.is_up else None
+
+    @property
+    def problem(self) -> str | None:
+        """The last connection problem logged, until a connection succeeds."""
+        return self._last_problem
+
+    def update_status(self, health: dict[str, object]) -> None:
+        """Figures the retained online status carries from now on (buffer, process); published now if connected.
+        The Last Will stays a plain `offline`."""
+        self._health = health
+        link = self._link
+        if link is not None and link.is_up:
+            link.publish(self._status_topic, self._online_status(link), retain=True)
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -184,6 +213,7 @@ class Publisher:
         """Connect once and drain the buffer until that connection drops; raise if it cannot be established."""
         # What is in the buffer now waited across an outage or a restart: the history, sent after live readings.
         history_until = await self._buffer.last_id()
+        self._history_left = self._buffer.waiting
         link = _Link(self._client_id, asyncio.get_running_loop(), self._on_puback, self._wake.set, history_until)
         try:
             await link.open(self._settings, self._status_topic, self._will())
@@ -201,7 +231,7 @@ class Publisher:
         self._ever_connected = True
         self._last_problem = None
         log.info("Connected to MQTT broker %s as %s", self._where, self._client_id)
-        link.publish(self._status_topic, self._status("online", since=link.connected_at_ms), retain=True)
+        link.publish(self._status_topic, self._online_status(link), retain=True)
         for topic, body in self._described():
             link.publish(topic, body, retain=True)
         for topic, body in self._retained.items():
@@ -213,8 +243,12 @@ class Publisher:
         finally:
             self._connected.clear()
             self._link = None
+            _pulse(self.acknowledged)  # whoever waits for the backlog to shrink: there is none while down
         log.warning("Lost connection to MQTT broker %s (%s); %d unacknowledged messages will be sent again",
                     self._where, link.down_reason, len(link.inflight))
+
+    def _online_status(self, link: _Link) -> bytes:
+        return self._status("online", since=link.connected_at_ms, **self._health)
 
     def _status(self, state: str, **fields: object) -> bytes:
         return json.dumps({"state": state, "gateway": self._gateway_id, **fields,
@@ -259,12 +293,16 @@ class Publisher:
         if mid is not None:
             link.inflight[mid] = row.id
             self.stats.published += 1
+            self.stats.bytes_published += len(body)
+            self.stats.entries_published += row.last_seq - row.first_seq + 1
 
     def _on_puback(self, link: _Link, mid: int) -> None:
         row_id = link.inflight.pop(mid, None)
         if row_id is None:
             return  # a status or retained message; not from the buffer
         self.stats.acked += 1
+        if row_id <= link.history_until:
+            self._history_left -= 1
         self._delete_soon(row_id)
         if (self._backlogged and len(link.inflight) <= self._refill_at) or not link.inflight:
             self._wake.set()
@@ -285,6 +323,15 @@ class Publisher:
             batch = set(self._acked)
             await self._buffer.ack(batch)
             self._acked -= batch
+            _pulse(self.acknowledged)
+
+    def live_backlog(self) -> int:
+        """Messages committed since this connection began and not yet acknowledged: what grows when the gateway
+        makes readings faster than it gets them to a connected broker. 0 while disconnected (what an outage
+        accumulates is the buffer's to keep, not a reason to poll less)."""
+        if self._link is None:
+            return 0
+        return max(0, self._buffer.waiting - self._history_left)
 
 
 class _Link:
@@ -426,6 +473,12 @@ async def _uninterrupted(blocking: Callable[[], None]) -> None:
         await asyncio.wait([job])
         job.exception()  # retrieved, so asyncio does not log it as forgotten; we are leaving anyway
         raise
+
+
+def _pulse(event: asyncio.Event) -> None:
+    """Wake whoever waits on `event` now, without leaving it set."""
+    event.set()
+    event.clear()
 
 
 def _explain(error: OSError, tls: TlsSettings | None) -> str:

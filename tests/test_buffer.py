@@ -150,3 +150,29 @@ async def test_a_commit_cancelled_while_waiting_for_the_buffer_thread_still_land
         await commit
     await buffer.close()
     assert read_stats(path).messages == 1
+
+
+async def test_depth_keeps_the_figures_of_a_full_scan_through_commits_drops_acks_and_a_reopen(
+        tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite"
+    buffer = await Buffer.open(path, max_bytes=256 * 1024, free_share=1.0)  # room for about 40 of the large ones
+
+    async def same_as_a_scan() -> None:
+        assert await buffer.depth() == await buffer.stats()
+
+    await buffer.commit([Message("t/1", b"x" * 20, first_seq=1, last_seq=3), message(4)])
+    await same_as_a_scan()
+    for seq in range(5, 105):  # past the cap: drops
+        await buffer.commit([message(seq, priority=seq % 2, size=4000)])
+    await same_as_a_scan()
+    assert (await buffer.depth()).dropped_messages > 0
+    waiting = await buffer.fetch(3)
+    await buffer.ack([row.id for row in waiting] + [10**6])  # an id that is gone already counts nothing
+    await same_as_a_scan()
+    await buffer.close()
+    buffer = await Buffer.open(path, max_bytes=256 * 1024, free_share=1.0)
+    await same_as_a_scan()
+    await buffer.ack([row.id for row in await buffer.fetch(100)])
+    await same_as_a_scan()
+    assert (await buffer.depth()).oldest_created_ms is None
+    await buffer.close()

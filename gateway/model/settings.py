@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-from pydantic import Field, PositiveInt, SecretStr, ValidationInfo, model_validator
+from pydantic import Field, PositiveInt, SecretStr, ValidationInfo, field_validator, model_validator
 
-from gateway.model.schema import Id, ReadableFile, Seconds, StrictModel, checks_files
+from gateway.model.schema import ConfigPath, Id, ReadableFile, Seconds, StrictModel, checks_files
 
 
 class LogLevel(enum.StrEnum):
@@ -152,6 +153,43 @@ class ClockSettings(StrictModel):
     check_interval: Seconds = Field(60.0, description="Seconds between two questions to the kernel.")
 
 
+class StatusAuth(StrictModel):
+    """HTTP basic authentication of the status listener. The password never sits in the YAML."""
+
+    username: str = Field(min_length=1, pattern=r"^[^:\s]+$")
+    password: SecretStr | None = Field(None, description="Use ${ENV_VAR}; or password_file.")
+    password_file: ConfigPath | None = Field(None, description="A file holding the password (a systemd credential).")
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> Self:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("give password (as ${ENV_VAR}) or password_file, one of them")
+        return self
+
+
+class StatusSettings(StrictModel):
+    """The local status listener: the page for the engineer on site, /metrics and /healthz (gateway/status/)."""
+
+    enabled: bool = False
+    host: str = Field("127.0.0.1", description="Address to listen on: 127.0.0.1 (this box only), an address of "
+                                               "one interface, or 0.0.0.0 / :: for every interface.")
+    # Below 1024 would need a capability the service does not have.
+    port: int = Field(8480, ge=1024, le=65535)
+    auth: StatusAuth | None = None
+    refresh: Seconds = Field(2.0, le=60, description="Seconds between the page's live updates.")
+
+    @field_validator("host")
+    @classmethod
+    def _an_address(cls, host: str) -> str:
+        if host != "localhost":
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError("expected an IP address of this machine (127.0.0.1, ::1, an interface's "
+                                 "address, or 0.0.0.0 / :: for every interface) or localhost") from None
+        return host
+
+
 class MainFile(StrictModel):
     """The main configuration file."""
 
@@ -159,6 +197,7 @@ class MainFile(StrictModel):
     mqtt: MqttSettings = MqttSettings()
     buffer: BufferSettings = BufferSettings()
     clock: ClockSettings = ClockSettings()
+    status: StatusSettings = StatusSettings()
     catalogue: Path | list[Path] = Field(
         Path("catalogue.yaml"), description="The catalogue file, or several: the shipped one first, then overlays "
                                             "that add to it (or override entries with `override: true`). "
