@@ -217,3 +217,14 @@ def test_a_state_alarm_of_a_multi_state_indicator_may_name_the_state(tmp_path: P
                         "processing": {"alarms": [{"level": "state", "state": "manul"}]}}]}]), environ={})
     assert ("devices[0].points[0].processing: alarm state 'manul' is not a state of 'pump-mode'; expected one of: "
             "stopped, manual, automatic") in str(caught.value)
+
+
+def test_the_schema_lets_editors_accept_attributes_as_the_loader_does() -> None:
+    from gateway.config.schema import json_schema
+
+    schema = json_schema("devices")
+    device = schema["$defs"]["ModbusTcpDevice"]["properties"]
+    assert device["attribute_interval"]["default"] == 3600
+    attribute = schema["$defs"][device["attributes"]["items"]["$ref"].rsplit("/", 1)[-1]]
+    assert "attribute" in attribute["required"] and "indicator" not in attribute["properties"]
+    assert {"table", "address", "type", "length"} <= set(attribute["properties"])
