@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from drivers.registry import make_driver
+from gateway.attributes import AttributeBoard
 from gateway.buffer import Buffer
 from gateway.clock import ClockWatch, assumed_clock_state, system_clock_state
 from gateway.config.loader import GatewayConfig
@@ -30,7 +31,7 @@ from gateway.mapping import DeviceMapper
 from gateway.model.devices import DeviceBase
 from gateway.model.driver import Driver, LinkContext
 from gateway.model.readings import Sample, now_ms
-from gateway.model.resolved import ResolvedDevice
+from gateway.model.resolved import AttributeSource, ResolvedAsset, ResolvedDevice
 from gateway.payload import encode_asset_description, encode_json
 from gateway.pipeline import Pipeline
 from gateway.processing import Processor
@@ -59,12 +60,15 @@ ALARM_FILE = "active-alarms.json"
 GATEWAY_ALARM_FILE = "gateway-alarms.json"
 
 
-def links(devices: Sequence[ResolvedDevice[DeviceBase]]) -> dict[str, list[DeviceBase]]:
-    """Enabled devices grouped by the physical link they share."""
+def links(devices: Sequence[ResolvedDevice[DeviceBase]],
+          attributes: Sequence[AttributeSource] = ()) -> dict[str, list[DeviceBase]]:
+    """Enabled devices grouped by the physical link they share; the readers of their attributes beside them."""
     grouped: dict[str, list[DeviceBase]] = defaultdict(list)
     for device in devices:
         if device.config.enabled:
             grouped[device.config.link_id()].append(device.config)
+    for source in attributes:
+        grouped[source.config.link_id()].append(source.config)
     return dict(grouped)
 
 
@@ -84,6 +88,7 @@ class Gateway:
         self.publisher: Publisher | None = None
         self._registry: DeviceRegistry | None = None
         self._drivers: dict[str, Driver[Any]] = {}  # by device id
+        self.attributes = AttributeBoard(config.attribute_sources)
         self.watchdog: Watchdog | None = None  # when systemd watches us (WatchdogSec=)
         probe = system_clock_state if config.main.clock.source == "system" else assumed_clock_state
         self.clock = clock if clock is not None else ClockWatch(probe)
@@ -113,7 +118,7 @@ class Gateway:
             self._announce_assets()
             self.pipeline.announce_alarm_states()
             context = LinkContext(state_dir=config.state_dir)
-            for link, devices in links(config.devices).items():
+            for link, devices in links(config.devices, config.attribute_sources).items():
                 driver = make_driver(devices, context)
                 self._drivers.update((device.id, driver) for device in devices)
                 self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status,
@@ -179,20 +184,36 @@ class Gateway:
     def _descriptions(self) -> Iterator[tuple[str, bytes]]:
         """The retained self-description of every asset, made when the publisher (re)connects."""
         for asset in self.config.assets:
-            yield self.topics.meta(asset.ref), encode_asset_description(self.gateway_id, asset, now_ms())
+            yield self.topics.meta(asset.ref), self._description(asset)
+
+    def _description(self, asset: ResolvedAsset) -> bytes:
+        return encode_asset_description(self.gateway_id, asset, now_ms(), self.attributes.described(asset.ref.asset))
 
     def _on_samples(self, device: DeviceBase, samples: Sequence[Sample], receive_time_ms: int) -> None:
         assert self.pipeline is not None
+        if self.attributes.reads(device.id):
+            self._on_attributes(device.id, samples, receive_time_ms)
+            return
         self.pipeline.submit(device.id, samples, receive_time_ms)
+
+    def _on_attributes(self, device_id: str, samples: Sequence[Sample], receive_time_ms: int) -> None:
+        """Attributes were read: when one changed, the asset's retained self-description says so."""
+        assert self.publisher is not None
+        changed = self.attributes.update(device_id, samples, receive_time_ms)
+        for asset in self.config.assets:
+            if asset.ref.asset == changed:
+                self.publisher.set_retained(self.topics.meta(asset.ref), self._description(asset))
 
     def _on_failure(self, device: DeviceBase, reason: str, receive_time_ms: int) -> None:
         assert self.pipeline is not None
-        self.pipeline.submit_failure(device.id, reason, receive_time_ms)
+        if not self.attributes.reads(device.id):  # attributes not read keep the values read before
+            self.pipeline.submit_failure(device.id, reason, receive_time_ms)
 
     def _on_status(self, status: DeviceStatus[Any]) -> None:
         """A device changed state: publish it (retained) and remember it across restarts."""
         assert self._registry is not None
-        self._registry.record(self._publish_status(status))
+        if not self.attributes.reads(status.device.id):  # an attribute reader is no device of its own
+            self._registry.record(self._publish_status(status))
 
     def _publish_status(self, status: DeviceStatus[Any]) -> dict[str, object]:
         assert self.publisher is not None
@@ -202,8 +223,9 @@ class Gateway:
         return document
 
     def _statuses(self) -> Iterator[DeviceStatus[Any]]:
+        """Every device's status; the readers of attributes are no devices of their own."""
         for runner in self.runners:
-            yield from runner.statuses
+            yield from (status for status in runner.statuses if not self.attributes.reads(status.device.id))
 
     async def _report_health(self) -> None:
         """Refresh the retained gateway status's figures (buffer, process, clock) at once and every

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from drivers.registry import ProtocolUnavailable
 from gateway import __version__
-from gateway.config.errors import ConfigError
-from gateway.config.loader import GatewayConfig, load_config
+from gateway.config.errors import ConfigError, suggest
+from gateway.config.loader import GatewayConfig, load_config, load_main_catalogue
 from gateway.logs import setup_logging
 from gateway.statedir import StateDirInUse
 
@@ -71,7 +71,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 # The gateway ids of the shipped example configurations (not the demo's, which runs on its own broker): two
 # boxes with one client id throw each other off the broker, each reconnect taking the other's session.
-EXAMPLE_IDS = frozenset({"gw-north-01", "gas-north-gw1", "gw-serial-example", "gw-change-me"})
+EXAMPLE_IDS = frozenset({"gw-north-01", "gas-north-gw1", "gw-serial-example", "gw-change-me", "ps02-gw"})
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -90,8 +90,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     if issues:
         raise ConfigError(issues)
     points = sum(len(d.points) for d in config.devices)
+    for note in config.notes:
+        print(f"note: {note}")
+    overlays = len(config.catalogue.sources) - 1
     print(f"{args.config}: valid — {len(config.devices)} devices on {len(links(config.devices))} links, "
-          f"{points} points, {len(config.catalogue.indicators)} indicators in the catalogue")
+          f"{points} points, {len(config.catalogue.indicators)} indicators in the catalogue"
+          + (f" ({overlays} overlay{'s' if overlays != 1 else ''})" if overlays > 0 else ""))
+    return EXIT_OK
+
+
+def cmd_catalogue(args: argparse.Namespace) -> int:
+    from gateway.catalogue_view import describe_indicator, list_catalogue
+
+    catalogue, notes = load_main_catalogue(args.config)
+    if args.indicator is None:
+        for line in list_catalogue(catalogue):
+            print(line)
+        for note in notes:
+            print(f"note: {note}")
+        return EXIT_OK
+    lines = describe_indicator(catalogue, args.indicator)
+    if lines is None:
+        known = [i.id for i in catalogue.indicators]
+        print(f"error: unknown indicator {args.indicator!r}; expected an indicator id of the catalogue"
+              + suggest(args.indicator, known), file=sys.stderr)
+        return EXIT_CONFIG
+    for line in lines:
+        print(line)
     return EXIT_OK
 
 
@@ -341,6 +366,9 @@ def _parser() -> argparse.ArgumentParser:
     command("run", cmd_run, "run the gateway")
     command("check", cmd_check, "validate the configuration; exit 0 when valid, 2 when not")
     command("plan", cmd_plan, "print the requests each device's poll makes")
+    catalogue = command("catalogue", cmd_catalogue, "list the resolved catalogue (the shipped file and its overlays): "
+                        "each indicator's id, names, unit, kind, range and the file that defined it")
+    catalogue.add_argument("--indicator", metavar="ID", help="show one indicator in full")
     schema = command("schema", cmd_schema, "print the JSON Schema of the configuration files", config=False)
     schema.add_argument("--kind", choices=["main", "devices", "profile", "catalogue"], default="main")
     read = command("read", cmd_read, "poll one device once and print its readings (no MQTT needed)")

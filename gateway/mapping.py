@@ -33,16 +33,25 @@ class DeviceMapper:
             point = points.get(sample.point)
             if point is None:
                 continue  # a driver never reports unconfigured points; ignore rather than guess an indicator
-            value, in_range = point.transform.convert(sample.value)
+            transform = point.transform
+            state = None
+            if transform.states is None:
+                value, in_range = transform.convert(sample.value)
+            else:  # a named code is the catalogue's, so in range
+                value, state = transform.states.name(sample.value)
+                in_range = state is not None or transform.convert(value)[1]
             quality, reason = sample.quality, sample.reason
             if isinstance(value, float) and not isfinite(value):
                 value, quality, reason = None, Quality.BAD, Reason.DECODE_ERROR.value
             elif not in_range and quality is not Quality.BAD:
                 quality, reason = Quality.BAD, Reason.OUT_OF_RANGE.value
                 self.out_of_range += 1
+            elif state is None and transform.states is not None and quality is Quality.GOOD and value is not None:
+                quality, reason = Quality.UNCERTAIN, Reason.UNKNOWN_STATE.value
             indicator = point.indicator
             append(Reading(asset, indicator.id, value, indicator.unit, indicator.unit_code, quality, reason,
-                           sample.source_time_ms or receive_time_ms, receive_time_ms, device_id, sample.point))
+                           sample.source_time_ms or receive_time_ms, receive_time_ms, device_id, sample.point, state,
+                           point.config.instance))
         return readings
 
     def failed(self, reason: str, receive_time_ms: int) -> list[Reading]:

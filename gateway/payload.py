@@ -15,7 +15,7 @@ import orjson
 
 from gateway import __version__
 from gateway.model.catalogue import Indicator
-from gateway.model.readings import AssetRef, Reading
+from gateway.model.readings import AssetRef, Reading, series_key
 from gateway.model.resolved import ResolvedAsset
 from gateway.model.rules import Processing
 
@@ -118,7 +118,7 @@ def encode_active_alarms(gateway_id: str, asset: AssetRef | None, active: Sequen
     return _compact(body).encode()
 
 
-def describe_processing(indicator: Indicator, rules: Processing) -> dict[str, object]:
+def describe_processing(indicator: Indicator, rules: Processing, instance: str | None = None) -> dict[str, object]:
     """How a subscriber should read an indicator's messages: reporting rule, windows, counter, alarm limits."""
     reporting = rules.reporting
     return {
@@ -129,11 +129,12 @@ def describe_processing(indicator: Indicator, rules: Processing) -> dict[str, ob
         "windows": list(rules.windows or ()),
         "counter": None if rules.counter is None else {"rollover_bits": rules.counter.rollover_bits,
                                                        "max_per_hour": rules.counter.max_per_hour},
-        "alarms": [rule.describe(indicator.id) for rule in rules.alarms or ()],
+        "alarms": [rule.describe(series_key(indicator.id, instance)) for rule in rules.alarms or ()],
     }
 
 
-def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: int) -> bytes:
+def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: int,
+                             attributes: Sequence[dict[str, object]] = ()) -> bytes:
     """Retained self-description of one asset: what it is and every indicator it reports.
 
     A subscriber learns indicators, units, ranges, sources and processing rules from this message alone.
@@ -142,8 +143,10 @@ def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: 
     indicators = []
     for device in asset.devices:
         for point in device.points:
-            indicators.append({**_describe_indicator(point.indicator, point.rules, point.valid_range),
-                               "device": device.id, "point": point.name, "writable": point.config.writable})
+            described = _describe_indicator(point.indicator, point.rules, point.valid_range,
+                                            point.config.instance)
+            indicators.append({**described, "device": device.id, "point": point.name,
+                               "writable": point.config.writable})
     for derived in asset.derived:
         definition = derived.definition
         formula: object = (definition.expression if definition.night_minimum is None
@@ -156,32 +159,48 @@ def encode_asset_description(gateway_id: str, asset: ResolvedAsset, updated_ms: 
             "domain": settings.domain, "site": settings.site, "id": settings.id, "type": settings.type,
             "type_name": asset.type.name.model_dump() if asset.type else None, "name": settings.name,
         },
+        "catalogue": _catalogues(asset),
         "indicators": indicators,
+        "attributes": list(attributes),  # what describes the asset, as last read (README: static attributes)
         "updated": updated_ms,
         "version": __version__,
     }
     return _compact(body).encode()
 
 
-def _describe_indicator(indicator: Indicator, rules: Processing,
-                        valid_range: tuple[float, float] | None) -> dict[str, object]:
+def _catalogues(asset: ResolvedAsset) -> list[dict[str, str]]:
+    """The catalogue files (name and version) the asset's type and indicators come from, in the order first used."""
+    entries = [asset.type, *(p.indicator for d in asset.devices for p in d.points),
+               *(d.indicator for d in asset.derived)]
+    sources = {entry.source.name: entry.source for entry in entries if entry is not None and entry.source is not None}
+    return [source.describe() for source in sources.values()]
+
+
+def _describe_indicator(indicator: Indicator, rules: Processing, valid_range: tuple[float, float] | None,
+                        instance: str | None = None) -> dict[str, object]:
     """What a subscriber needs to read an indicator's values: meaning, unit, range and processing rules.
 
     `range` is the one the values are checked against (outside it a reading is bad, out-of-range): a point's
     own when it has one. The catalogue's follows as `catalogue_range` only when it is a different one.
     """
-    body: dict[str, object] = {
-        "id": indicator.id,
+    body: dict[str, object] = {"id": indicator.id}
+    if instance is not None:
+        body["instance"] = instance
+    body.update({
         "name": indicator.name.model_dump(),
         "kind": indicator.kind.value,
         "unit": indicator.unit,
         "unit_code": indicator.unit_code,
         "range": _listed(valid_range),
-    }
+    })
     if valid_range != indicator.range:
         body["catalogue_range"] = _listed(indicator.range)
     body["quantified"] = indicator.quantified.value
-    body.update(describe_processing(indicator, rules))
+    if indicator.source is not None:
+        body["catalogue"] = indicator.source.name
+    if indicator.states is not None:
+        body["states"] = [{"code": s.code, "id": s.id, "name": s.name.model_dump()} for s in indicator.states]
+    body.update(describe_processing(indicator, rules, instance))
     return body
 
 

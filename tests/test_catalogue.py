@@ -389,7 +389,8 @@ def test_profile_header_names_itself_its_device_and_its_datasheet(path: Path) ->
     assert profile["profile"] == path.stem
     for key in ("manufacturer", "model", "datasheet"):
         assert str(profile.get(key, "")).strip(), f"{path.name}: {key} is required"
-    assert profile["protocol"] in protocols()
+    fits = profile["protocols"] if "protocols" in profile else [profile["protocol"]]
+    assert fits and set(fits) <= set(protocols()), f"{path.name}: the protocols it fits are required"
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)

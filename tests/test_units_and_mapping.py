@@ -118,3 +118,33 @@ def test_a_failed_poll_gives_a_bad_reading_per_point() -> None:
     readings = mapper.failed("timeout", receive_time_ms=5)
     assert [(r.point, r.quality, r.reason) for r in readings] == [("p", Quality.BAD, "timeout"),
                                                                    ("f", Quality.BAD, "timeout")]
+
+
+def test_an_inverted_boolean_publishes_the_opposite_of_what_the_device_says() -> None:
+    mapper = DeviceMapper(resolved([
+        {"name": "stopped", "indicator": "pump-running", "table": "discrete_input", "address": 0, "invert": True},
+        {"name": "run", "indicator": "pump-running", "table": "coil", "address": 0},
+    ]))
+    inverted, plain = mapper.readings([Sample("stopped", True), Sample("run", True)], receive_time_ms=1)
+    assert inverted.value is False and plain.value is True
+
+
+def test_a_multi_state_code_is_published_with_its_state_name() -> None:
+    mapper = DeviceMapper(resolved([{"name": "mode", "indicator": "pump-mode", "table": "holding_register",
+                                     "address": 0}]))
+    manual, unknown = mapper.readings([Sample("mode", 1), Sample("mode", 9)], receive_time_ms=1)
+    assert (manual.value, manual.state, manual.quality) == (1, "manual", Quality.GOOD)
+    assert manual.as_payload(1)["state"] == "manual"
+    assert (unknown.value, unknown.state, unknown.quality, unknown.reason) == (9, None, Quality.BAD, "out-of-range")
+
+
+def test_a_points_own_codes_map_onto_the_catalogues_states() -> None:
+    mapper = DeviceMapper(resolved([{"name": "mode", "indicator": "pump-mode", "table": "holding_register",
+                                     "address": 0, "states": {3: "automatic", 4: "manual", 0: "stopped"}}]))
+    automatic, stopped, unnamed = mapper.readings([Sample("mode", 3), Sample("mode", 0), Sample("mode", 1)],
+                                                  receive_time_ms=1)
+    assert (automatic.value, automatic.state) == (2, "automatic"), "the catalogue's code, not the device's"
+    assert (stopped.value, stopped.state) == (0, "stopped")
+    assert (unnamed.value, unnamed.state, unnamed.quality, unnamed.reason) == (
+        1, None, Quality.UNCERTAIN, "unknown-state"), "a code the point does not map is kept, but not named"
+    assert "state" not in unnamed.as_payload(1)

@@ -48,6 +48,10 @@ class ModbusPoint(PointBase):
         return DataType.BOOL if self.table.is_bits else DataType.UINT16
 
     @property
+    def decodes_boolean(self) -> bool:
+        return self.data_type in (DataType.BOOL, DataType.BIT)
+
+    @property
     def register_count(self) -> int:
         """Registers (or bits, for bit tables) this point occupies."""
         data_type = self.data_type

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 import drivers
 from drivers.registry import Protocol, ProtocolUnavailable, protocols
+from gateway.config.catalogues import read_catalogues
 from gateway.config.errors import ConfigError, ConfigIssue, Location, format_path, suggest
 from gateway.config.resolve import Resolver
 from gateway.config.yamlsource import (
@@ -36,11 +37,12 @@ from gateway.config.yamlsource import (
 )
 from gateway.model.catalogue import Catalogue
 from gateway.model.devices import DeviceBase
-from gateway.model.resolved import ResolvedAsset, ResolvedDevice
+from gateway.model.resolved import ATTRIBUTES_SUFFIX, AttributeSource, ResolvedAsset, ResolvedDevice
 from gateway.model.schema import ConfigPath
 from gateway.model.settings import MainFile
 
 _M = TypeVar("_M", bound=BaseModel)
+ATTRIBUTE_INTERVAL = 3600.0  # seconds between two reads of a device's attributes, unless it says
 _SECRET_KEYS = ("password", "key_password", "passphrase", "secret", "token")
 
 
@@ -53,6 +55,8 @@ class GatewayConfig:
     catalogue: Catalogue
     devices: tuple[ResolvedDevice[DeviceBase], ...]  # every configured device, enabled or not
     assets: tuple[ResolvedAsset, ...]  # every asset an enabled device feeds
+    notes: tuple[ConfigIssue, ...] = ()  # what is valid but worth saying: catalogue entries an overlay overrides
+    attribute_sources: tuple[AttributeSource, ...] = ()  # what enabled devices read as their assets' attributes
 
     @property
     def state_dir(self) -> Path:
@@ -82,16 +86,26 @@ class GatewayConfig:
             devices = tuple(kept[d.id] for d in asset.devices if d.id in kept)
             if devices:
                 assets.append(dataclasses.replace(asset, devices=devices))
-        return dataclasses.replace(self, devices=tuple(kept.values()), assets=tuple(assets))
+        readers = []  # a device's attributes are read over the device's connection, changed alike
+        for source in self.attribute_sources:
+            changed = change(source.config) if source.device in kept else None
+            if changed is not None:
+                readers.append(dataclasses.replace(source, config=changed))
+        return dataclasses.replace(self, devices=tuple(kept.values()), assets=tuple(assets),
+                                   attribute_sources=tuple(readers))
 
 
 class _Sources(BaseModel):
     """Where the main file says the other files are: read on its own when the rest of the main file has errors."""
 
     model_config = ConfigDict(extra="ignore")
-    catalogue: ConfigPath = Path("catalogue.yaml")
+    catalogue: ConfigPath | list[ConfigPath] = Path("catalogue.yaml")
     profiles: ConfigPath = Path("profiles")
     include: list[str] = []
+
+    @property
+    def catalogue_files(self) -> list[Path]:
+        return list(self.catalogue) if isinstance(self.catalogue, list) else [self.catalogue]
 
 
 @dataclass
@@ -148,7 +162,7 @@ class _Loader:
         main = self.validate(MainFile, raw)
         if main is not None:
             main = _absolute_paths(main, path.parent.resolve())
-            sources = _Sources(catalogue=main.catalogue, profiles=main.profiles, include=main.include)
+            sources = _Sources(catalogue=main.catalogue_files, profiles=main.profiles, include=main.include)
         else:
             try:
                 sources = _Sources.model_validate(dict(raw), context={"base_dir": path.parent.resolve()})
@@ -203,6 +217,10 @@ class _Loader:
                        f"unknown protocol {protocol!r}; expected one of: {', '.join(sorted(known))}"
                        + suggest(str(protocol), known))
             return None, raw
+        if raw.get("drop") and "profile" not in raw:  # `drop: []` (as a dumped device has) drops nothing
+            self.issue(raw.where("drop"), f"{path}.drop",
+                       "`drop:` leaves out points of the device's profile; expected `profile:`, found none")
+            return None, raw
         if "profile" in raw:
             merged = self.apply_profile(raw, path, profiles_dir)
             if merged is None:
@@ -224,13 +242,101 @@ class _Loader:
                 self._runnable[protocol.name] = False
         return self._runnable[protocol.name]
 
+    def take_attributes(self, raw: LocatedDict, path: str) -> tuple[LocatedList, Any, Location, Location] | None:
+        """The device's `attributes:` (a list) and `attribute_interval`, taken out of its mapping: they are
+        validated as a device of their own (`attribute_device`)."""
+        if "attributes" not in raw:
+            if "attribute_interval" in raw:
+                self.issue(raw.where("attribute_interval"), f"{path}.attribute_interval",
+                           "`attribute_interval` is how often `attributes:` are read again; expected `attributes:`, "
+                           "found none")
+                raw.pop("attribute_interval")
+            return None
+        where, interval_where = raw.where("attributes"), raw.where("attribute_interval")
+        attributes, interval = raw.pop("attributes"), raw.pop("attribute_interval", None)
+        if not isinstance(attributes, LocatedList):
+            self.issue(where, f"{path}.attributes", f"expected a list of attribute points, found {_kind(attributes)}")
+            return None
+        return attributes, interval, where, interval_where
+
+    def attribute_device(self, device: DeviceBase, raw: LocatedDict,
+                         taken: tuple[LocatedList, Any, Location, Location], path: str) -> DeviceBase | None:
+        """The device's attributes as a device of their own: the same connection settings, the attribute points
+        (each `attribute:` read as a point's `indicator:`), polled every `attribute_interval` seconds."""
+        attributes, interval, where, interval_where = taken
+        points = LocatedList()
+        points.location, points.item_locations = attributes.location, list(attributes.item_locations)
+        for item in attributes:
+            if isinstance(item, LocatedDict):
+                renamed = {("indicator" if k == "attribute" else k): v for k, v in item.items()}
+                locations = {("indicator" if k == "attribute" else k): v for k, v in item.key_locations.items()}
+                points.append(located_dict(item.location, renamed, locations))
+            else:
+                points.append(item)
+        skipped = {"points", "derived", "drop", "profile", "supervision", "poll_interval"}
+        keys = {k: v for k, v in raw.items() if k not in skipped}
+        keys["points"] = points
+        keys["poll_interval"] = ATTRIBUTE_INTERVAL if interval is None else interval
+        merged = located_dict(raw.location, keys, {**raw.key_locations, "points": where,
+                                                   "poll_interval": interval_where})
+        first = len(self.issues)
+        validated = self.validate(type(device), merged, list(_path_parts(path)))
+        for index in range(first, len(self.issues)):  # say it as the user wrote it
+            issue = self.issues[index]
+            fixed = issue.path.replace(f"{path}.points[", f"{path}.attributes[").replace(
+                f"{path}.poll_interval", f"{path}.attribute_interval")
+            if fixed.startswith(f"{path}.attributes["):
+                fixed = fixed.replace("].indicator", "].attribute")
+            self.issues[index] = ConfigIssue(issue.location, fixed, issue.message.replace(
+                "name, indicator,", "name, attribute,"))
+        if validated is None:
+            return None
+        return validated.model_copy(update={"id": device.id + ATTRIBUTES_SUFFIX, "supervision": None})
+
     def apply_profile(self, raw: LocatedDict, path: str, profiles_dir: Path) -> LocatedDict | None:
         name = raw["profile"]
         file = profiles_dir / f"{name}.yaml"
         if file not in self._profiles:
             self._profiles[file] = self.load_profile(file, raw.where("profile"), f"{path}.profile")
         profile = self._profiles[file]
-        return None if profile is None else _merge_profile(profile, raw)
+        if profile is None:
+            return None
+        problems = len(self.issues)
+        fits = _profile_protocols(profile)
+        if fits and raw.get("protocol") not in fits:
+            self.issue(raw.where("profile"), f"{path}.profile",
+                       f"profile {name!r} fits {', '.join(fits)}; expected a device of one of those protocols, found "
+                       f"{raw.get('protocol')!r} (a profile whose register map holds for other protocols lists them "
+                       "in `protocols:`)")
+        self.check_trimming(profile, raw, path)
+        return _merge_profile(profile, raw) if len(self.issues) == problems else None
+
+    def check_trimming(self, profile: LocatedDict, raw: LocatedDict, path: str) -> None:
+        """Points the device drops or overrides must be points of the profile (a new point is complete)."""
+        profile_points = profile.get("points")
+        names = [n for p in profile_points if (n := _point_name(p)) is not None] \
+            if isinstance(profile_points, LocatedList) else []
+        dropped = raw.get("drop")
+        if isinstance(dropped, LocatedList):
+            for index, name in enumerate(dropped):
+                if isinstance(name, str) and name not in names:
+                    self.issue(dropped.where(index), f"{path}.drop[{index}]",
+                               f"profile {raw['profile']!r} has no point {name!r} to drop; expected one of: "
+                               f"{', '.join(names) or '(none)'}" + suggest(name, names))
+        own = raw.get("points")
+        dropping = set(dropped) if isinstance(dropped, LocatedList) else set()
+        for index, point in enumerate(own if isinstance(own, LocatedList) else ()):
+            name = _point_name(point)
+            if name is not None and name in dropping:
+                self.issue(point.where("name"), f"{path}.points[{index}].name",
+                           f"point {name!r} is both dropped (`drop:`) and overridden here; expected one of the two")
+                continue
+            if name is None or name in names or "indicator" in point:
+                continue
+            self.issue(point.where("name"), f"{path}.points[{index}].name",
+                       f"point {name!r} overrides no point of profile {raw['profile']!r}; expected one of: "
+                       f"{', '.join(names) or '(none)'}{suggest(name, names)} (a point of the device's own needs "
+                       "`indicator:`)")
 
     def load_profile(self, file: Path, used_at: Location, path: str) -> LocatedDict | None:
         if not _is_file(file):
@@ -241,7 +347,8 @@ class _Loader:
         raw = self.load(file)
         if raw is None:
             return None
-        allowed = {"profile", "manufacturer", "model", "datasheet", "protocol", "description", "defaults", "points"}
+        allowed = {"profile", "manufacturer", "model", "datasheet", "protocol", "protocols", "description",
+                   "defaults", "points"}
         problems = len(self.issues)
         if not isinstance(raw, LocatedDict):
             self.issue(Location(str(file), 1, 1), "", f"expected a profile mapping, found {_kind(raw)}")
@@ -255,6 +362,23 @@ class _Loader:
                        f"expected the profile name {file.stem!r} (the file name), found {raw.get('profile')!r}")
         if "points" in raw and not isinstance(raw["points"], LocatedList):
             self.issue(raw.where("points"), "points", f"expected a list of points, found {_kind(raw['points'])}")
+        known = protocols()
+        if "protocol" in raw and "protocols" in raw:
+            self.issue(raw.where("protocols"), "protocols", "expected `protocol:` (one) or `protocols:` (a list), "
+                       "found both")
+        for key in ("protocol", "protocols"):
+            if key not in raw:
+                continue
+            declared = raw[key] if key == "protocols" else [raw[key]]
+            if not isinstance(declared, list) or not declared:
+                self.issue(raw.where(key), key, f"expected a list of protocols, found {_kind(declared)}")
+                continue
+            for index, protocol in enumerate(declared):
+                if protocol not in known:
+                    where = declared.where(index) if isinstance(declared, LocatedList) else raw.where(key)
+                    self.issue(where, key if key == "protocol" else f"{key}[{index}]",
+                               f"unknown protocol {protocol!r}; expected one of: {', '.join(sorted(known))}"
+                               + suggest(str(protocol), known))
         if "defaults" in raw and not isinstance(raw["defaults"], LocatedDict):
             self.issue(raw.where("defaults"), "defaults", f"expected a mapping, found {_kind(raw['defaults'])}")
         return raw if len(self.issues) == problems else None
@@ -269,14 +393,19 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, check_file
     if parts is None:
         raise ConfigError(loader.issues)
     main, sources = parts.main, parts.sources
-    catalogue = _load_catalogue(loader, sources.catalogue)
+    catalogue, notes = read_catalogues(loader, sources.catalogue_files)
     resolver = Resolver(catalogue) if catalogue is not None else None
     # One device file at a time, so the raw YAML of a large site never sits in memory all at once.
     for entries in itertools.chain([parts.inline], (loader.device_file(file) for file in parts.files)):
         for raw, device_path in entries:
+            attributes = loader.take_attributes(raw, device_path)
             device, merged_raw = loader.device(raw, device_path, sources.profiles)
             if device is not None and resolver is not None:
                 resolver.add_device(device, merged_raw, device_path)
+                if attributes is not None:
+                    source = loader.attribute_device(device, merged_raw, attributes, device_path)
+                    if source is not None:
+                        resolver.add_attributes(device, source, attributes[0], device_path)
     if main is None or resolver is None or catalogue is None:
         raise ConfigError(loader.issues)
     resolver.check_links()
@@ -285,35 +414,47 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, check_file
     issues = loader.issues + resolver.issues
     if issues:
         raise ConfigError(issues)
-    return GatewayConfig(path.resolve(), main, catalogue, tuple(resolver.devices), resolver.assets())
+    return GatewayConfig(path.resolve(), main, catalogue, tuple(resolver.devices), resolver.assets(), tuple(notes),
+                         tuple(resolver.attribute_sources))
 
 
-def load_catalogue(path: Path) -> Catalogue:
+def load_catalogue(*paths: Path) -> Catalogue:
+    """The catalogue of these files (the first, then its overlays), or raise ConfigError listing every issue."""
     loader = _Loader(None)
-    catalogue = _load_catalogue(loader, path)
-    if catalogue is None:
+    catalogue, _ = read_catalogues(loader, paths)
+    if catalogue is None or loader.issues:
         raise ConfigError(loader.issues)
     return catalogue
 
 
-def _load_catalogue(loader: _Loader, path: Path) -> Catalogue | None:
-    raw = loader.load(path)
-    if raw is None:
-        return None
-    if not isinstance(raw, LocatedDict):
-        loader.issue(Location(str(path), 1, 1), "", f"expected the catalogue mapping, found {_kind(raw)}")
-        return None
-    return loader.validate(Catalogue, raw)
+def load_main_catalogue(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Catalogue, list[ConfigIssue]]:
+    """The catalogue the main file at `path` names, without its devices, and the notes on what overlays override."""
+    loader = _Loader(environ)
+    parts = loader.load_main(path)
+    if parts is None:
+        raise ConfigError(loader.issues)
+    catalogue, notes = read_catalogues(loader, parts.sources.catalogue_files)
+    if catalogue is None or loader.issues:
+        raise ConfigError(loader.issues)
+    return catalogue, notes
 
 
 # -- profiles ---------------------------------------------------------------------------------------------
 
+def _profile_protocols(profile: LocatedDict) -> list[str]:
+    """The protocols a (checked) profile says it fits; empty when it does not say."""
+    if "protocols" in profile:
+        return [str(p) for p in profile["protocols"]]
+    return [str(profile["protocol"])] if "protocol" in profile else []
+
+
 def _merge_profile(profile: LocatedDict, device: LocatedDict) -> LocatedDict:
     """The device as if the profile's defaults and points had been written into it.
 
-    The device's own keys win over the profile's defaults; a device point whose
-    name matches a profile point overrides that point's keys; other device
-    points are added. Every key keeps the location of the file it came from.
+    The device's own keys win over the profile's defaults; the profile points it
+    names in `drop:` are left out; a device point whose name matches a profile
+    point overrides that point's keys; other device points are added. Every key
+    keeps the location of the file it came from.
     Entries of the wrong shape are passed through untouched for validation to report.
     """
     defaults = profile.get("defaults") or located_dict(profile.location)
@@ -326,7 +467,10 @@ def _merge_profile(profile: LocatedDict, device: LocatedDict) -> LocatedDict:
     points.location = getattr(own_points, "location", profile.location)
     points.item_locations = []
     profile_points = profile.get("points") or LocatedList()
+    dropped = set(device.get("drop") or ())
     for index, point in enumerate(profile_points):
+        if _point_name(point) in dropped:
+            continue
         override = own_by_name.pop(_point_name(point) or "", None)
         if override is None:
             points.append(point)
@@ -440,7 +584,7 @@ def _absolute_paths(main: MainFile, base: Path) -> MainFile:
         buffer = buffer.model_copy(update={"path": gateway.state_dir / buffer.path})
     return main.model_copy(update={
         "gateway": gateway, "buffer": buffer,
-        "catalogue": absolute(main.catalogue), "profiles": absolute(main.profiles),
+        "catalogue": [absolute(file) for file in main.catalogue_files], "profiles": absolute(main.profiles),
     })
 
 
@@ -482,4 +626,4 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["ConfigError", "GatewayConfig", "drivers", "load_catalogue", "load_config"]
+__all__ = ["ConfigError", "GatewayConfig", "drivers", "load_catalogue", "load_config", "load_main_catalogue"]

@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from gateway.config.errors import ConfigIssue, Location, suggest
 from gateway.config.yamlsource import LocatedDict, LocatedList, located_dict
 from gateway.model import units
-from gateway.model.catalogue import Catalogue
+from gateway.model.catalogue import Attribute, Catalogue
 from gateway.model.devices import DeviceBase
+from gateway.model.readings import series_key
 from gateway.model.resolved import (
+    AttributeSource,
+    PointError,
     ResolvedAsset,
     ResolvedDevice,
     ResolvedPoint,
@@ -50,9 +53,15 @@ class Resolver:
     issues: list[ConfigIssue] = field(default_factory=list)
     devices: list[ResolvedDevice[DeviceBase]] = field(default_factory=list)
     _written: dict[str, _Written] = field(default_factory=dict)
+    attribute_sources: list[AttributeSource] = field(default_factory=list)
+    _attributes: dict[tuple[str, str], str] = field(default_factory=dict)  # (asset, attribute) -> who reads it
     _device_ids: dict[str, str] = field(default_factory=dict)  # first place each id was used
     _assets: dict[str, tuple[tuple[str, str, str], str]] = field(default_factory=dict)
-    _fed: dict[tuple[str, str], str] = field(default_factory=dict)  # (asset, indicator) -> who feeds it
+    # (asset, indicator, instance) -> who feeds it; instance None: the indicator has one source on the asset.
+    # Flat, not nested per indicator: a large site has a source per point, and this is what it holds.
+    _fed: dict[tuple[str, str, str | None], str] = field(default_factory=dict)
+    _instanced: set[tuple[str, str]] = field(default_factory=set)  # (asset, indicator) fed with instances
+    _second_sources: set[tuple[str, str]] = field(default_factory=set)  # (device, point) reported as a duplicate
 
     def issue(self, location: Location | None, path: str, message: str) -> None:
         self.issues.append(ConfigIssue(location, path, message))
@@ -75,6 +84,28 @@ class Resolver:
         self._note_derived(device, raw, written)
         if points is not None:
             self.devices.append(ResolvedDevice(device, asset_ref(device), points))
+
+    def add_attributes(self, device: DeviceBase, source: DeviceBase, raw: LocatedList, path: str) -> None:
+        """The attributes a device reads for its asset: each in the catalogue, each once per asset."""
+        attributes: list[tuple[str, Attribute]] = []
+        for index, point in enumerate(source.points):
+            entry = raw[index] if index < len(raw) and isinstance(raw[index], LocatedDict) else None
+            where = entry.where("attribute") if entry is not None else raw.where(index)
+            attribute = self.catalogue.attribute(point.indicator)
+            if attribute is None:
+                self.issue(where, f"{path}.attributes[{index}].attribute",
+                           f"unknown attribute {point.indicator!r}; expected an attribute id from the catalogue"
+                           + suggest(point.indicator, [a.id for a in self.catalogue.attributes]))
+                continue
+            first = self._attributes.setdefault((device.asset.id, attribute.id), f"device {device.id!r}")
+            if first != f"device {device.id!r}" or any(a.id == attribute.id for _, a in attributes):
+                self.issue(where, f"{path}.attributes[{index}].attribute",
+                           f"attribute {attribute.id!r} of asset {device.asset.id!r} is already read by {first}; "
+                           "expected each attribute of an asset from one source")
+                continue
+            attributes.append((point.name, attribute))
+        if device.enabled and device.id in self._written and len(attributes) == len(source.points):
+            self.attribute_sources.append(AttributeSource(source, device.id, asset_ref(device), tuple(attributes)))
 
     def _check_asset(self, device: DeviceBase, raw: LocatedDict, path: str) -> None:
         catalogue, asset, where = self.catalogue, device.asset, raw["asset"]
@@ -116,18 +147,44 @@ class Resolver:
                 self.issue(point_raw.where("unit"), f"{point_path}.unit",
                            f"{exc}; indicator {indicator.id!r} is measured in {indicator.unit}")
                 continue
+            except PointError as exc:
+                self.issue(point_raw.where(exc.key), f"{point_path}.{exc.key}", str(exc))
+                continue
             if device.enabled:
-                self._one_source(device, point.name, indicator.id, point_raw, point_path)
+                self._one_source(device, point.name, indicator.id, point.instance, point_raw, point_path)
         return tuple(resolved) if len(resolved) == len(device.points) else None
 
-    def _one_source(self, device: DeviceBase, point: str, indicator: str, point_raw: LocatedDict,
-                    point_path: str) -> None:
-        feeds = (device.asset.id, indicator)
-        if feeds in self._fed:
-            self.issue(point_raw.where("indicator"), f"{point_path}.indicator",
-                       f"indicator {indicator!r} of asset {device.asset.id!r} is already fed by {self._fed[feeds]}; "
-                       "expected one source per indicator of an asset")
-        self._fed.setdefault(feeds, f"device {device.id!r} point {point!r}")
+    def _one_source(self, device: DeviceBase, point: str, indicator: str, instance: str | None,
+                    point_raw: LocatedDict, point_path: str) -> None:
+        """Asset, indicator and instance name one source: two points feeding the same one are an error, and so
+        is an indicator fed both with and without instances (a consumer could not tell which is which)."""
+        asset = device.asset.id
+        key = (asset, indicator, instance)
+        first = self._fed.get(key)
+        plain = self._fed.get((asset, indicator, None))
+        if first is not None:
+            if instance is None:
+                self.issue(point_raw.where("indicator"), f"{point_path}.indicator",
+                           f"indicator {indicator!r} of asset {asset!r} is already fed by {first}; expected one "
+                           "source per indicator of an asset, or an `instance:` on each point feeding it to keep "
+                           "them apart (e.g. instance: reservoir and instance: wet-well)")
+            else:
+                self.issue(point_raw.where("instance"), f"{point_path}.instance",
+                           f"instance {instance!r} of indicator {indicator!r} of asset {asset!r} is already fed by "
+                           f"{first}; expected a different instance name for each source")
+            self._second_sources.add((device.id, point))
+            return
+        if (instance is None and (asset, indicator) in self._instanced) or (instance is not None and plain):
+            named = ", ".join(sorted({i for (a, n, i) in self._fed if a == asset and n == indicator and i is not None}
+                                     | ({instance} if instance is not None else set())))
+            where = "instance" if instance is not None else "indicator"
+            self.issue(point_raw.where(where), f"{point_path}.{where}",
+                       f"indicator {indicator!r} of asset {asset!r} is fed both with instances ({named}) and without "
+                       f"({'by ' + plain if plain else 'this point'}); expected an `instance:` on every point "
+                       "feeding it")
+        self._fed[key] = f"device {device.id!r} point {point!r}"
+        if instance is not None:
+            self._instanced.add((asset, indicator))
 
     def _note_derived(self, device: DeviceBase, raw: LocatedDict, written: _Written) -> None:
         entries = raw.get("derived")
@@ -150,8 +207,8 @@ class Resolver:
     def check_derived(self) -> None:
         """Derived indicators must be in the catalogue and computed from indicators their asset has."""
         available: dict[str, set[str]] = {}
-        for asset_id, indicator_id in self._fed:
-            available.setdefault(asset_id, set()).add(indicator_id)
+        for asset_id, indicator_id, instance in self._fed:
+            available.setdefault(asset_id, set()).add(series_key(indicator_id, instance))
         for device in self._enabled():
             for rule in device.config.derived:
                 if self.catalogue.indicator(rule.indicator) is not None:
@@ -166,8 +223,11 @@ class Resolver:
                                f"unknown indicator {rule.indicator!r}; expected an indicator id from the catalogue"
                                + suggest(rule.indicator, [i.id for i in self.catalogue.indicators]))
                 for name in sorted(rule.inputs() - has):
+                    sources = sorted(n for n in has if n.startswith(f"{name}["))
+                    hint = (f" ({name!r} has several sources on this asset: name one, as {sources[0]!r})"
+                            if sources else "")
                     self.issue(where, rule_path, f"input {name!r} is not an indicator of asset {device.asset.asset!r}; "
-                               f"expected one of: {', '.join(sorted(has))}" + suggest(name, has))
+                               f"expected one of: {', '.join(sorted(has))}" + (hint or suggest(name, has)))
 
     def check_alarm_ids(self) -> None:
         """Every alarm of an asset (of its points and of its derived indicators) has an id of its own."""
@@ -175,9 +235,11 @@ class Resolver:
         for device in self._enabled():
             written = self._written[device.id]
             for point in device.points:
+                if (device.id, point.name) in self._second_sources:
+                    continue  # its alarms would be the first source's: reported as a second source already
+                key = series_key(point.indicator.id, point.config.instance)
                 where = written.processing.get(point.name)
-                self._alarm_ids(device, point.indicator.id, point.rules.alarms, where,
-                                f"{written.path}.points[{point.name}]", seen)
+                self._alarm_ids(device, key, point.rules.alarms, where, f"{written.path}.points[{point.name}]", seen)
             for index, rule in enumerate(device.config.derived):
                 indicator = self.catalogue.indicator(rule.indicator)
                 if indicator is not None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Sequence
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from gateway.model.rules import DerivedIndicator, Processing
 from gateway.model.schema import Id, PointName, Seconds, StrictModel, record
@@ -19,6 +21,31 @@ class AssetSettings(StrictModel):
     name: str = ""
 
 
+_NUMBERS: dict[float, float] = {}
+
+
+def _shared(number: float) -> float:
+    """One float object for each scale or offset a site uses (0.1, 0.01 ...), not one per point."""
+    if len(_NUMBERS) < 4096:
+        return _NUMBERS.setdefault(number, number)
+    return _NUMBERS.get(number, number)
+
+
+SharedFloat = Annotated[float, AfterValidator(_shared)]
+_INSTANCE = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+def _instance_name(name: str) -> str:
+    if len(name) > 64 or not _INSTANCE.match(name):
+        raise ValueError("an instance name goes into ids and payloads beside the asset and indicator ids, and must "
+                         "fit every topic layout: expected a lower-case letter, then a-z, 0-9 and '-' (no '/', '+', "
+                         "'#', '[', ']', spaces or capitals), at most 64 characters")
+    return sys.intern(name)
+
+
+Instance = Annotated[str, AfterValidator(_instance_name)]
+
+
 @record
 class PointBase:
     """What every protocol's point has: which indicator it feeds and how its value becomes canonical.
@@ -27,11 +54,18 @@ class PointBase:
     name: PointName
     indicator: Id
     unit: str | None = Field(None, description="Unit of the value after scale/offset; defaults to the indicator's.")
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: SharedFloat = 1.0
+    offset: SharedFloat = 0.0
     range: tuple[float, float] | None = Field(
         None, description="Valid range in `unit`; outside it the reading is bad (out-of-range).")
     writable: bool = Field(False, description="Only writable points can ever be written to the device.")
+    instance: Instance | None = Field(
+        None, description="Tells several sources of one indicator of an asset apart (level: reservoir, wet-well); "
+                          "derived expressions name one as level[wet-well].")
+    invert: bool = Field(False, description="For a boolean: publish true where the device says false and back.")
+    states: dict[int, Id] | None = Field(
+        None, description="For a multi-state indicator: the device's codes, each mapped to a state id the "
+                          "catalogue declares for the indicator; codes left out are published as unknown.")
     processing: Processing | None = Field(
         None, description="Report by exception, windows, counter and alarms; each key given replaces the "
                           "catalogue's default for the indicator (docs/processing.md).")
@@ -41,6 +75,12 @@ class PointBase:
         if self.range is not None and self.range[0] > self.range[1]:
             raise ValueError(f"range must be [low, high], found [{self.range[0]}, {self.range[1]}]")
         return self
+
+    @property
+    def decodes_boolean(self) -> bool:
+        """Whether the protocol decodes this point to true/false (a coil, a bit of a register); False when
+        only the device can tell (an OPC-UA node)."""
+        return False
 
 
 class SupervisionSettings(StrictModel):
@@ -65,6 +105,8 @@ class DeviceBase(StrictModel):
     protocol: str
     asset: AssetSettings
     profile: str | None = Field(None, description="A device profile (register map) under the profiles directory.")
+    drop: list[PointName] = Field(
+        default_factory=list, description="Points of the profile this device leaves out, by name (needs `profile:`).")
     enabled: bool = True
     poll_interval: Seconds = Field(10.0, description="Seconds between polls.")
     timeout: Seconds = Field(3.0, description="Seconds to wait for one reply.")

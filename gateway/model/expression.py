@@ -40,7 +40,7 @@ Evaluator = Callable[[Mapping[str, Operand]], Operand]
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
-  | (?P<name>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)
+  | (?P<name>[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?:\[[a-z][a-z0-9]*(?:-[a-z0-9]+)*\])?)
   | (?P<op><=|>=|==|!=|[-+*/<>(),])
 """, re.VERBOSE)
 

@@ -35,6 +35,13 @@ class Reason(enum.StrEnum):
     STALE = "stale"
     NOT_FOUND = "not-found"
     CALCULATION = "calculation-error"  # a derived indicator could not be computed
+    UNKNOWN_STATE = "unknown-state"  # a multi-state code the configuration does not name
+
+
+def series_key(indicator: str, instance: str | None) -> str:
+    """How processing, alarm ids and derived expressions name one source of an indicator: `level`, or
+    `level[wet-well]` for one of several instances of it on an asset."""
+    return indicator if instance is None else f"{indicator}[{instance}]"
 
 
 def now_ms() -> int:
@@ -93,21 +100,29 @@ class Reading:
     receive_time_ms: int
     device: str
     point: str
+    state: str | None = None  # the state id of a multi-state indicator's code
+    instance: str | None = None  # which of several sources of the indicator on the asset
+
+    @property
+    def series(self) -> str:
+        """`indicator`, or `indicator[instance]`: the name derived expressions use."""
+        return self.indicator if self.instance is None else f"{self.indicator}[{self.instance}]"
 
     def as_payload(self, seq: int) -> dict[str, object]:
         """The JSON shape of one reading inside a batch (documented in README)."""
-        body: dict[str, object] = {
-            "seq": seq,
-            "indicator": self.indicator,
-            "value": self.value,
-            "unit": self.unit,
-            "unit_code": self.unit_code,
-            "quality": self.quality.value,
-            "ts": self.source_time_ms,
-            "rx": self.receive_time_ms,
-            "device": self.device,
-            "point": self.point,
-        }
+        body: dict[str, object] = {"seq": seq, "indicator": self.indicator}
+        if self.instance is not None:
+            body["instance"] = self.instance
+        body["value"] = self.value
+        if self.state is not None:
+            body["state"] = self.state
+        body["unit"] = self.unit
+        body["unit_code"] = self.unit_code
+        body["quality"] = self.quality.value
+        body["ts"] = self.source_time_ms
+        body["rx"] = self.receive_time_ms
+        body["device"] = self.device
+        body["point"] = self.point
         if self.reason is not None:
             body["reason"] = self.reason
         return body

@@ -203,7 +203,9 @@ class Processing(StrictModel):
 class NightMinimum(StrictModel):
     """The lowest interval mean of an indicator inside a nightly window (minimum night flow)."""
 
-    of: Id = Field(description="The indicator of the same asset whose interval means are compared, e.g. flow.")
+    of: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*(\[[a-z][a-z0-9-]*\])?$", max_length=130,
+                    description="The indicator of the same asset whose interval means are compared, e.g. flow "
+                                "(flow[inlet] for one instance of it).")
     start: str = Field("02:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="Local time HH:MM.")
     end: str = Field("04:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="Local time HH:MM.")
     interval: PositiveInt = Field(900, description="Seconds per interval mean, e.g. 900 (15 min).")

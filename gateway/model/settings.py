@@ -198,6 +198,13 @@ class MainFile(StrictModel):
     buffer: BufferSettings = BufferSettings()
     clock: ClockSettings = ClockSettings()
     status: StatusSettings = StatusSettings()
-    catalogue: Path = Field(Path("catalogue.yaml"), description="Relative to this file.")
+    catalogue: Path | list[Path] = Field(
+        Path("catalogue.yaml"), description="The catalogue file, or several: the shipped one first, then overlays "
+                                            "that add to it (or override entries with `override: true`). "
+                                            "Relative to this file.")
     profiles: Path = Field(Path("profiles"), description="Directory of device profiles, relative to this file.")
     include: list[str] = Field(default_factory=list, description="Device files: paths or globs, relative to this file.")
+
+    @property
+    def catalogue_files(self) -> list[Path]:
+        return list(self.catalogue) if isinstance(self.catalogue, list) else [self.catalogue]

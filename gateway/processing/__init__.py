@@ -67,7 +67,7 @@ class _Series:
     __slots__ = ("alarms", "asset", "last", "pushed", "reporting", "windows")
 
     def __init__(self, asset: AssetRef, device: str, indicator: Indicator, rules: Processing, hold_ms: float,
-                 heartbeat: float | None = None) -> None:
+                 heartbeat: float | None = None, instance: str | None = None) -> None:
         self.asset = asset
         self.pushed = heartbeat is not None
         self.last: Reading | None = None
@@ -75,12 +75,13 @@ class _Series:
         if reporting is None and heartbeat is not None:
             reporting = Reporting(deadband=0.0, max_silence=heartbeat)
         self.reporting = ReportByException(reporting) if reporting is not None else None
-        info = SeriesInfo(indicator.id, indicator.unit, indicator.unit_code)
+        info = SeriesInfo(indicator.id, indicator.unit, indicator.unit_code, instance)
         cumulative = indicator.quantified is Quantification.CUMULATIVE
         self.windows: list[AlignedWindow[WindowStats] | AlignedWindow[ConsumptionStats]] = [
             ConsumptionWindow(info, size, rules.counter) if cumulative else StatisticsWindow(info, size, hold_ms)
             for size in rules.windows or ()]
-        self.alarms = [ThresholdAlarm(rule, asset, device, indicator.id, indicator.unit) for rule in rules.alarms or ()]
+        self.alarms = [ThresholdAlarm(rule, asset, device, indicator.id, indicator.unit, instance)
+                       for rule in rules.alarms or ()]
 
     def feed(self, reading: Reading, now: int, out: Output, answered: bool = True) -> None:
         """`answered`: the device delivered the reading (not a bad one the gateway made for a failed poll)."""
@@ -143,11 +144,12 @@ class _Asset:
         """`answered`: false for the bad readings of a failed poll (what is derived from them counts as failed)."""
         changed = set()
         for reading in readings:
-            if reading.indicator in self.inputs:
-                self.latest[reading.indicator] = reading
-                changed.add(reading.indicator)
+            name = reading.series
+            if name in self.inputs:
+                self.latest[name] = reading
+                changed.add(name)
                 for night, series in self.nights:
-                    if reading.indicator in night.inputs:
+                    if name in night.inputs:
                         self._emit(night.feed(reading), series, now, out, answered)
         if not changed:
             return
@@ -353,7 +355,8 @@ class Processor:
         config = device.config
         hold = _hold_ms(config)
         heartbeat = config.poll_interval if config.pushes else None
-        series = {point.name: _Series(asset.asset, device.id, point.indicator, point.rules, hold, heartbeat)
+        series = {point.name: _Series(asset.asset, device.id, point.indicator, point.rules, hold, heartbeat,
+                                      point.config.instance)
                   for point in device.points if not point.rules.is_empty or config.pushes}
         if supervision is _DEFAULT:
             supervision = Supervision.for_device(config)

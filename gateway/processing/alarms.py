@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from gateway.model.devices import DeviceBase
-from gateway.model.readings import AssetRef, Value
+from gateway.model.readings import AssetRef, Value, series_key
 from gateway.model.rules import AlarmLevel, AlarmRule, Severity
 
 RAISED = "raised"
@@ -46,13 +46,17 @@ class AlarmEvent:
     limit: float | None = None
     unit: str | None = None
     message: str = ""
+    instance: str | None = None
 
     def as_payload(self, seq: int | None = None) -> dict[str, object]:
         body: dict[str, object] = {} if seq is None else {"seq": seq}
         body.update({"alarm": self.alarm, "event": self.event, "level": self.level,
                      "severity": self.severity.value, "ts": self.time_ms, "device": self.device})
         if self.indicator is not None:
-            body.update({"indicator": self.indicator, "value": self.value, "unit": self.unit})
+            body["indicator"] = self.indicator
+            if self.instance is not None:
+                body["instance"] = self.instance
+            body.update({"value": self.value, "unit": self.unit})
         if self.limit is not None:
             body["limit"] = self.limit
         if self.message:
@@ -65,16 +69,17 @@ class ThresholdAlarm:
 
     __slots__ = ("_delay_off_ms", "_delay_on_ms", "_pending_since", "_template", "_value", "active", "rule")
 
-    def __init__(self, rule: AlarmRule, asset: AssetRef, device: str, indicator: str, unit: str) -> None:
+    def __init__(self, rule: AlarmRule, asset: AssetRef, device: str, indicator: str, unit: str,
+                 instance: str | None = None) -> None:
         self.rule = rule
         self.active = False
         self._delay_on_ms = round(rule.delay_on * 1000)
         self._delay_off_ms = round(rule.delay_off * 1000)
         self._pending_since: int | None = None  # when the value first asked for the other state
         self._value: Value = None  # the last good value; None after a bad reading
-        self._template = AlarmEvent(asset, rule.alarm_id(indicator), RAISED, rule.level.value,
+        self._template = AlarmEvent(asset, rule.alarm_id(series_key(indicator, instance)), RAISED, rule.level.value,
                                     rule.effective_severity, 0, device, indicator, None, rule.limit, unit,
-                                    rule.message)
+                                    rule.message, instance)
 
     def shift(self, delta_ms: int) -> None:
         """The clock stepped: a pending delay keeps the time it has run."""
@@ -128,7 +133,8 @@ class ThresholdAlarm:
 
 def _replace(template: AlarmEvent, event: str, time_ms: int, value: Value) -> AlarmEvent:
     return AlarmEvent(template.asset, template.alarm, event, template.level, template.severity, time_ms,
-                      template.device, template.indicator, value, template.limit, template.unit, template.message)
+                      template.device, template.indicator, value, template.limit, template.unit, template.message,
+                      template.instance)
 
 
 @dataclass(frozen=True, slots=True)

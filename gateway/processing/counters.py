@@ -51,13 +51,17 @@ class ConsumptionStats:
     resets: tuple[CounterReset, ...] = field(default_factory=tuple)
     failed: int = 0  # polls in the window the device did not answer
     interrupted: bool = False  # closed early by a jump of the clock
+    instance: str | None = None
 
     def as_payload(self, seq: int) -> dict[str, object]:
-        body: dict[str, object] = {
-            "seq": seq, "indicator": self.indicator, "unit": self.unit, "unit_code": self.unit_code,
+        body: dict[str, object] = {"seq": seq, "indicator": self.indicator}
+        if self.instance is not None:
+            body["instance"] = self.instance
+        body.update({
+            "unit": self.unit, "unit_code": self.unit_code,
             "window": self.window_s, "start": self.start_ms, "end": self.end_ms,
             "consumption": self.consumption, "first": self.first, "last": self.last, "count": self.count,
-            "failed": self.failed}
+            "failed": self.failed})
         if self.rollovers:
             body["rollovers"] = self.rollovers
         if self.resets:
@@ -145,7 +149,7 @@ class ConsumptionWindow(AlignedWindow[ConsumptionStats]):
         info = self.info
         return ConsumptionStats(info.indicator, info.unit, info.unit_code, self.size_s, self.opened_ms, end_ms,
                                 self.count, self._consumption, self._first, self._register.value,
-                                self._rollovers, tuple(self._resets), self.failed, interrupted)
+                                self._rollovers, tuple(self._resets), self.failed, interrupted, info.instance)
 
     def _shift(self, delta_ms: int) -> None:
         self._register.shift(delta_ms)

@@ -52,7 +52,7 @@ class ExpressionRule:
         if worst.quality is Quality.BAD:
             return self._reading(None, Quality.BAD, worst.reason, newest, now_ms)
         try:
-            value = self._expression.evaluate({r.indicator: r.value for r in present})
+            value = self._expression.evaluate({name: latest[name].value for name in self.inputs})
         except EvaluationError:
             return self._reading(None, Quality.BAD, CALCULATION_ERROR, newest, now_ms)
         quality: Quality = worst.quality

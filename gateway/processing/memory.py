@@ -61,10 +61,14 @@ class AlarmMemory:
 
 def _record(event: AlarmEvent) -> dict[str, object]:
     asset = event.asset
-    return {"asset": {"domain": asset.domain, "site": asset.site, "id": asset.asset}, "alarm": event.alarm,
-            "level": event.level, "severity": event.severity.value, "since": event.time_ms, "device": event.device,
-            "indicator": event.indicator, "value": event.value, "limit": event.limit, "unit": event.unit,
-            "message": event.message}
+    record: dict[str, object] = {
+        "asset": {"domain": asset.domain, "site": asset.site, "id": asset.asset}, "alarm": event.alarm,
+        "level": event.level, "severity": event.severity.value, "since": event.time_ms, "device": event.device,
+        "indicator": event.indicator, "value": event.value, "limit": event.limit, "unit": event.unit,
+        "message": event.message}
+    if event.instance is not None:
+        record["instance"] = event.instance
+    return record
 
 
 def _event(record: dict[str, Any]) -> AlarmEvent:
@@ -74,7 +78,7 @@ def _event(record: dict[str, Any]) -> AlarmEvent:
         AssetRef(_text(asset["domain"]), _text(asset["site"]), _text(asset["id"])), _text(record["alarm"]), RAISED,
         _text(record["level"]), Severity(record["severity"]), _integer(record["since"]), _text(record["device"]),
         _optional_text(record.get("indicator")), _value(record.get("value")), _optional_number(record.get("limit")),
-        _optional_text(record.get("unit")), _text(record.get("message", "")))
+        _optional_text(record.get("unit")), _text(record.get("message", "")), _optional_text(record.get("instance")))
 
 
 def _text(value: object) -> str:

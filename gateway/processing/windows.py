@@ -55,13 +55,16 @@ class WindowStats:
     last: float | None = None
     failed: int = 0
     interrupted: bool = False  # closed early by a jump of the clock
+    instance: str | None = None
 
     def as_payload(self, seq: int) -> dict[str, object]:
-        body: dict[str, object] = {
-            "seq": seq, "indicator": self.indicator, "unit": self.unit, "unit_code": self.unit_code,
-            "window": self.window_s, "start": self.start_ms, "end": self.end_ms,
-            "min": self.minimum, "max": self.maximum, "mean": self.mean, "last": self.last,
-            "count": self.count, "failed": self.failed, "good": round(self.good, 4)}
+        body: dict[str, object] = {"seq": seq, "indicator": self.indicator}
+        if self.instance is not None:
+            body["instance"] = self.instance
+        body.update({"unit": self.unit, "unit_code": self.unit_code,
+                     "window": self.window_s, "start": self.start_ms, "end": self.end_ms,
+                     "min": self.minimum, "max": self.maximum, "mean": self.mean, "last": self.last,
+                     "count": self.count, "failed": self.failed, "good": round(self.good, 4)})
         if self.interrupted:
             body["interrupted"] = True
         return body
@@ -81,6 +84,7 @@ class SeriesInfo:
     indicator: str
     unit: str
     unit_code: str
+    instance: str | None = None
 
 
 S = TypeVar("S")  # what a closed window gives: WindowStats, or ConsumptionStats for a counter
@@ -228,7 +232,7 @@ class StatisticsWindow(AlignedWindow[WindowStats]):
         start = self.opened_ms
         return WindowStats(info.indicator, info.unit, info.unit_code, self.size_s, start, end_ms,
                            self.count, self._good_ms / (end_ms - start), self._min, self._max, mean,
-                           self._last, self.failed, interrupted)
+                           self._last, self.failed, interrupted, info.instance)
 
     def _shift(self, delta_ms: int) -> None:
         self._held_ms += delta_ms  # the value in force stays in force across the step
