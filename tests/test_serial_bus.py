@@ -265,7 +265,7 @@ async def test_modbus_rtu_splits_a_refused_request_like_tcp_and_writes(make_bus:
     # The split is remembered: a and c alone (b is refused alone, and a request spanning it would be).
     assert driver.describe(meter)[:2] == ["holding_register 0-0 (1 register, 1 point)",
                                           "holding_register 2-2 (1 register, 1 point)"]
-    await driver.write(meter, "c", 44)  # function 06: the reply repeats the request and is not an echo
+    assert await driver.write(meter, "c", 44) == 44  # function 06: the reply repeats the request, not an echo
     assert tables.get_registers(1, HR, 2, 1) == [44]
     await driver.close()
 

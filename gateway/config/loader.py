@@ -232,6 +232,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Gateway
     resolver.check_links()
     resolver.check_derived()
     resolver.check_alarm_ids()
+    resolver.check_write_guards()
     issues = loader.issues + resolver.issues
     if issues:
         raise ConfigError(issues)

@@ -8,7 +8,8 @@ named final checks run over the whole configuration:
 
 - `check_links`: devices sharing a link (a serial port, a TCP gateway) agree;
 - `check_derived`: derived indicators are in the catalogue and computed from indicators their asset has;
-- `check_alarm_ids`: alarm ids are unique per asset.
+- `check_alarm_ids`: alarm ids are unique per asset;
+- `check_write_guards`: a writable point's guard reads indicators its asset has.
 
 Every problem is a ConfigIssue with file, line, column and key path.
 """
@@ -21,8 +22,8 @@ from dataclasses import dataclass, field
 from gateway.config.errors import ConfigIssue, Location, suggest
 from gateway.config.yamlsource import LocatedDict, LocatedList, located_dict
 from gateway.model import units
-from gateway.model.catalogue import Catalogue
-from gateway.model.devices import DeviceBase
+from gateway.model.catalogue import Catalogue, IndicatorKind
+from gateway.model.devices import DeviceBase, PointBase
 from gateway.model.resolved import (
     ResolvedAsset,
     ResolvedDevice,
@@ -42,6 +43,7 @@ class _Written:
     path: str
     processing: dict[str, Location] = field(default_factory=dict)  # point name -> its `processing:` key
     derived: list[Location | None] = field(default_factory=list)  # each derived entry's `indicator:` key
+    guards: dict[str, Location] = field(default_factory=dict)  # point name -> its `write:` key
 
 
 @dataclass
@@ -116,9 +118,22 @@ class Resolver:
                 self.issue(point_raw.where("unit"), f"{point_path}.unit",
                            f"{exc}; indicator {indicator.id!r} is measured in {indicator.unit}")
                 continue
+            if point.writable and isinstance(point_raw, LocatedDict):
+                self._check_writable(point, indicator.kind, point_raw, point_path, written)
             if device.enabled:
                 self._one_source(device, point.name, indicator.id, point_raw, point_path)
         return tuple(resolved) if len(resolved) == len(device.points) else None
+
+    def _check_writable(self, point: PointBase, kind: IndicatorKind, point_raw: LocatedDict, point_path: str,
+                        written: _Written) -> None:
+        """A writable number says what may be written to it; a state may (a coil takes true and false)."""
+        limits = point.write
+        if limits is not None and limits.guard is not None:
+            written.guards[point.name] = point_raw.where("write")
+        if kind is IndicatorKind.MEASUREMENT and (limits is None or (limits.range is None and limits.allowed is None)):
+            self.issue(point_raw.where("writable"), f"{point_path}.writable",
+                       f"writable point {point.name!r} gives no write range; expected `write: {{range: [low, high]}}` "
+                       f"in {point.unit or 'its unit'} (what the centre may set it to), or `allowed: [...]`")
 
     def _one_source(self, device: DeviceBase, point: str, indicator: str, point_raw: LocatedDict,
                     point_path: str) -> None:
@@ -193,6 +208,23 @@ class Resolver:
                 self.issue(where, path, f"alarm id {key[1]!r} is used twice on asset {key[0]!r} (first by "
                            f"{seen[key]}); give the rules distinct `id:`s")
             seen.setdefault(key, path)
+
+    def check_write_guards(self) -> None:
+        """A writable point's guard is a condition over indicators its asset has."""
+        available: dict[str, set[str]] = {}
+        for asset_id, indicator_id in self._fed:
+            available.setdefault(asset_id, set()).add(indicator_id)
+        for device in self._enabled():
+            written = self._written[device.id]
+            has = available.get(device.asset.asset, set())
+            for point in device.points:
+                limits = point.config.write
+                if limits is None or limits.guard is None:
+                    continue
+                for name in sorted(limits.guard_inputs() - has):
+                    self.issue(written.guards.get(point.name), f"{written.path}.points[{point.name}].write.guard",
+                               f"guard input {name!r} is not an indicator of asset {device.asset.asset!r}; "
+                               f"expected one of: {', '.join(sorted(has))}" + suggest(name, has))
 
     # -- the result ------------------------------------------------------------------------------------------------
 
