@@ -42,10 +42,14 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self.entries_committed = 0  # readings, statistics and alarm events: each took one seq number
+        # Called with every poll's mapped readings (the command path's guards read the asset's latest values).
+        self.observers: list[Callable[[Sequence[Reading]], None]] = []
 
     def submit(self, device_id: str, samples: Sequence[Sample], receive_time_ms: int) -> None:
         mapper = self._mappers[device_id]
         readings = mapper.readings(samples, receive_time_ms)
+        for observe in self.observers:
+            observe(readings)
         if self._processor is None:
             self._enqueue_readings(mapper.asset, readings)
         else:
@@ -54,10 +58,18 @@ class Pipeline:
     def submit_failure(self, device_id: str, reason: str, receive_time_ms: int) -> None:
         mapper = self._mappers[device_id]
         readings = mapper.failed(reason, receive_time_ms)
+        for observe in self.observers:
+            observe(readings)
         if self._processor is None:
             self._enqueue_readings(mapper.asset, readings)
         else:
             self._enqueue_output(self._processor.failed(device_id, reason, readings))
+
+    def submit_event(self, topic: str, encode: Callable[[int], bytes], priority: int = ALARM_PRIORITY) -> None:
+        """Queue one message of another part (a command's audit record), numbered in the gateway's sequence:
+        `encode(seq)` makes its body. Alarm priority by default: sent first after an outage, dropped last."""
+        seq = self._buffer.allocate_sequence(1)
+        self._queue(Message(topic, encode(seq), priority, seq, seq, now_ms()))
 
     def tick(self) -> None:
         """Let the processor close windows and run out alarm delays; called about once a second."""

@@ -7,6 +7,9 @@
     <prefix>/<domain>/<site>/<asset>/active-alarms   retained: the alarms raised now
     <prefix>/gateway/<gateway>/status           retained online/offline (Last Will)
     <prefix>/gateway/<gateway>/device/<device>/status   retained per-device state
+    <prefix>/gateway/<gateway>/cmd              commands to the gateway (it subscribes), QoS 1
+    <prefix>/gateway/<gateway>/cmd/result       each command's result, QoS 1
+    <prefix>/gateway/<gateway>/audit            every command and its result, through the buffer, QoS 1
 """
 
 from __future__ import annotations
@@ -41,3 +44,12 @@ class Topics:
 
     def device_status(self, device_id: str) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/device/{device_id}/status"
+
+    def command(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/cmd"
+
+    def command_result(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/cmd/result"
+
+    def audit(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/audit"

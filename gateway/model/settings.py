@@ -8,6 +8,7 @@ from typing import Literal, Self
 
 from pydantic import Field, PositiveInt, SecretStr, model_validator
 
+from gateway.model.commands import CommandSettings
 from gateway.model.schema import ConfigPath, Id, Seconds, StrictModel
 
 
@@ -93,6 +94,7 @@ class MainFile(StrictModel):
     mqtt: MqttSettings = MqttSettings()
     buffer: BufferSettings = BufferSettings()
     clock: ClockSettings = ClockSettings()
+    commands: CommandSettings = Field(CommandSettings(), description="Commands from the control room (README).")
     catalogue: Path = Field(Path("catalogue.yaml"), description="Relative to this file.")
     profiles: Path = Field(Path("profiles"), description="Directory of device profiles, relative to this file.")
     include: list[str] = Field(default_factory=list, description="Device files: paths or globs, relative to this file.")
