@@ -129,6 +129,57 @@ def cmd_read(args: argparse.Namespace) -> int:
         return asyncio.run(read_once(config, device))
 
 
+def cmd_write(args: argparse.Namespace) -> int:
+    """One command from the engineer on site: the same checks, audit and read-back as from the control room."""
+    config = load_config(args.config)
+    device = config.device(args.device)
+    if device is None:
+        from gateway.config.errors import suggest
+
+        print(f"error: no device {args.device!r} in {args.config}"
+              + suggest(args.device, [d.id for d in config.devices]), file=sys.stderr)
+        return EXIT_CONFIG
+    from gateway.statedir import StateLock
+    from gateway.writeonce import parse_value, preview, write_once
+
+    value = parse_value(args.value)
+    print(preview(device, args.point, value))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("error: not confirmed; give --yes to write without asking", file=sys.stderr)
+            return EXIT_CONFIG
+        if input("write it? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not written")
+            return EXIT_OK
+    import uuid
+
+    with StateLock(config.state_dir):  # a running gateway owns the links: send commands to it on its topic
+        result = asyncio.run(write_once(config, device, args.point, value, f"cli-{uuid.uuid4()}"))
+    status = result.get("status")
+    detail = result.get("confirmation") if status == "done" else f"{result.get('reason')}: {result.get('message')}"
+    back = f", read back {json.dumps(result['read_back'])}" if "read_back" in result else ""
+    print(f"{status}: {detail}{back} (command {result.get('id')}, in the audit log)")
+    if status == "done" and result.get("confirmation") == "confirmed":
+        return EXIT_OK
+    return EXIT_CONFIG if status == "refused" else EXIT_FAILURE
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from gateway.commands.audit import AUDIT_FILE, iter_lines, read_audit
+
+    rows = read_audit(config.state_dir / AUDIT_FILE, args.limit)  # read-only: safe beside a running gateway
+    if args.json:
+        for row in rows:
+            print(json.dumps({"seq": row.seq, "ts": row.ts_ms, "kind": row.kind, **row.entry}, ensure_ascii=False))
+    else:
+        for line in iter_lines(rows):
+            print(line)
+    if not rows:
+        print(f"no commands in the audit log ({config.state_dir / AUDIT_FILE})", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_buffer(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from gateway.buffer import read_stats
@@ -303,6 +354,15 @@ def _parser() -> argparse.ArgumentParser:
     read = command("read", cmd_read, "poll one device once and print its readings (no MQTT needed)")
     read.add_argument("device", help="device id")
     command("buffer", cmd_buffer, "show the local buffer: depth, oldest reading, dropped count")
+    write = command("write", cmd_write, "write one value to a writable point with the command checks, audited "
+                    "(while the gateway is not running; it owns the links when it is)")
+    write.add_argument("device", help="device id")
+    write.add_argument("point", help="point name")
+    write.add_argument("value", help="a number (in the indicator's unit), true/false, or text")
+    write.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    audit = command("audit", cmd_audit, "print the audit log of commands and their results")
+    audit.add_argument("--limit", type=int, default=100, help="the newest N entries (default 100)")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
     browse = command("browse", cmd_browse, "print a YAML skeleton of an OPC-UA server's variables, "
                      "ready to map onto indicators", config=False)
     browse.add_argument("endpoint", help="opc.tcp://host:port[/path], or host:port")

@@ -280,3 +280,30 @@ async def test_a_flood_of_commands_is_rate_limited_and_polling_goes_on(
         assert status.polls > polls_before and status.state.value == "online"
     finally:
         await site.close()
+
+
+async def test_a_command_left_without_result_by_a_killed_gateway_is_recorded_as_interrupted(
+        tmp_path: Path, broker: Broker, plc: ModbusSimulator, operator: Operator) -> None:
+    from gateway.commands.audit import AuditLog
+
+    config = write_site(tmp_path, broker.port, plc.port)
+    (tmp_path / "state").mkdir(mode=0o700)
+    audit = await AuditLog.open(tmp_path / "state" / AUDIT_FILE, 100)
+    writer = asyncio.create_task(audit.run())
+    await audit.append("command", {"id": "cut-short", "device": "plc-1", "point": "pressure_setpoint",
+                                   "value": 500.0, "status": "accepted"})
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+    await audit.close()
+    site = await start(config)
+    try:
+        await operator.wait_for(lambda m: any(t == AUDIT_TOPIC and b["id"] == "cut-short" for t, b, _ in m),
+                                "the interrupted command's result on the audit topic")
+        (record,) = [b for b in operator.on(AUDIT_TOPIC) if b["id"] == "cut-short"]
+        assert (record["kind"], record["status"], record["reason"]) == ("result", "failed", "interrupted")
+        again = command("pressure_setpoint", 300.0, id="cut-short")  # the same id again: answered, not executed
+        operator.send(again)
+        assert (await operator.result("cut-short"))["reason"] == "interrupted"
+        assert plc.get_registers(1, HR, 0, 1) == [400]
+    finally:
+        await site.close()

@@ -159,6 +159,11 @@ class CommandService:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
+    async def settled(self) -> None:
+        """Wait until every command received so far is finished and its audit records written."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     async def _recall(self) -> None:
         """Results of the last `max_age_limit` are remembered again; a command the gateway accepted but was
         stopped (or killed) before finishing gets its result now: failed, interrupted."""
@@ -173,6 +178,7 @@ class CommandService:
                       "message": "the gateway stopped while the write was under way; what the device did is "
                                  "unknown (read the point)", "finished": self._wall()}
             log.warning("command %s was interrupted by a restart; recorded as failed", accepted.get("id"))
+            self._remember(result)  # a redelivery of it is answered, never executed
             await self._record_result(result)
 
     def observe(self, readings: Sequence[Reading]) -> None:
