@@ -19,7 +19,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.registry import make_driver
 from gateway.buffer import Buffer
@@ -42,6 +42,9 @@ from gateway.statedir import StateLock
 from gateway.systemd import notify
 from gateway.tasks import cancel_requests, restore_cancel_requests
 from gateway.topics import Topics
+
+if TYPE_CHECKING:
+    from gateway.lighting import LightingController
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class Gateway:
         self.commands: CommandService | None = None
         self.command_channel: CommandChannel | None = None
         self._command_time = command_time
+        self.lighting: LightingController | None = None
         probe = system_clock_state if config.main.clock.source == "system" else assumed_clock_state
         self.clock = clock if clock is not None else ClockWatch(probe)
 
@@ -111,7 +115,7 @@ class Gateway:
                 self._drivers.update((device.id, driver) for device in devices)
                 self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status))
                 runners.update((device.id, self.runners[-1]) for device in devices)
-            if config.main.commands.enabled:
+            if config.main.commands.enabled or config.main.lighting.circuits:
                 await self._command_path(resources, runners)
             log.info("gateway %s starting: %d devices on %d links", self.gateway_id, len(mappers), len(self.runners))
             await self._run_parts(stop, self.publisher, self.pipeline)
@@ -129,8 +133,19 @@ class Gateway:
                                        audit, self.pipeline, self.clock, self._reply, secret=secret,
                                        wall_ms=self._command_time)
         self.pipeline.observers.append(self.commands.observe)
-        self.command_channel = CommandChannel(config.main.mqtt, channel_id, self.topics.command(),
-                                              settings.session_expiry, self.commands.on_command)
+        if settings.enabled:
+            self.command_channel = CommandChannel(config.main.mqtt, channel_id, self.topics.command(),
+                                                  settings.session_expiry, self.commands.on_command)
+        if config.main.lighting.circuits:
+            from gateway.lighting import LightingController, schedules  # imports astral
+
+            assert self.publisher is not None
+            self.lighting = LightingController(
+                self.topics, config.main.lighting, schedules(config.main.lighting, config.main.site,
+                                                             config.enabled_devices),
+                self.commands, self.clock, self.publisher.set_retained, wall_ms=self._command_time)
+            self.pipeline.observers.append(self.lighting.observe)
+            self.clock.on_jump.append(lambda jump: self.lighting.poke() if self.lighting is not None else None)
 
     def _reply(self, topic: str, body: bytes, correlation: bytes | None) -> bool:
         return self.command_channel is not None and self.command_channel.reply(topic, body, correlation)
@@ -165,7 +180,10 @@ class Gateway:
                     sources.create_task(runner.run(), name=f"link {runner.name}")
                 if self.commands is not None:
                     sources.create_task(self.commands.run(), name="commands")
+                if self.command_channel is not None:
                     sources.create_task(self._listen_for_commands(), name="command-channel")
+                if self.lighting is not None:
+                    sources.create_task(self.lighting.run(), name="lighting")
                 notify("READY=1")
         except* _StopRequested:
             restore_cancel_requests(cancel_requests_before)

@@ -180,6 +180,35 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    """The switching times of the coming 24 hours of every lighting circuit, in the site's time zone."""
+    config = load_config(args.config)
+    if not config.main.lighting.circuits:
+        print(f"no lighting circuits in {args.config}")
+        return EXIT_OK
+    from gateway.lighting import schedules, tonight
+    from gateway.model.readings import now_ms
+
+    start = now_ms()
+    if args.at is not None:
+        import datetime
+
+        try:
+            moment = datetime.datetime.fromisoformat(args.at)
+        except ValueError:
+            print(f"error: --at {args.at!r} is not an ISO date and time (2026-12-01T12:00)", file=sys.stderr)
+            return EXIT_CONFIG
+        if moment.tzinfo is None:
+            import zoneinfo
+
+            assert config.main.site is not None
+            moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(config.main.site.timezone))
+        start = int(moment.timestamp() * 1000)
+    for line in tonight(schedules(config.main.lighting, config.main.site, config.devices), start):
+        print(line)
+    return EXIT_OK
+
+
 def cmd_buffer(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from gateway.buffer import read_stats
@@ -360,6 +389,8 @@ def _parser() -> argparse.ArgumentParser:
     write.add_argument("point", help="point name")
     write.add_argument("value", help="a number (in the indicator's unit), true/false, or text")
     write.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    schedule = command("schedule", cmd_schedule, "print the lighting circuits' switching times of the coming 24 hours")
+    schedule.add_argument("--at", help="from this local time instead of now (2026-12-01T12:00)")
     audit = command("audit", cmd_audit, "print the audit log of commands and their results")
     audit.add_argument("--limit", type=int, default=100, help="the newest N entries (default 100)")
     audit.add_argument("--json", action="store_true", help="one JSON object per line")

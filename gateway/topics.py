@@ -10,6 +10,7 @@
     <prefix>/gateway/<gateway>/cmd              commands to the gateway (it subscribes), QoS 1
     <prefix>/gateway/<gateway>/cmd/result       each command's result, QoS 1
     <prefix>/gateway/<gateway>/audit            every command and its result, through the buffer, QoS 1
+    <prefix>/gateway/<gateway>/lighting/<circuit>   retained: a lighting circuit's mode and next switching times
 """
 
 from __future__ import annotations
@@ -53,3 +54,6 @@ class Topics:
 
     def audit(self) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/audit"
+
+    def lighting(self, circuit: str) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/lighting/{circuit}"

@@ -5,6 +5,11 @@ A command:
     {"id": "c-20261201-0042", "device": "ps01-plc", "point": "pressure_setpoint", "value": 420.0,
      "issued": 1764590000123, "max_age": 30, "source": "control-room/alice", "signature": "<hex>"}
 
+A lighting override names a `circuit` instead of device and point, with a `duration` in seconds (the
+circuit returns to its schedule after it), or the value "schedule" to return at once:
+
+    {"id": "ovr-7", "circuit": "cabinet-3-a", "value": false, "duration": 3600, "issued": 1764590000123}
+
 `issued` (UTC ms, the sender's clock) is required: a command's age is what keeps one queued in a broker
 during an outage from acting when the link comes back. `max_age` (seconds) or `expires` (UTC ms) may narrow
 the window; without them the configured default (30 s) applies. The signature, when configured, is
@@ -26,7 +31,9 @@ from gateway.model.writes import Refused
 
 MAX_PAYLOAD = 4096  # bytes; a command is a few hundred
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-_KEYS = {"id", "device", "point", "value", "issued", "max_age", "expires", "source", "signature"}
+_KEYS = {"id", "device", "point", "circuit", "duration", "value", "issued", "max_age", "expires", "source",
+         "signature"}
+MAX_OVERRIDE = 7 * 86_400  # seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +48,17 @@ class Command:
     source: str | None
     signature: str | None
     signed_bytes: bytes  # what the signature is over
+    circuit: str | None = None  # a lighting override: the circuit (device and point are then its own)
+    duration: float | None = None  # seconds the override lasts
 
     def describe(self) -> dict[str, Any]:
         """The command as the audit log and the result repeat it."""
         body: dict[str, Any] = {"id": self.id, "device": self.device, "point": self.point, "value": self.value,
                                 "issued": self.issued_ms}
-        for key, value in (("max_age", self.max_age), ("expires", self.expires_ms), ("source", self.source)):
+        if self.circuit is not None:
+            body = {"id": self.id, "circuit": self.circuit, "value": self.value, "issued": self.issued_ms}
+        for key, value in (("duration", self.duration), ("max_age", self.max_age), ("expires", self.expires_ms),
+                           ("source", self.source)):
             if value is not None:
                 body[key] = value
         return body
@@ -78,9 +90,22 @@ def parse_command(payload: bytes) -> Command:
     identifier = body.get("id")
     if not isinstance(identifier, str) or not _ID.match(identifier):
         raise Refused("malformed", "`id` must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-    device, point = body.get("device"), body.get("point")
-    if not isinstance(device, str) or not isinstance(point, str) or not device or not point:
-        raise Refused("malformed", "`device` and `point` must be given as text")
+    circuit, duration = body.get("circuit"), body.get("duration")
+    if circuit is not None:
+        if not isinstance(circuit, str) or not circuit or "device" in body or "point" in body:
+            raise Refused("malformed", "an override names a `circuit` (text) and no device or point")
+        if body.get("value") != "schedule" and (isinstance(duration, bool) or not isinstance(duration, int | float)
+                                                or not 0 < duration <= MAX_OVERRIDE):
+            raise Refused("malformed", f"an override needs a `duration` in seconds, at most {MAX_OVERRIDE}")
+        device, point = "", ""
+    else:
+        given_device, given_point = body.get("device"), body.get("point")
+        if not isinstance(given_device, str) or not isinstance(given_point, str) or not given_device \
+                or not given_point:
+            raise Refused("malformed", "`device` and `point` must be given as text")
+        device, point = given_device, given_point
+        if duration is not None:
+            raise Refused("malformed", "`duration` is for lighting overrides (with `circuit`)")
     if "value" not in body:
         raise Refused("malformed", "`value` is missing")
     value = body["value"]
@@ -104,7 +129,8 @@ def parse_command(payload: bytes) -> Command:
         raise Refused("malformed", "`signature` must be hex text")
     unsigned = {k: v for k, v in body.items() if k != "signature"}
     return Command(identifier, device, point, value, issued, float(max_age) if max_age is not None else None,
-                   expires, source, signature, canonical(unsigned))
+                   expires, source, signature, canonical(unsigned), circuit,
+                   float(duration) if isinstance(duration, int | float) and circuit is not None else None)
 
 
 def canonical(body: dict[str, Any]) -> bytes:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.clock import ClockWatch
 from gateway.commands.audit import AuditLog, Entry
@@ -48,6 +49,19 @@ _REMEMBERED = 10_000
 _TRANSIENT = frozenset({"rate-limited", "too-soon", "not-ready"})
 
 Reply = Callable[[str, bytes, bytes | None], bool]
+
+
+class Circuits(Protocol):
+    """The lighting schedules, as the command path sees them (gateway/lighting.py)."""
+
+    def target(self, circuit: str) -> tuple[str, str] | None:
+        """The (device, point) a circuit switches; None for an unknown circuit."""
+
+    def overridden(self, circuit: str, value: Value, until_ms: int, command_id: str) -> None:
+        """An override was written; the circuit keeps it until `until_ms`."""
+
+    def resume(self, circuit: str, command_id: str) -> None:
+        """Back to the schedule now."""
 
 
 class CommandSetupError(Exception):
@@ -138,6 +152,9 @@ class CommandService:
         self._running: dict[str, list[IncomingCommand]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ready = asyncio.Event()
+        self._waiters: dict[str, asyncio.Future[Entry]] = {}  # results awaited in the gateway (schedules)
+        self._local = 0
+        self.circuits: Circuits | None = None
         self.executed = 0  # writes sent to devices (for tests and the bench)
 
     # -- running ------------------------------------------------------------------------------------------------
@@ -188,8 +205,23 @@ class CommandService:
 
     # -- one command ----------------------------------------------------------------------------------------------
 
+    def submit(self, device: str, point: str, value: Value, source: str) -> asyncio.Future[Entry]:
+        """A command of the gateway's own (a lighting schedule switching): the same checks but the clock's (its
+        caller decided), the same execution and audit; the future is its result."""
+        self._local += 1
+        cid = f"{source.replace('/', '.')}.{self._wall()}.{self._local}"
+        done: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._waiters[cid] = done
+        body = {"id": cid, "device": device, "point": point, "value": value, "issued": self._wall(),
+                "source": source}
+        self._accept(IncomingCommand(json.dumps(body).encode(), False, None, None), local=True)
+        return done
+
     def on_command(self, incoming: IncomingCommand) -> None:
         """A message on the command topic (on the event loop). Never raises: a problem is a refusal."""
+        self._accept(incoming, local=False)
+
+    def _accept(self, incoming: IncomingCommand, local: bool) -> None:
         received = self._wall()
         cid = command_id(incoming.payload)
         if cid is not None and cid in self._results:
@@ -205,16 +237,22 @@ class CommandService:
             if incoming.retained:
                 raise Refused("malformed", "a retained message is never executed as a command; publish "
                                            "commands without the retain flag")
-            if not self._gateway_bucket.take():
+            if not local and not self._gateway_bucket.take():
                 raise Refused("rate-limited", f"more than {self._settings.rate.per_gateway:g} commands a second "
                                               "to this gateway")
             command = parse_command(incoming.payload)
-            self._authenticate(command, received)
-            deadline = self._check_age(command, received)
+            if not local:
+                self._authenticate(command, received)
+            deadline = self._check_age(command, received, local)
+            if command.circuit is not None:
+                command = self._circuit_command(command)
+                if command.value == "schedule":
+                    self._resume(incoming, command, received)
+                    return
             target = self._target(command)
             canonical = target.policy.check(command.value)
             raw = target.policy.raw(canonical)
-            self._pace(target)
+            self._pace(target, local)
             target.policy.check_guard(self._latest.get(target.device.asset.asset, {}), received)
         except Refused as refusal:
             self._refuse(incoming, cid, command, refusal, received)
@@ -244,10 +282,28 @@ class CommandService:
                                       f"`issued` time; this one is {(received - command.issued_ms) / 1000:.1f} s "
                                       "from the gateway's clock")
 
-    def _check_age(self, command: Command, received: int) -> int:
+    def _circuit_command(self, command: Command) -> Command:
+        """An override: the circuit's own device and point."""
+        assert command.circuit is not None
+        target = self.circuits.target(command.circuit) if self.circuits is not None else None
+        if target is None:
+            raise Refused("unknown-circuit", f"no lighting circuit {command.circuit[:64]!r} on this gateway")
+        return dataclasses.replace(command, device=target[0], point=target[1])
+
+    def _resume(self, incoming: IncomingCommand, command: Command, received: int) -> None:
+        assert self.circuits is not None and command.circuit is not None
+        self.circuits.resume(command.circuit, command.id)
+        result = {**command.describe(), "device": command.device, "point": command.point,
+                  "gateway": self._gateway_id, "received": received, "status": "done", "mode": "schedule",
+                  "finished": self._wall()}
+        self._answer(incoming, result)
+        self._remember(result)
+        self._spawn(self._record_result(result))
+
+    def _check_age(self, command: Command, received: int, local: bool = False) -> int:
         """The command's deadline (UTC ms); Refused when it is past, or when its age cannot be judged."""
         settings = self._settings
-        if self._clock.uncertain and not settings.allow_unsynchronised_clock:
+        if self._clock.uncertain and not settings.allow_unsynchronised_clock and not local:
             raise Refused("clock-unsynchronised", "the gateway's clock is known not to be synchronised, so the "
                                                   "command's age cannot be judged (commands.allow_unsynchronised_"
                                                   "clock accepts them anyway)")
@@ -274,13 +330,15 @@ class CommandService:
             raise Refused("not-writable", f"point {command.point} of device {device.id} is not declared writable")
         return target
 
-    def _pace(self, target: _Target) -> None:
+    def _pace(self, target: _Target, local: bool) -> None:
+        """The point's minimum interval; the rate limits for commands from outside (the schedules' own writes
+        are few by design)."""
         policy = target.policy
         now = self._monotonic()
         if target.last_write is not None and now - target.last_write < policy.min_interval:
             raise Refused("too-soon", f"point {policy.point.name} takes one write every {policy.min_interval:g} s "
                                       "at most")
-        if not target.bucket.take():
+        if not local and not target.bucket.take():
             raise Refused("rate-limited", f"more than {self._settings.rate.per_point:g} commands a second to "
                                           f"point {policy.point.name}")
 
@@ -304,6 +362,10 @@ class CommandService:
                                                                                         "be sent to the device"}
             else:
                 result = await self._write(command, target, canonical, raw, base)
+                if command.circuit is not None and result["status"] == "done" and self.circuits is not None:
+                    until = self._wall() + round((command.duration or 0) * 1000)
+                    self.circuits.overridden(command.circuit, canonical, until, command.id)
+                    result = {**result, "mode": "override", "override_until": until}
         except asyncio.CancelledError:
             self._running.pop(command.id, None)
             raise
@@ -350,6 +412,9 @@ class CommandService:
             await self._record_result(result)
 
     def _answer(self, incoming: IncomingCommand, result: Entry) -> None:
+        waiter = self._waiters.pop(str(result.get("id")), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
         body = json.dumps(result, separators=(",", ":")).encode()
         self._reply(self._topics.command_result(), body, None)
         if incoming.response_topic and incoming.response_topic != self._topics.command_result():

@@ -81,6 +81,7 @@ class GatewayConfig:
 class _Loader:
     environ: Mapping[str, str] | None
     issues: list[ConfigIssue] = field(default_factory=list)
+    main_raw: LocatedDict | None = None
     _profiles: dict[Path, LocatedDict | None] = field(default_factory=dict)
 
     # -- small helpers ------------------------------------------------------------------------------------
@@ -116,6 +117,7 @@ class _Loader:
             self.issue(Location(str(path), 1, 1), "", f"expected a mapping at the top, found {_kind(raw)}")
             return None, [], []
         inline_devices = raw.pop("devices", None)
+        self.main_raw = raw
         main = self.validate(MainFile, raw)
         if main is None:
             return None, [], []
@@ -233,6 +235,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Gateway
     resolver.check_derived()
     resolver.check_alarm_ids()
     resolver.check_write_guards()
+    if main.lighting.circuits:
+        lighting = loader.main_raw.get("lighting") if loader.main_raw is not None else None
+        resolver.check_circuits(main.lighting, lighting if isinstance(lighting, LocatedDict) else None)
     issues = loader.issues + resolver.issues
     if issues:
         raise ConfigError(issues)

@@ -24,6 +24,7 @@ from gateway.config.yamlsource import LocatedDict, LocatedList, located_dict
 from gateway.model import units
 from gateway.model.catalogue import Catalogue, IndicatorKind
 from gateway.model.devices import DeviceBase, PointBase
+from gateway.model.lighting import LightingSettings
 from gateway.model.resolved import (
     ResolvedAsset,
     ResolvedDevice,
@@ -225,6 +226,34 @@ class Resolver:
                     self.issue(written.guards.get(point.name), f"{written.path}.points[{point.name}].write.guard",
                                f"guard input {name!r} is not an indicator of asset {device.asset.asset!r}; "
                                f"expected one of: {', '.join(sorted(has))}" + suggest(name, has))
+
+    def check_circuits(self, lighting: LightingSettings, raw: LocatedDict | None) -> None:
+        """Each lighting circuit names an enabled device and one of its writable points: a state (a contactor)
+        or a level in % (dimming)."""
+        circuits = raw.get("circuits") if raw is not None else None
+        devices = {d.id: d for d in self._enabled()}
+        for index, circuit in enumerate(lighting.circuits):
+            entry = circuits[index] if isinstance(circuits, LocatedList) and index < len(circuits) else None
+            where = entry if isinstance(entry, LocatedDict) else None
+            path = f"lighting.circuits[{index}]"
+            device = devices.get(circuit.device)
+            if device is None:
+                self.issue(where.where("device") if where else None, f"{path}.device",
+                           f"no enabled device {circuit.device!r}" + suggest(circuit.device, list(devices)))
+                continue
+            point = next((p for p in device.points if p.name == circuit.point), None)
+            if point is None:
+                self.issue(where.where("point") if where else None, f"{path}.point",
+                           f"device {device.id!r} has no point {circuit.point!r}"
+                           + suggest(circuit.point, [p.name for p in device.points]))
+            elif not point.config.writable:
+                self.issue(where.where("point") if where else None, f"{path}.point",
+                           f"point {circuit.point!r} of device {device.id!r} is not `writable: true`; a circuit "
+                           "switches a writable contactor coil or dimming level")
+            elif point.indicator.kind is not IndicatorKind.STATE and point.indicator.unit != "%":
+                self.issue(where.where("point") if where else None, f"{path}.point",
+                           f"point {circuit.point!r} is {point.indicator.id!r} in {point.indicator.unit}; expected "
+                           "an on/off state (a contactor) or a dimming level in %")
 
     # -- the result ------------------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Literal, Self
 from pydantic import Field, PositiveInt, SecretStr, model_validator
 
 from gateway.model.commands import CommandSettings
+from gateway.model.lighting import LightingSettings, SiteSettings
 from gateway.model.schema import ConfigPath, Id, Seconds, StrictModel
 
 
@@ -95,6 +96,14 @@ class MainFile(StrictModel):
     buffer: BufferSettings = BufferSettings()
     clock: ClockSettings = ClockSettings()
     commands: CommandSettings = Field(CommandSettings(), description="Commands from the control room (README).")
+    site: SiteSettings | None = Field(None, description="Where the site is: for lighting schedules.")
+    lighting: LightingSettings = Field(LightingSettings(), description="Street-lighting schedules (README).")
     catalogue: Path = Field(Path("catalogue.yaml"), description="Relative to this file.")
     profiles: Path = Field(Path("profiles"), description="Directory of device profiles, relative to this file.")
     include: list[str] = Field(default_factory=list, description="Device files: paths or globs, relative to this file.")
+
+    @model_validator(mode="after")
+    def _schedules_need_a_site(self) -> Self:
+        if self.lighting.circuits and self.site is None:
+            raise ValueError("lighting circuits need `site: {latitude, longitude, timezone}`")
+        return self
