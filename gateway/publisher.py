@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -548,6 +549,7 @@ class CommandChannel:
                                clean_start=False, properties=properties)
             else:
                 client.connect(self._settings.host, self._settings.port, self._settings.keepalive)
+            _no_delay(client)
             client.loop_start()
 
         try:
@@ -571,6 +573,15 @@ class CommandChannel:
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)
             client.on_connect = client.on_disconnect = client.on_message = client.on_subscribe = None
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Send each result at once: without TCP_NODELAY the kernel holds a result published right after the
+    PUBACK of its command until the broker acknowledges that (a delayed ACK: 40 ms on Linux)."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):  # an SSLSocket too
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 async def _uninterrupted(blocking: Callable[[], None]) -> None:
