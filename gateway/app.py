@@ -135,7 +135,8 @@ class Gateway:
         self.pipeline.observers.append(self.commands.observe)
         if settings.enabled:
             self.command_channel = CommandChannel(config.main.mqtt, channel_id, self.topics.command(),
-                                                  settings.session_expiry, self.commands.on_command)
+                                                  settings.session_expiry, self.commands.on_command,
+                                                  mqtt5=settings.mqtt_version == "5")
         if config.main.lighting.circuits:
             from gateway.lighting import LightingController, schedules  # imports astral
 

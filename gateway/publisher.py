@@ -436,7 +436,7 @@ class CommandChannel:
     keeps `session_expiry` seconds; a broker that only speaks 3.1.1 gets 3.1.1 (no response topics then)."""
 
     def __init__(self, settings: MqttSettings, client_id: str, topic: str, session_expiry: float,
-                 on_command: Callable[[IncomingCommand], None]) -> None:
+                 on_command: Callable[[IncomingCommand], None], mqtt5: bool = True) -> None:
         self._settings = settings
         self._client_id = client_id
         self._topic = topic
@@ -446,7 +446,7 @@ class CommandChannel:
         self._client: mqtt.Client | None = None
         self._subscribed = asyncio.Event()
         self._down = asyncio.Event()
-        self._version = mqtt.MQTTv5
+        self._version = mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311
         self._last_problem: str | None = None
 
     @property

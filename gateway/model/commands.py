@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, PositiveInt, model_validator
 
@@ -46,5 +46,8 @@ class CommandSettings(StrictModel):
     rate: RateLimits = RateLimits()
     audit_max_entries: PositiveInt = Field(100_000, le=10_000_000,
                                            description="Audit log entries kept; the oldest go first.")
+    mqtt_version: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT version of the command connection: 5 honours response topics and correlation "
+                         "data; 3.1.1 for a broker that speaks nothing newer.")
     session_expiry: Seconds = Field(3600.0, description="Seconds the broker keeps commands for a disconnected "
                                                         "gateway (they are then judged by their age).")
