@@ -184,6 +184,17 @@ async def test_mqtt5_response_topic_and_correlation_data_are_honoured(
         replies = [(b, c) for t, b, c in operator.messages if t == "control/replies"]
         assert replies[0][0]["id"] == sent["id"] and replies[0][1] == b"\x00req-17"
         assert operator.results(sent["id"])  # and on the result topic
+        # A response topic on the gateway's own data topics is not used: a result must not pose as readings.
+        watcher = await Operator(broker.port, "city/water-supply/ps01/ps01-station/data", "control/replies").start()
+        try:
+            sneaky = command("pressure_setpoint", 355.0)
+            operator.send(sneaky, response_topic="city/water-supply/ps01/ps01-station/data")
+            after = command("pressure_setpoint", 360.0)  # its reply comes after the one not sent, on one connection
+            operator.send(after, response_topic="control/replies", correlation=b"2")
+            await watcher.result(after["id"], topic="control/replies")
+            assert not [b for t, b, _ in watcher.messages if t.endswith("/data") and "status" in b]
+        finally:
+            watcher.close()
     finally:
         await site.close()
 

@@ -72,10 +72,10 @@ def write_cabinet(directory: Path, broker_port: int, modbus_port: int, **lightin
         "buffer": {"synchronous": "normal"}, "clock": {"source": "none"},
         "site": {"latitude": 31.23, "longitude": 121.47, "timezone": "Asia/Shanghai"},
         "lighting": {"circuits": [
-            {"id": "north-a", "device": "cab-1", "point": "contactor", "on": "sunset+10", "off": "sunrise-15",
-             "exceptions": [{"date": "2026-12-03", "dark": True}]},
-            {"id": "north-dim", "device": "cab-1", "point": "dimming", "on": "sunset+10", "off": "sunrise-15",
-             "levels": [{"at": "23:00", "level": 50}, {"at": "05:00", "level": 100}]}],
+            {"id": "north-a", "device": "cab-1", "point": "contactor", "switch_on": "sunset+10",
+             "switch_off": "sunrise-15", "exceptions": [{"date": "2026-12-03", "dark": True}]},
+            {"id": "north-dim", "device": "cab-1", "point": "dimming", "switch_on": "sunset+10",
+             "switch_off": "sunrise-15", "levels": [{"at": "23:00", "level": 50}, {"at": "05:00", "level": 100}]}],
             **lighting},
         "catalogue": "catalogue.yaml", "include": ["devices.yaml"],
     }

@@ -416,9 +416,16 @@ class CommandService:
         if waiter is not None and not waiter.done():
             waiter.set_result(result)
         body = json.dumps(result, separators=(",", ":")).encode()
-        self._reply(self._topics.command_result(), body, None)
-        if incoming.response_topic and incoming.response_topic != self._topics.command_result():
-            self._reply(incoming.response_topic, body, incoming.correlation)
+        own = self._topics.command_result()
+        self._reply(own, body, None)
+        response = incoming.response_topic
+        if response and response != own:
+            if response.startswith(f"{self._topics.prefix}/") and not response.startswith(f"{own}/"):
+                # Never on the gateway's own topics (a result posing as readings, a status): only below cmd/result.
+                log.warning("command %s: response topic %r is inside %s/ and not below %s/; not used",
+                            result.get("id"), response[:100], self._topics.prefix, own)
+            else:
+                self._reply(response, body, incoming.correlation)
 
     def _remember(self, result: Entry) -> None:
         cid = result.get("id")

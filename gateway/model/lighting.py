@@ -2,11 +2,12 @@
 any moment, computed at the gateway (no uplink needed).
 
 A circuit is one writable point: a contactor coil (on/off) or a dimming register (a level in %). Its
-schedule switches it on at `on` and off at `off`, each either a fixed local time ("18:30") or a sun event
+schedule switches it on at `switch_on` and off at `switch_off` (not `on`/`off`: YAML 1.1 reads those as
+booleans), each either a fixed local time ("18:30") or a sun event
 with an offset in minutes ("sunset+10", "sunrise-15", "dusk", "dawn"), computed from the site's latitude
 and longitude in its time zone by `astral` (imported only when a circuit is configured). A dimming circuit
 steps through `levels` while on (100 % at dusk, 50 % from 23:00, 100 % from 05:00). `exceptions` replace a
-date's `on`/`off`, or keep the circuit `dark` that day (no switching on).
+date's `switch_on`/`switch_off`, or keep the circuit `dark` that day (no switching on).
 
 Pure: `Schedule.value_at(t)` is what the circuit should be at UTC ms `t`, `Schedule.events(start, end)` every
 switching time between two moments. Days without a sunset (polar summer) have no sun event.
@@ -60,26 +61,26 @@ class Level(StrictModel):
 
 class DayException(StrictModel):
     date: datetime.date
-    on: str | None = None
-    off: str | None = None
+    switch_on: str | None = None
+    switch_off: str | None = None
     dark: bool = Field(False, description="Do not switch on this day.")
 
-    _on = field_validator("on")(lambda v: v if v is None else _check_time(v))
-    _off = field_validator("off")(lambda v: v if v is None else _check_time(v))
+    _on = field_validator("switch_on")(lambda v: v if v is None else _check_time(v))
+    _off = field_validator("switch_off")(lambda v: v if v is None else _check_time(v))
 
 
 class CircuitSettings(StrictModel):
     id: Id
     device: Id
     point: PointName = Field(description="A writable point: a contactor coil (on/off) or a dimming level (%).")
-    on: str = Field("sunset", description="When the circuit switches on: HH:MM or sunset+N / dusk ...")
-    off: str = Field("sunrise", description="When it switches off.")
+    switch_on: str = Field("sunset", description="When the circuit switches on: HH:MM or sunset+N / dusk ...")
+    switch_off: str = Field("sunrise", description="When it switches off.")
     on_level: float = Field(100.0, ge=0, le=100, description="Dimming level at switching on.")
     levels: list[Level] = Field(default_factory=list, description="Dimming steps while on.")
     exceptions: list[DayException] = Field(default_factory=list, description="Dates that differ.")
 
-    _on = field_validator("on")(_check_time)
-    _off = field_validator("off")(_check_time)
+    _on = field_validator("switch_on")(_check_time)
+    _off = field_validator("switch_off")(_check_time)
 
     @model_validator(mode="after")
     def _distinct_dates(self) -> Self:
@@ -159,8 +160,10 @@ class Schedule:
         for offset in range(-days_before - 1, days_after + 1):
             day = today + datetime.timedelta(days=offset)
             exception = self._exceptions.get(day)
-            on_spec = exception.on if exception is not None and exception.on is not None else self.circuit.on
-            off_spec = exception.off if exception is not None and exception.off is not None else self.circuit.off
+            on_spec = exception.switch_on if exception is not None and exception.switch_on is not None \
+                else self.circuit.switch_on
+            off_spec = exception.switch_off if exception is not None and exception.switch_off is not None \
+                else self.circuit.switch_off
             on_ms = None if exception is not None and exception.dark else self._moment(day, on_spec)
             off_ms = self._moment(day, off_spec)
             if on_ms is not None:
