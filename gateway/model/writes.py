@@ -55,7 +55,7 @@ class WritePolicy:
         """The canonical value as it will be written, or Refused (wrong type, not allowed, out of range, off step)."""
         name = self.point.name
         if isinstance(value, bool) or not isinstance(value, int | float):
-            if self.allowed is not None and isinstance(value, bool | str) and value in self.allowed:
+            if self.allowed is not None and isinstance(value, bool | str) and _member(value, self.allowed):
                 return value
             if self.allowed is None and isinstance(value, bool) and self.is_state:
                 return value
@@ -65,7 +65,7 @@ class WritePolicy:
         if not math.isfinite(value):
             raise Refused("wrong-type", f"point {name} takes a finite number, not {value!r}")
         if self.allowed is not None:
-            if not any(type(value) is not bool and not isinstance(a, bool | str) and a == value for a in self.allowed):
+            if not _member(value, self.allowed):
                 raise Refused("not-allowed", f"point {name} may be set to {_list(self.allowed)}, not {value!r}")
             return value
         if self.low is None or self.high is None:
@@ -90,7 +90,7 @@ class WritePolicy:
             return value
         transform = self.point.transform
         if transform.keeps_integers:
-            return value
+            return round(value) if isinstance(value, float) and _whole(value) else value
         raw = transform.invert(value)
         # A whole number within float rounding is that number; anything else goes as it is, and a driver whose
         # point holds integers refuses it as not representable (it never rounds).
@@ -149,6 +149,12 @@ def write_policy(point: ResolvedPoint) -> WritePolicy | None:
         guard = parse(limits.guard) if limits.guard is not None else None
         max_age = round(limits.guard_max_age * 1000)
     return WritePolicy(point, low, high, step, allowed, min_interval, guard, max_age)
+
+
+def _member(value: bool | int | float | str, allowed: tuple[bool | int | str, ...]) -> bool:
+    """`value in allowed`, with true never taken for 1 nor 1 for true."""
+    return any(type(a) is type(value) and a == value if isinstance(value, bool | str) or isinstance(a, bool | str)
+               else a == value for a in allowed)
 
 
 def _whole(number: float) -> bool:
