@@ -27,6 +27,7 @@ from gateway.clock import ClockWatch, assumed_clock_state, system_clock_state
 from gateway.commands.audit import AUDIT_FILE, AuditLog
 from gateway.commands.service import CommandService, command_secret
 from gateway.config.loader import GatewayConfig
+from gateway.gateway_alarms import GatewayAlarms
 from gateway.links import DeviceStatus, LinkRunner
 from gateway.mapping import DeviceMapper
 from gateway.model.devices import DeviceBase
@@ -37,11 +38,15 @@ from gateway.payload import encode_asset_description, encode_json
 from gateway.pipeline import Pipeline
 from gateway.processing import Processor
 from gateway.publisher import CommandChannel, Publisher
+from gateway.report import GatewayReport, LatestReadings
 from gateway.state import DeviceRegistry
 from gateway.statedir import StateLock
+from gateway.status.listener import StatusListener
+from gateway.status.process import LoopLag
 from gateway.systemd import notify
 from gateway.tasks import cancel_requests, restore_cancel_requests
 from gateway.topics import Topics
+from gateway.watchdog import Check, Watchdog, watchdog_interval
 
 if TYPE_CHECKING:
     from gateway.lighting import LightingController
@@ -52,8 +57,9 @@ log = logging.getLogger(__name__)
 HEALTH_INTERVAL = 60.0
 # Seconds a stopping gateway waits for the broker to acknowledge what is still buffered.
 FLUSH_LIMIT = 5.0
-# The active alarms, kept across restarts (in the state directory).
+# The active alarms of the assets and of the gateway itself, kept across restarts (in the state directory).
 ALARM_FILE = "active-alarms.json"
+GATEWAY_ALARM_FILE = "gateway-alarms.json"
 
 
 def links(devices: Sequence[ResolvedDevice[DeviceBase]]) -> dict[str, list[DeviceBase]]:
@@ -87,8 +93,12 @@ class Gateway:
         self.command_channel: CommandChannel | None = None
         self._command_time = command_time
         self.lighting: LightingController | None = None
+        self.watchdog: Watchdog | None = None  # when systemd watches us (WatchdogSec=)
         probe = system_clock_state if config.main.clock.source == "system" else assumed_clock_state
         self.clock = clock if clock is not None else ClockWatch(probe)
+        self.report: GatewayReport | None = None  # what the status listener and the MQTT gateway status show
+        self._loop_lag = LoopLag()
+        self.status_listener = StatusListener(config.main.status) if config.main.status.enabled else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; raise if any part fails unexpectedly."""
@@ -97,15 +107,18 @@ class Gateway:
             # Before anything in the state directory is opened: one gateway per state directory.
             resources.enter_context(StateLock(config.state_dir))
             buffer = await Buffer.open(config.buffer_path, config.main.buffer.max_bytes,
-                                       config.main.buffer.synchronous)
+                                       config.main.buffer.synchronous, config.main.buffer.free_share)
             resources.push_async_callback(buffer.close)
             self._registry = DeviceRegistry(config.state_dir / "devices.json")
             resources.callback(self._registry.close)
             mappers = {d.id: DeviceMapper(d) for d in config.enabled_devices}
             self.publisher = Publisher(config.main.mqtt, self.gateway_id, buffer, self.topics.gateway_status())
             processor = Processor(config.assets, alarm_file=config.state_dir / ALARM_FILE)
+            readings = LatestReadings(keep=config.main.status.enabled)
+            gateway_alarms = GatewayAlarms(config.state_dir / GATEWAY_ALARM_FILE)
             self.pipeline = Pipeline(self.gateway_id, self.topics, mappers, buffer, processor,
-                                     on_active_alarms=self.publisher.set_retained)
+                                     on_active_alarms=self.publisher.set_retained, clock=self.clock,
+                                     gateway_alarms=gateway_alarms, on_readings=readings.observe)
             self._announce_assets()
             self.pipeline.announce_alarm_states()
             context = LinkContext(state_dir=config.state_dir)
@@ -117,7 +130,11 @@ class Gateway:
                 runners.update((device.id, self.runners[-1]) for device in devices)
             if config.main.commands.enabled or config.main.lighting.circuits:
                 await self._command_path(resources, runners)
+            self.report = GatewayReport(self.gateway_id, config.main.gateway.name, config.main.buffer.max_bytes,
+                                        self.publisher, buffer, processor, self._statuses, self._drivers, readings,
+                                        self._loop_lag, self.clock, gateway_alarms)
             log.info("gateway %s starting: %d devices on %d links", self.gateway_id, len(mappers), len(self.runners))
+            self.watchdog = _watchdog(buffer, self.pipeline)
             await self._run_parts(stop, self.publisher, self.pipeline)
             log.info("gateway %s stopped", self.gateway_id)
 
@@ -177,6 +194,12 @@ class Gateway:
                 sources.create_task(pipeline.run_clock(), name="processing-clock")
                 sources.create_task(self._report_health(), name="device-health")
                 sources.create_task(self.clock.run(self.config.main.clock.check_interval), name="clock")
+                if self.watchdog is not None:
+                    sources.create_task(self.watchdog.run(), name="watchdog")
+                sources.create_task(self._loop_lag.run(), name="event-loop-lag")
+                if self.status_listener is not None:
+                    assert self.report is not None
+                    sources.create_task(self.status_listener.run(self.report), name="status-listener")
                 for runner in self.runners:
                     sources.create_task(runner.run(), name=f"link {runner.name}")
                 if self.commands is not None:
@@ -186,6 +209,8 @@ class Gateway:
                 if self.lighting is not None:
                     sources.create_task(self.lighting.run(), name="lighting")
                 notify("READY=1")
+                if self.report is not None:
+                    self.report.running = True
         except* _StopRequested:
             restore_cancel_requests(cancel_requests_before)
 
@@ -218,13 +243,35 @@ class Gateway:
         self.publisher.set_retained(self.topics.device_status(device.id), encode_json(document))
         return document
 
+    def _statuses(self) -> Iterator[DeviceStatus[Any]]:
+        for runner in self.runners:
+            yield from runner.statuses
+
     async def _report_health(self) -> None:
-        """Refresh every device's retained status now and then, so its counters stay current."""
+        """Refresh the retained gateway status's figures (buffer, process, clock) at once and every
+        HEALTH_INTERVAL, and every device's retained status then too, so their counters stay current. A change
+        of the clock's synchronisation is told at once."""
+        assert self.publisher is not None and self.report is not None
+        clock_changed = asyncio.Event()
+        self.clock.on_state.append(lambda _state: clock_changed.set())
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL)
-            for runner in self.runners:
-                for status in runner.statuses:
+            self.publisher.update_status(await self.report.mqtt_health())
+            try:
+                async with asyncio.timeout(HEALTH_INTERVAL):
+                    await clock_changed.wait()
+                clock_changed.clear()
+            except TimeoutError:
+                for status in self._statuses():
                     self._publish_status(status)
+
+
+def _watchdog(buffer: Buffer, pipeline: Pipeline) -> Watchdog | None:
+    interval = watchdog_interval()
+    if interval is None:
+        return None
+    within_ms = int(interval * 1000)
+    return Watchdog(interval, [Check("the buffer's SQLite thread", buffer.answers),
+                               Check("the pipeline", lambda: pipeline.making_progress(within_ms))])
 
 
 async def _raise_when_set(stop: asyncio.Event) -> None:

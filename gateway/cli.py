@@ -22,6 +22,7 @@ from drivers.registry import ProtocolUnavailable
 from gateway import __version__
 from gateway.config.errors import ConfigError
 from gateway.config.loader import GatewayConfig, load_config
+from gateway.logs import setup_logging
 from gateway.statedir import StateDirInUse
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -48,7 +49,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except SystemExit as done:  # --help, --version or a usage error: flushed under main's watch
         sys.stdout.flush()
         return done.code if isinstance(done.code, int) else EXIT_CONFIG
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     command: Callable[[argparse.Namespace], int] = args.command
     os.umask(os.umask(0o077) | 0o077)  # whatever the caller's umask: what we create is ours alone
     try:
@@ -68,10 +69,26 @@ def _main(argv: Sequence[str] | None) -> int:
 
 # -- commands ----------------------------------------------------------------------------------------------
 
-def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    from gateway.app import links
+# The gateway ids of the shipped example configurations (not the demo's, which runs on its own broker): two
+# boxes with one client id throw each other off the broker, each reconnect taking the other's session.
+EXAMPLE_IDS = frozenset({"gw-north-01", "gas-north-gw1", "gw-serial-example", "gw-change-me"})
 
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config, check_files=True)
+    from gateway.app import links
+    from gateway.config.listener import check_status_listener
+
+    client_id = config.main.mqtt.client_id or config.main.gateway.id
+    if client_id in EXAMPLE_IDS:
+        print(f"warning: {args.config}: the MQTT client id {client_id!r} is a shipped example's; every box needs "
+              "its own (gateway.id, or mqtt.client_id), or gateways that share it throw each other off the "
+              "broker", file=sys.stderr)
+
+    # What only trying shows (the status listener's address, its password file), located like the rest.
+    issues = check_status_listener(config)
+    if issues:
+        raise ConfigError(issues)
     points = sum(len(d.points) for d in config.devices)
     print(f"{args.config}: valid — {len(config.devices)} devices on {len(links(config.devices))} links, "
           f"{points} points, {len(config.catalogue.indicators)} indicators in the catalogue")
@@ -227,7 +244,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     print(f"  waiting:  {stats.messages} messages, {stats.readings} readings, {stats.bytes} bytes "
           f"(cap {config.main.buffer.max_bytes})")
     print(f"  oldest:   {oldest}")
-    print(f"  dropped:  {stats.dropped_messages} messages, {stats.dropped_readings} readings (size cap)")
+    print(f"  dropped:  {stats.dropped_messages} messages, {stats.dropped_readings} readings (size cap and full disk)")
     print(f"  last seq: {stats.last_seq}")
     for status in read_registry(config.state_dir / "devices.json"):
         print(f"  device {status['device']}: {status['state']} since {format_time_ms(status['since'])}"
@@ -236,7 +253,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, check_files=True)
     if args.log_level is None:
         logging.getLogger().setLevel(config.main.gateway.log_level.value.upper())
     return asyncio.run(_run(config))
@@ -260,8 +277,13 @@ async def _run(config: GatewayConfig) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    from gateway.commands.service import CommandSetupError
+
     try:
         await Gateway(config).run(stop)
+    except CommandSetupError as exc:  # a missing command secret: says which, never what it is
+        log.error("cannot start: %s", exc)
+        return EXIT_CONFIG
     except StateDirInUse as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -351,6 +373,32 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return scan_command(args.port, settings, probes, options)
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from gateway.status.watch import StatusReader, View, WatchError, print_once, run_interactive
+
+    settings = config.main.status
+    if not settings.enabled:
+        print(f"error: {args.config}: the status listener is off, and watch reads it; set status.enabled: true "
+              "(it listens on 127.0.0.1 only unless status.host says otherwise) and restart the gateway",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    view = View(assets=args.asset or (), indicators=args.indicator or ())
+    try:
+        reader = StatusReader.for_settings(settings)
+        if args.once or not sys.stdout.isatty():
+            import shutil
+
+            print_once(reader, view, shutil.get_terminal_size((80, 24)).columns)
+        else:
+            reader.fetch()  # nothing answers: say so plainly, before the screen is taken over
+            run_interactive(reader, view, settings.refresh if args.refresh is None else args.refresh)
+    except WatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -427,6 +475,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="seconds of silence between protocols (default: at least 0.5)")
     scan.add_argument("--first-unit", type=int, default=1, choices=range(1, 248), metavar="1-247")
     scan.add_argument("--last-unit", type=int, default=247, choices=range(1, 248), metavar="1-247")
+    watch = command("watch", cmd_watch, "show the running gateway's live values, read from its status listener "
+                    "on this box (scroll with the arrows, / to filter, q to quit)")
+    watch.add_argument("--asset", action="append", metavar="TEXT",
+                       help="only assets whose domain/site/asset contains TEXT (repeatable)")
+    watch.add_argument("--indicator", action="append", metavar="TEXT",
+                       help="only indicators whose id contains TEXT (repeatable)")
+    watch.add_argument("--once", action="store_true", help="print every row once and end (also when piped)")
+    watch.add_argument("--refresh", type=float, default=None, help="seconds between updates (default status.refresh)")
     demo = command("demo", cmd_demo, "run simulated devices, a broker and the gateway, and show what arrives",
                    config=False)
     demo.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
@@ -434,17 +490,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--embedded-broker", action="store_true",
                       help="use the embedded Python broker even when mosquitto is installed")
     return parser
-
-
-def _setup_logging(level: str | None) -> None:
-    # journald adds its own timestamps; a terminal gets them from us.
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if sys.stderr.isatty() else \
-        "%(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=(level or "info").upper(), format=fmt, stream=sys.stderr)
-    for noisy in ("pymodbus", "asyncua", "amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if (level or "info") != "debug" else logging.INFO)
-    # asyncua logs a traceback at ERROR when a server vanishes mid-publish; our driver reports it once, clearly.
-    logging.getLogger("asyncua.client.ua_session").setLevel(logging.CRITICAL)
 
 
 def _print_config_error(exc: ConfigError) -> None:

@@ -121,6 +121,7 @@ class ClockWatch:
         self._monotonic_ms = monotonic_ms
         self._offset_ms = wall_ms() - monotonic_ms()
         self.state = ClockState.UNKNOWN
+        self._asked = False  # the first answer is told whatever it is
         self.jumps = 0
         self.on_state: list[Callable[[ClockState], None]] = []
         self.on_jump: list[Callable[[Jump], None]] = []
@@ -142,17 +143,19 @@ class ClockWatch:
         return self.state is ClockState.UNSYNCHRONISED
 
     def check(self) -> ClockState | None:
-        """Ask whether the clock is synchronised; the new state when it changed, else None."""
+        """Ask whether the clock is synchronised; the new state when it changed (or on the first call), else
+        None."""
         state = self._probe()
-        if state is self.state:
+        if state is self.state and self._asked:
             return None
+        self._asked = True
         previous, self.state = self.state, state
         if state is ClockState.UNSYNCHRONISED:
             log.warning("the system clock is not synchronised (no NTP client has set it): readings are "
                         "flagged time_uncertain until it is")
         elif state is ClockState.SYNCHRONISED and previous is ClockState.UNSYNCHRONISED:
             log.info("the system clock is synchronised again")
-        elif state is ClockState.UNKNOWN:
+        elif state is ClockState.UNKNOWN and previous is ClockState.UNKNOWN:
             log.info("cannot tell whether the system clock is synchronised (adjtimex refused, no "
                      "systemd-timesyncd); readings' time is taken as it is")
         for callback in self.on_state:

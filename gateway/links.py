@@ -94,6 +94,8 @@ class DeviceStatus(Generic[D]):
     consecutive_failures: int = 0
     polls: int = 0  # polls answered (for a pushing device: batches received)
     failures: int = 0
+    poll_seconds: float = 0.0  # time the answered polls took, together (with `polls`: their mean)
+    last_poll_seconds: float | None = None
     next_due: float = 0.0  # monotonic seconds
 
     def as_dict(self, counters: dict[str, int] | None = None) -> dict[str, object]:
@@ -314,6 +316,8 @@ class LinkRunner(Generic[D]):
             self._failed(status, stuck, started)
             raise stuck from None
         status.polls += 1
+        status.last_poll_seconds = self._clock() - started
+        status.poll_seconds += status.last_poll_seconds
         self._on_samples(device, samples, now_ms())
         self._answering(status, samples)
         status.next_due = _next_slot(status.next_due, device.poll_interval, self._clock())
@@ -374,6 +378,7 @@ class LinkRunner(Generic[D]):
                          status.consecutive_failures)
             elif status.state is DeviceState.DEGRADED:
                 log.info("device %s reads good values again", status.device.id)
+            status.consecutive_failures = 0  # before the status goes out: it says the failures are over
             self._set_state(status, DeviceState.ONLINE, None, None)
         status.consecutive_failures = 0
 

@@ -18,6 +18,8 @@ from gateway.model.resolved import ResolvedAsset
 from gateway.model.rules import Processing
 
 if TYPE_CHECKING:
+    from gateway.buffer import Drop
+    from gateway.gateway_alarms import GatewayAlarmEvent
     from gateway.processing import AlarmEvent, Statistics
 
 LIVE_PREFIX = b'{"historical":false,'
@@ -26,16 +28,26 @@ HISTORICAL_PREFIX = b'{"historical":true,'
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def _entries_message(gateway_id: str, asset: AssetRef, key: str, entries: list[dict[str, object]]) -> bytes:
-    """A buffered message: `{"historical":false,` first (see `mark_historical`), then the asset and entries."""
-    body = {"historical": False, "gateway": gateway_id, "asset": _asset(asset), key: entries}
+def _entries_message(gateway_id: str, asset: AssetRef | None, key: str, entries: list[dict[str, object]],
+                     time_uncertain: bool = False) -> bytes:
+    """A buffered message: `{"historical":false,` first (see `mark_historical`), then `"time_uncertain":true`
+    while the system clock is not synchronised (left out otherwise), the asset (for an asset's message) and
+    the entries."""
+    body: dict[str, object] = {"historical": False}
+    if time_uncertain:
+        body["time_uncertain"] = True
+    body["gateway"] = gateway_id
+    if asset is not None:
+        body["asset"] = _asset(asset)
+    body[key] = entries
     return _compact(body).encode()
 
 
-def encode_batch(gateway_id: str, asset: AssetRef, readings: Sequence[Reading], first_seq: int) -> bytes:
+def encode_batch(gateway_id: str, asset: AssetRef, readings: Sequence[Reading], first_seq: int,
+                 time_uncertain: bool = False) -> bytes:
     """One message for the readings of one asset from one poll; seq numbers first_seq, first_seq+1, ..."""
     return _entries_message(gateway_id, asset, "readings",
-                            [r.as_payload(first_seq + i) for i, r in enumerate(readings)])
+                            [r.as_payload(first_seq + i) for i, r in enumerate(readings)], time_uncertain)
 
 
 def mark_historical(body: bytes) -> bytes:
@@ -49,26 +61,47 @@ def _asset(asset: AssetRef) -> dict[str, str]:
     return {"domain": asset.domain, "site": asset.site, "id": asset.asset}
 
 
-def encode_statistics(gateway_id: str, asset: AssetRef, windows: Sequence[Statistics], first_seq: int) -> bytes:
+def encode_statistics(gateway_id: str, asset: AssetRef, windows: Sequence[Statistics], first_seq: int,
+                      time_uncertain: bool = False) -> bytes:
     """Closed windows (statistics or consumption) of one asset; seq numbers first_seq, first_seq+1, ..."""
     return _entries_message(gateway_id, asset, "windows",
-                            [w.as_payload(first_seq + i) for i, w in enumerate(windows)])
+                            [w.as_payload(first_seq + i) for i, w in enumerate(windows)], time_uncertain)
 
 
-def encode_alarm_events(gateway_id: str, asset: AssetRef, events: Sequence[AlarmEvent], first_seq: int) -> bytes:
-    """Alarm events (raised, cleared) of one asset, in the order they happened."""
+def encode_alarm_events(gateway_id: str, asset: AssetRef | None, events: Sequence[AlarmEvent | GatewayAlarmEvent],
+                        first_seq: int, time_uncertain: bool = False) -> bytes:
+    """Alarm events (raised, cleared) of one asset, or of the gateway itself (asset None), in the order they
+    happened."""
     return _entries_message(gateway_id, asset, "events",
-                            [e.as_payload(first_seq + i) for i, e in enumerate(events)])
+                            [e.as_payload(first_seq + i) for i, e in enumerate(events)], time_uncertain)
 
 
-def encode_active_alarms(gateway_id: str, asset: AssetRef, active: Sequence[AlarmEvent], updated_ms: int) -> bytes:
-    """Retained: the alarms of one asset that are raised now (an empty list when none)."""
-    body = {
-        "gateway": gateway_id,
-        "asset": _asset(asset),
-        "active": [{**e.as_payload(), "since": e.time_ms} for e in active],
-        "updated": updated_ms,
-    }
+def encode_drops(gateway_id: str, drops: Sequence[Drop], now_ms: int) -> bytes:
+    """What the buffer could not keep: ranges of seq numbers (readings, windows, alarm events) that will never
+    arrive, so a consumer can tell this loss from a gap still to be filled. Adjacent ranges of one reason are
+    given as one."""
+    merged: list[list[int | str]] = []  # [first_seq, last_seq, count, reason, time]
+    for drop in sorted(drops, key=lambda d: d.first_seq):
+        if merged and merged[-1][3] == drop.reason and merged[-1][1] == drop.first_seq - 1:
+            previous = merged[-1]
+            previous[1:3] = [drop.last_seq, int(previous[2]) + drop.entries]
+            previous[4] = max(int(previous[4]), drop.time_ms)
+        else:
+            merged.append([drop.first_seq, drop.last_seq, drop.entries, drop.reason, drop.time_ms])
+    ranges = [dict(zip(("first_seq", "last_seq", "count", "reason", "time"), entry, strict=True))
+              for entry in merged]
+    return _compact({"gateway": gateway_id, "time": now_ms, "dropped": ranges}).encode()
+
+
+def encode_active_alarms(gateway_id: str, asset: AssetRef | None, active: Sequence[AlarmEvent | GatewayAlarmEvent],
+                         updated_ms: int) -> bytes:
+    """Retained: the alarms of one asset (or of the gateway itself, asset None) raised now (an empty list when
+    none)."""
+    body: dict[str, object] = {"gateway": gateway_id}
+    if asset is not None:
+        body["asset"] = _asset(asset)
+    body["active"] = [{**e.as_payload(), "since": e.time_ms} for e in active]
+    body["updated"] = updated_ms
     return _compact(body).encode()
 
 

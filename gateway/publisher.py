@@ -48,7 +48,7 @@ from pydantic import SecretStr
 from gateway import __version__
 from gateway.buffer import Buffer, StoredMessage
 from gateway.model.readings import now_ms
-from gateway.model.settings import MqttSettings, TlsSettings
+from gateway.model.settings import MqttSettings, TlsFileError, TlsSettings, tls_context
 from gateway.payload import mark_historical
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ def backoff_delay(failures: int, initial: float, maximum: float) -> float:
 @dataclass(slots=True)
 class PublisherStats:
     published: int = 0  # buffered messages handed to the broker, re-sends included
+    bytes_published: int = 0  # their payload bytes
+    entries_published: int = 0  # the readings, statistics and alarm events in them (each took one seq)
     acked: int = 0  # buffered messages the broker acknowledged
     reconnects: int = 0  # connections established after the first one
     connect_failures: int = 0
@@ -109,11 +111,35 @@ class Publisher:
         self._backlogged = False  # the last fetch filled the window, so more rows may be waiting
         self._last_problem: str | None = None
         self._ever_connected = False
+        self._health: dict[str, object] = {}  # figures the retained online status carries (update_status)
         self.stats = PublisherStats()
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def broker(self) -> str:
+        return self._where
+
+    @property
+    def connected_since_ms(self) -> int | None:
+        """When the current connection was established; None while not connected."""
+        link = self._link
+        return link.connected_at_ms if link is not None and link.is_up else None
+
+    @property
+    def problem(self) -> str | None:
+        """The last connection problem logged, until a connection succeeds."""
+        return self._last_problem
+
+    def update_status(self, health: dict[str, object]) -> None:
+        """Figures the retained online status carries from now on (buffer, process); published now if connected.
+        The Last Will stays a plain `offline`."""
+        self._health = health
+        link = self._link
+        if link is not None and link.is_up:
+            link.publish(self._status_topic, self._online_status(link), retain=True)
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -171,9 +197,14 @@ class Publisher:
                                      "check mqtt.username, mqtt.password and the client id")
                 # Retrying quickly cannot fix credentials and would hammer the broker.
                 delay = reconnect.refused_delay
+            except TlsFileError as error:  # a file changed since the configuration was checked
+                self.stats.connect_failures += 1
+                self._report_problem(logging.ERROR, f"Cannot connect to MQTT broker {self._where}: mqtt.tls.{error}")
+                delay = reconnect.max_delay
             except OSError as error:
                 self.stats.connect_failures += 1
-                self._report_problem(logging.WARNING, f"Cannot connect to MQTT broker {self._where}: {error}")
+                self._report_problem(logging.WARNING, f"Cannot connect to MQTT broker {self._where}: "
+                                     f"{_explain(error, self._settings.tls)}")
                 delay = backoff_delay(failures, reconnect.initial_delay, reconnect.max_delay)
                 failures += 1
             log.debug("Reconnecting to MQTT broker %s in %.1f s", self._where, delay)
@@ -205,7 +236,7 @@ class Publisher:
         self._ever_connected = True
         self._last_problem = None
         log.info("Connected to MQTT broker %s as %s", self._where, self._client_id)
-        link.publish(self._status_topic, self._status("online", since=link.connected_at_ms), retain=True)
+        link.publish(self._status_topic, self._online_status(link), retain=True)
         for topic, body in self._described():
             link.publish(topic, body, retain=True)
         for topic, body in self._retained.items():
@@ -219,6 +250,9 @@ class Publisher:
             self._link = None
         log.warning("Lost connection to MQTT broker %s (%s); %d unacknowledged messages will be sent again",
                     self._where, link.down_reason, len(link.inflight))
+
+    def _online_status(self, link: _Link) -> bytes:
+        return self._status("online", since=link.connected_at_ms, **self._health)
 
     def _status(self, state: str, **fields: object) -> bytes:
         return json.dumps({"state": state, "gateway": self._gateway_id, **fields,
@@ -263,6 +297,8 @@ class Publisher:
         if mid is not None:
             link.inflight[mid] = row.id
             self.stats.published += 1
+            self.stats.bytes_published += len(body)
+            self.stats.entries_published += row.last_seq - row.first_seq + 1
 
     def _on_puback(self, link: _Link, mid: int) -> None:
         row_id = link.inflight.pop(mid, None)
@@ -596,6 +632,27 @@ async def _uninterrupted(blocking: Callable[[], None]) -> None:
         raise
 
 
+def _explain(error: OSError, tls: TlsSettings | None) -> str:
+    """A connection error in the words of the settings that can fix it, rather than OpenSSL's."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        what = error.verify_message or str(error)
+        if "mismatch" in what:
+            return (f"the broker's certificate is not for this host name ({what}); mqtt.host must be a name the "
+                    "certificate holds (or mqtt.tls.verify_hostname: false)")
+        trusted = f"mqtt.tls.ca_file {tls.ca_file}" if tls is not None and tls.ca_file else "the system's CAs"
+        return f"the broker's certificate is not trusted by {trusted} ({what})"
+    if isinstance(error, ssl.SSLError) and any(alert in str(error.reason) for alert in _CLIENT_CERT_ALERTS):
+        ours = f"mqtt.tls.cert_file {tls.cert_file}" if tls is not None and tls.cert_file else "none configured"
+        return f"the broker did not accept our client certificate ({ours}; OpenSSL: {error.reason})"
+    if tls is not None and isinstance(error, ConnectionError) and "before CONNACK" in str(error):
+        return (f"{error}; over TLS this is how a broker that requires a client certificate refuses one it does not "
+                "accept: check mqtt.tls.cert_file and the broker's CA for client certificates")
+    return str(error)
+
+
+_CLIENT_CERT_ALERTS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_UNKNOWN")
+
+
 def _secret(value: SecretStr | None, file: Path | None) -> str | None:
     """A password given inline or in a file (read at every connect, so a rotated secret is picked up)."""
     if value is not None:
@@ -620,14 +677,6 @@ class _TlsContext(ssl.SSLContext):
 
 
 def _tls_context(tls: TlsSettings) -> _TlsContext:
-    """What paho's tls_set() builds (certificate always verified), made on every connect so renewed files count."""
-    context = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)
-    if tls.ca_file is not None:
-        context.load_verify_locations(tls.ca_file)
-    else:
-        context.load_default_certs()
-    if tls.cert_file is not None:
-        context.load_cert_chain(tls.cert_file, tls.key_file,
-                                _secret(tls.key_password, tls.key_password_file))
-    context.check_hostname = tls.verify_hostname  # paho takes its own host name check from this too
-    return context
+    """What paho's tls_set() builds (certificate always verified), made on every connect so renewed files count
+    (the configuration's check loaded them once already: an error here means a file changed since)."""
+    return tls_context(tls, _TlsContext)  # paho takes its own host name check from the context too

@@ -51,6 +51,28 @@ def private_file(path: Path) -> Path:
     return path
 
 
+def replace_file(path: Path, body: str) -> None:
+    """Put `body` in `path` (0600) so that a power cut leaves the old content or the new, never part of one:
+    written to a temporary file, synced, renamed over the old one, and the rename synced too."""
+    private_dir(path.parent)
+    temporary = path.with_name(path.name + ".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with open(descriptor, "w", encoding="utf-8") as file:
+            file.write(body)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)  # a full disk: leave no half-written file behind
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class StateLock:
     """The exclusive lock on a state directory, held until `release()` (or the process ends)."""
 

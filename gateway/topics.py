@@ -6,6 +6,8 @@
     <prefix>/<domain>/<site>/<asset>/alarm      alarm events (raised, cleared), QoS 1, sent first after an outage
     <prefix>/<domain>/<site>/<asset>/active-alarms   retained: the alarms raised now
     <prefix>/gateway/<gateway>/status           retained online/offline (Last Will)
+    <prefix>/gateway/<gateway>/alarm            the gateway's own alarm events (clock, buffer), QoS 1
+    <prefix>/gateway/<gateway>/active-alarms    retained: the gateway's own alarms raised now
     <prefix>/gateway/<gateway>/device/<device>/status   retained per-device state
     <prefix>/gateway/<gateway>/cmd              commands to the gateway (it subscribes), QoS 1
     <prefix>/gateway/<gateway>/cmd/result       each command's result, QoS 1
@@ -42,6 +44,15 @@ class Topics:
 
     def gateway_status(self) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/status"
+
+    def gateway_alarm(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/alarm"
+
+    def gateway_active_alarms(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/active-alarms"
+
+    def gateway_dropped(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/dropped"
 
     def device_status(self, device_id: str) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/device/{device_id}/status"

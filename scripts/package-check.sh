@@ -117,6 +117,11 @@ diff <(find /etc/municipal-gateway -type f | sort) \
      <(dpkg-query -W -f='${Conffiles}\n' municipal-gateway | awk 'NF { print $1 }' | sort) ||
     fail "files under /etc/municipal-gateway that are not conffiles (or the reverse)"
 ! dpkg -L municipal-gateway | grep -E '/etc/municipal-gateway/(demo|[^/]*-example)' || fail "demo configuration shipped"
+# Before the engineer has put the password in place, `check` says so (what `run` would meet), exit 2.
+rc=0; check >"$tmp/out" 2>&1 || rc=$?
+[ "$rc" -eq 2 ] && grep -q "mqtt.password_file: expected a file the gateway can read at /etc/municipal-gateway/mqtt-password: no such file" "$tmp/out" ||
+    { cat "$tmp/out"; fail "check of the shipped $conf without the password file (exit $rc)"; }
+install -m 0600 /dev/null /etc/municipal-gateway/mqtt-password
 check >"$tmp/out" 2>&1 || { cat "$tmp/out"; fail "the shipped $conf does not pass check"; }
 /opt/municipal-gateway/bin/python -c 'import asyncua' || fail "the OPC-UA extra is not installed"
 ! /opt/municipal-gateway/bin/python -c 'import pip' 2>/dev/null || fail "pip is in the shipped venv"
@@ -125,6 +130,7 @@ check >"$tmp/out" 2>&1 || { cat "$tmp/out"; fail "the shipped $conf does not pas
 # The installed gateway runs as its user (as the unit would start it) and writes its state; the broker is
 # a closed local port, so it only retries. The password is a stand-in credential directory.
 sed -i 's/^  id: gw-change-me/  id: gw-package-check/; s/^  host: .*/  host: 127.0.0.1/; s/^  port: 1883 .*/  port: 9/' "$conf"
+chmod 0711 "$tmp"  # the gateway's user must reach its credentials (as it reaches /run/credentials under systemd)
 install -d -o municipal-gateway -m 0700 "$tmp/credentials"
 printf 'not-a-real-password\n' >"$tmp/credentials/mqtt-password"
 chown municipal-gateway "$tmp/credentials/mqtt-password"

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from gateway.app import Gateway
+from gateway.clock import ClockWatch
 from gateway.config.loader import GatewayConfig, load_config
 from tests.brokers import Received
 
@@ -47,6 +48,9 @@ def write_config(directory: Path, broker_port: int, devices: Iterable[dict[str, 
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "reconnect": {"initial_delay": 0.1, "max_delay": 0.5},
                  **mqtt},
         "buffer": {"synchronous": "normal"},
+        # The host's clock may or may not be synchronised (this machine's is not), and a test cannot change it:
+        # tests of the clock give the gateway a ClockWatch whose answers they control.
+        "clock": {"source": "none"},
         "catalogue": str(CATALOGUE),
         "include": ["devices.yaml"],
     }
@@ -56,9 +60,9 @@ def write_config(directory: Path, broker_port: int, devices: Iterable[dict[str, 
 
 
 @contextlib.asynccontextmanager
-async def running(config: GatewayConfig | Path) -> AsyncIterator[Gateway]:
+async def running(config: GatewayConfig | Path, clock: ClockWatch | None = None) -> AsyncIterator[Gateway]:
     """The gateway running in this event loop; stopped (cleanly, as on SIGTERM) on exit."""
-    gateway = Gateway(load_config(config) if isinstance(config, Path) else config)
+    gateway = Gateway(load_config(config) if isinstance(config, Path) else config, clock)
     stop = asyncio.Event()
     task = asyncio.create_task(gateway.run(stop))
     try:

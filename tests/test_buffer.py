@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import Buffer, Message, read_stats
+from gateway.buffer import SIZE_CAP, Buffer, Message, read_stats
 
 
 def message(seq: int, priority: int = 0, size: int = 10) -> Message:
@@ -71,21 +71,59 @@ async def test_unacked_messages_and_sequence_survive_reopen(tmp_path: Path) -> N
     await reopened.close()
 
 
-async def test_size_cap_drops_oldest_lowest_priority_and_counts_persistently(tmp_path: Path) -> None:
+def on_disk(path: Path) -> int:
+    """What the buffer's files take: the database and its WAL."""
+    return sum(f.stat().st_size for f in (path, path.with_name(path.name + "-wal")) if f.exists())
+
+
+async def test_size_cap_holds_what_sqlite_really_uses_and_drops_oldest_lowest_priority_first(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite"
-    buffer = await Buffer.open(path, max_bytes=1000)
+    cap = 512 * 1024
+    buffer = await Buffer.open(path, max_bytes=cap, free_share=1.0)
     await buffer.commit([message(1, priority=9, size=200)])
-    for seq in range(2, 12):
-        await buffer.commit([message(seq, size=200)])
-    remaining = await buffer.fetch(100)
-    stats = await buffer.stats()
-    assert stats.bytes <= 1000
+    for seq in range(2, 402):  # 1.6 MB of messages into half a megabyte
+        await buffer.commit([message(seq, size=4000)])
+        assert on_disk(path) <= cap * 1.05, seq
+    remaining = await buffer.fetch(1000)
     assert remaining[0].first_seq == 1, "the high-priority message must survive the cap"
     kept = [m.first_seq for m in remaining[1:]]
-    assert kept == list(range(12 - len(kept), 12)), "only the newest ordinary messages are kept"
-    assert stats.dropped_messages == 10 - len(kept)
+    assert kept == list(range(402 - len(kept), 402)), "only the newest ordinary messages are kept"
+    dropped = [d.first_seq for d in buffer.unannounced]
+    assert dropped == list(range(2, 402 - len(kept)))  # every message not kept is a drop to announce
+    assert {d.reason for d in buffer.unannounced} == {SIZE_CAP} and buffer.dropping == SIZE_CAP
+    stats = await buffer.stats()
+    assert stats.dropped_messages == stats.dropped_readings == len(dropped)
     await buffer.close()
-    assert read_stats(path).dropped_readings == stats.dropped_messages
+    assert read_stats(path).dropped_readings == len(dropped)
+    reopened = await Buffer.open(path, max_bytes=cap)
+    assert [d.first_seq for d in reopened.unannounced] == dropped, "drops not yet announced survive a restart"
+    await reopened.close()
+
+
+async def test_an_announcement_of_drops_takes_them_off_the_list_in_the_same_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite"
+    buffer = await Buffer.open(path, max_bytes=256 * 1024, free_share=1.0)
+    for seq in range(1, 200):
+        await buffer.commit([message(seq, size=4000)])
+    told = tuple(d.first_seq for d in buffer.unannounced[:3])
+    await buffer.commit([Message("gw/dropped", b"{}", priority=2, announces=told)])
+    assert told and not {d.first_seq for d in buffer.unannounced} & set(told)
+    left = len(buffer.unannounced)
+    await buffer.close()
+    reopened = await Buffer.open(path, max_bytes=256 * 1024)
+    assert len(reopened.unannounced) == left
+    await reopened.close()
+
+
+async def test_dropping_ends_once_the_broker_has_taken_enough(tmp_path: Path) -> None:
+    buffer = await Buffer.open(tmp_path / "b.sqlite", max_bytes=256 * 1024, free_share=1.0)
+    for seq in range(1, 200):
+        await buffer.commit([message(seq, size=4000)])
+    assert buffer.dropping == SIZE_CAP
+    await buffer.ack([m.id for m in await buffer.fetch(1000)])
+    await buffer.commit([message(200)])
+    assert buffer.dropping is None
+    await buffer.close()
 
 
 @pytest.mark.parametrize("synchronous", ["full", "normal"])
@@ -112,3 +150,29 @@ async def test_a_commit_cancelled_while_waiting_for_the_buffer_thread_still_land
         await commit
     await buffer.close()
     assert read_stats(path).messages == 1
+
+
+async def test_depth_keeps_the_figures_of_a_full_scan_through_commits_drops_acks_and_a_reopen(
+        tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite"
+    buffer = await Buffer.open(path, max_bytes=256 * 1024, free_share=1.0)  # room for about 40 of the large ones
+
+    async def same_as_a_scan() -> None:
+        assert await buffer.depth() == await buffer.stats()
+
+    await buffer.commit([Message("t/1", b"x" * 20, first_seq=1, last_seq=3), message(4)])
+    await same_as_a_scan()
+    for seq in range(5, 105):  # past the cap: drops
+        await buffer.commit([message(seq, priority=seq % 2, size=4000)])
+    await same_as_a_scan()
+    assert (await buffer.depth()).dropped_messages > 0
+    waiting = await buffer.fetch(3)
+    await buffer.ack([row.id for row in waiting] + [10**6])  # an id that is gone already counts nothing
+    await same_as_a_scan()
+    await buffer.close()
+    buffer = await Buffer.open(path, max_bytes=256 * 1024, free_share=1.0)
+    await same_as_a_scan()
+    await buffer.ack([row.id for row in await buffer.fetch(100)])
+    await same_as_a_scan()
+    assert (await buffer.depth()).oldest_created_ms is None
+    await buffer.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from drivers.registry import protocols
+from gateway.cli import EXAMPLE_IDS
 
 CONFIG = Path(__file__).parent.parent / "config"
 CATALOGUE = Path(__file__).parent / "config_cases" / "common" / "catalogue.yaml"
@@ -20,20 +22,24 @@ def run(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
                           env={"MQTT_PASSWORD": "unused", "PATH": "/usr/bin:/bin"})
 
 
-def test_a_protocol_whose_library_is_missing_is_named_with_the_fix(tmp_path: Path) -> None:
-    # As on a gateway installed without the OPC-UA extra: asyncua cannot be imported. The example's copy
-    # keeps its state in tmp_path: `read` takes the state directory's lock, and /var/lib must stay
-    # untouched on the machine that runs the tests (the package check refuses to run over it).
-    example = tmp_path / "opcua-example"
-    shutil.copytree(CONFIG / "opcua-example", example)
-    text = (example / "gateway.yaml").read_text().replace("/var/lib/municipal-gateway", str(tmp_path / "state"))
-    text = text.replace("../", f"{CONFIG}/")   # the catalogue and the profiles stay where they are
-    (example / "gateway.yaml").write_text(text)
-    result = run("read", str(example / "gateway.yaml"), "prs-1-plc", prelude="sys.modules['asyncua'] = None")
-    assert result.returncode == 1, result.stderr
-    assert "protocol 'opcua' needs the Python package 'asyncua'" in result.stderr
+def test_a_protocol_whose_library_is_missing_is_a_located_error_at_check() -> None:
+    # As on a gateway installed without the OPC-UA extra: asyncua cannot be imported. `check` must find what
+    # `run` would meet, with the place in the file and the fix.
+    result = run("check", str(CONFIG / "opcua-example" / "gateway.yaml"), prelude="sys.modules['asyncua'] = None")
+    assert result.returncode == 2, result.stderr
+    assert "devices/" in result.stderr and ".protocol: protocol 'opcua' needs the Python package 'asyncua'" \
+        in result.stderr
     assert "pip install 'municipal-gateway[opcua]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_warns_when_the_client_id_is_a_shipped_examples() -> None:
+    shipped = {yaml.safe_load(f.read_text())["gateway"]["id"]
+               for f in [*CONFIG.glob("*.yaml"), *CONFIG.glob("*-example/gateway.yaml"),
+                         CONFIG.parent / "debian" / "gateway.yaml"] if f.name == "gateway.yaml"}
+    assert shipped == EXAMPLE_IDS, "the list follows the examples"
+    result = run("check", str(CONFIG / "serial-example" / "gateway.yaml"))
+    assert "the MQTT client id 'gw-serial-example' is a shipped example's" in result.stderr, result.stderr
 
 
 def test_schema_describes_every_protocol() -> None:

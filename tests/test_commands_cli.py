@@ -69,9 +69,14 @@ async def test_the_audit_log_survives_sigkill_of_a_running_gateway(
     sent = command("pressure_setpoint", 505.0)
     try:
         assert gateway.stderr is not None
-        async with asyncio.timeout(WAIT):
-            while b"command channel connected" not in await gateway.stderr.readline():
-                pass
+        said: list[bytes] = []
+        try:
+            async with asyncio.timeout(WAIT):
+                while not said or b"command channel connected" not in said[-1]:
+                    said.append(await gateway.stderr.readline())
+                    assert said[-1], b"".join(said).decode()  # the gateway ended
+        except TimeoutError:
+            raise AssertionError(b"".join(said).decode()) from None
         operator.send({**sent, "issued": command()["issued"]})
         result = await operator.result(sent["id"])
         assert result["status"] == "done"

@@ -24,7 +24,7 @@ CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "expected.txt").exis
 
 def errors_of(case: Path) -> str:
     try:
-        load_config(case / "gateway.yaml", environ={})
+        load_config(case / "gateway.yaml", environ={}, check_files=True)  # as `check` does
     except ConfigError as exc:
         return str(exc)
     return ""
@@ -80,3 +80,17 @@ def test_password_comes_from_the_environment(tmp_path: Path) -> None:
     assert config.main.mqtt.password is not None
     assert config.main.mqtt.password.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(config.main.mqtt)
+
+
+def test_a_secret_written_into_the_wrong_key_is_never_shown(tmp_path: Path) -> None:
+    # A password expanded from the environment into a key that is not a secret's (here the port) fails
+    # validation: the error names the variable, never its value.
+    (tmp_path / "gateway.yaml").write_text(
+        "gateway: {id: gw-1}\nmqtt:\n  port: ${MQTT_PASSWORD}\n  client_id: x${MQTT_PASSWORD}\n"
+        f"catalogue: {CASES / 'common' / 'catalogue.yaml'}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path / "gateway.yaml", environ={"MQTT_PASSWORD": "hunter2-secret"})
+    message = str(raised.value)
+    assert "hunter2" not in message
+    assert "mqtt.port: expected a valid integer" in message and "found the value of ${MQTT_PASSWORD} (not shown)" \
+        in message

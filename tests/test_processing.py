@@ -407,6 +407,12 @@ def test_alarm_rules_are_validated() -> None:
         AlarmRule(level=AlarmLevel.STATE, limit=3)
     with pytest.raises(ValidationError, match="inside the high limit"):
         Processing.model_validate({"alarms": [{"level": "high", "limit": 40}, {"level": "high-high", "limit": 20}]})
+    with pytest.raises(ValidationError, match=r"the low limit \(50\) is not below the high limit \(40\)"):
+        Processing.model_validate({"alarms": [{"level": "high", "limit": 40}, {"level": "low", "limit": 50}]})
+    with pytest.raises(ValidationError, match=r"the low-low limit .* is not below the high limit"):
+        Processing.model_validate({"alarms": [{"level": "high", "limit": 40}, {"level": "low-low", "limit": 40}]})
+    Processing.model_validate({"alarms": [{"level": "low-low", "limit": 10}, {"level": "low", "limit": 10},
+                                          {"level": "high", "limit": 40}, {"level": "high-high", "limit": 40}]})
     with pytest.raises(ValidationError, match="unique"):
         Processing.model_validate({"alarms": [{"level": "high", "limit": 40}, {"level": "high", "limit": 50}]})
 

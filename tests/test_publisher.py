@@ -323,7 +323,8 @@ async def test_tls_rejects_a_certificate_for_another_host_unless_told_not_to_che
         async with running(checking):
             await eventually(lambda: checking.stats.connect_failures >= 2, "refused TLS handshakes")
             assert not checking.connected
-    assert "mismatch" in caplog.text or "certificate" in caplog.text
+    assert "the broker's certificate is not for this host name" in caplog.text
+    assert "mqtt.tls.verify_hostname" in caplog.text, "the message names the setting that decides"
     gc.collect()  # finalise now any socket the failed attempts left unclosed, so the warning lands here
 
     lenient = TlsSettings(ca_file=tls_files.ca, verify_hostname=False)
@@ -342,6 +343,28 @@ async def test_mutual_tls_with_an_encrypted_client_key(broker_factory: BrokerFac
     async with running(publisher):
         await commit(buffer, range(1, 4))
         await eventually(lambda: buffer_empty(buffer), "the broker to acknowledge every message")
+
+
+async def test_a_broker_signed_by_another_ca_and_a_refused_client_certificate_are_told_in_settings(
+        broker_factory: BrokerFactory, tls_files: TlsFiles, buffer: Buffer, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    broker = broker_factory(tls=tls_files.server, ca=tls_files.ca, require_client_cert=True)
+    assert broker.tls_port is not None
+    # Trusting only our own client certificate (a CA that did not sign the broker's).
+    other_ca = TlsSettings(ca_file=tls_files.client.cert)
+    untrusting = Publisher(settings(broker.tls_port, tls=other_ca), GATEWAY, buffer, STATUS)
+    with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
+        async with running(untrusting):
+            await eventually(lambda: untrusting.stats.connect_failures >= 1, "a refused handshake")
+    assert f"the broker's certificate is not trusted by mqtt.tls.ca_file {tls_files.client.cert}" in caplog.text
+    caplog.clear()
+    # The right CA, no client certificate: the broker requires one.
+    anonymous = Publisher(settings(broker.tls_port, tls=TlsSettings(ca_file=tls_files.ca)), GATEWAY, buffer, STATUS)
+    with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
+        async with running(anonymous):
+            await eventually(lambda: anonymous.stats.connect_failures >= 1, "a refused client")
+    assert "client certificate" in caplog.text and "mqtt.tls.cert_file" in caplog.text
+    gc.collect()
 
 
 async def test_cancelling_while_the_broker_is_unreachable_stops_promptly(buffer: Buffer) -> None:

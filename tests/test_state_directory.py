@@ -14,8 +14,8 @@ import pytest
 from gateway.buffer import Buffer, Message, SequenceConflict
 from gateway.config.loader import load_config
 from gateway.statedir import StateDirInUse, StateLock, holder
-from tests.brokers import WAIT, Broker, eventually
-from tests.e2e import write_config
+from tests.brokers import WAIT, Broker, eventually, free_port
+from tests.e2e import modbus_device, write_config
 
 
 def gateway(*args: str, umask: int | None = None) -> subprocess.Popen[str]:
@@ -95,14 +95,17 @@ async def test_two_writers_to_one_buffer_cannot_publish_one_seq_twice(tmp_path: 
 
 
 async def test_what_the_gateway_creates_is_private_whatever_the_umask(tmp_path: Path, broker: Broker) -> None:
-    config = write_config(tmp_path, broker.port, [])
+    # A device nobody answers for: its failing status is recorded in devices.json.
+    config = write_config(tmp_path, broker.port, [modbus_device("plc-1", free_port())])
     state_dir = load_config(config).state_dir
     process = gateway("run", str(config), umask=0o000)
     try:
         await eventually(lambda: holder(state_dir) == process.pid, "the gateway to hold the state directory")
-        await eventually(lambda: (state_dir / "devices.json").exists(), "the device registry to be open")
+        await eventually(lambda: (state_dir / "devices.json").exists(), "the device's status recorded")
     finally:
         stop(process)
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
-    for name in ("lock", "buffer.sqlite", "devices.json"):
+    names = {f.name for f in state_dir.iterdir() if f.is_file()}
+    assert {"lock", "buffer.sqlite", "buffer.sqlite.reserve", "devices.json"} <= names
+    for name in names:
         assert stat.S_IMODE((state_dir / name).stat().st_mode) == 0o600, name

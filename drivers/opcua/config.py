@@ -18,7 +18,7 @@ from typing import Literal, Self
 from pydantic import Field, PositiveInt, SecretStr, model_validator
 
 from gateway.model.devices import DeviceBase, PointBase
-from gateway.model.schema import ConfigPath, Seconds, StrictModel, record
+from gateway.model.schema import ReadableDir, ReadableFile, Seconds, StrictModel, record
 
 # nsu=<uri>;<type>=<id>  or  [ns=0;]<type>=<id>, type one of i (numeric), s (string), g (guid), b (opaque)
 _NODE_ID = re.compile(r"^(?:nsu=(?P<uri>[^;]+);|ns=(?P<index>\d+);)?(?P<kind>[isgb])=(?P<ident>.+)$", re.DOTALL)
@@ -102,13 +102,13 @@ class Deadband(StrictModel):
 class Security(StrictModel):
     policy: SecurityPolicy = SecurityPolicy.NONE
     mode: SecurityMode = SecurityMode.NONE
-    certificate: ConfigPath | None = Field(
+    certificate: ReadableFile | None = Field(
         None, description="Client certificate (DER or PEM). Absent: generated on first use in the state directory.")
-    private_key: ConfigPath | None = Field(None, description="Private key of the client certificate (PEM).")
+    private_key: ReadableFile | None = Field(None, description="Private key of the client certificate (PEM).")
     application_uri: str | None = Field(
         None, description="Application URI in our certificate; default urn:<hostname>:municipal-gateway.")
-    server_certificate: ConfigPath | None = Field(None, description="The server's certificate, trusted (pinned).")
-    trust_dir: ConfigPath | None = Field(None, description="Directory of trusted server certificates (.der/.pem).")
+    server_certificate: ReadableFile | None = Field(None, description="The server's certificate, trusted (pinned).")
+    trust_dir: ReadableDir | None = Field(None, description="Directory of trusted server certificates (.der/.pem).")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -155,7 +155,7 @@ class OpcUaDevice(DeviceBase):
     security: Security = Security()
     username: str | None = None
     password: SecretStr | None = Field(None, description="Use ${ENV_VAR}; or password_file.")
-    password_file: ConfigPath | None = None
+    password_file: ReadableFile | None = None
     session_timeout: Seconds = Field(60.0, ge=5, description="Seconds the server keeps our session alive.")
     keepalive: Seconds = Field(
         2.0, le=60, description="Seconds between liveness checks; a dead server is noticed within about twice this.")

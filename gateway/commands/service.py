@@ -224,11 +224,11 @@ class CommandService:
     def _accept(self, incoming: IncomingCommand, local: bool) -> None:
         received = self._wall()
         cid = command_id(incoming.payload)
+        if cid is not None and cid in self._running:
+            self._running[cid].append(incoming)  # answered with the first one's result, once it is in the log
+            return
         if cid is not None and cid in self._results:
             self._answer(incoming, {**self._results[cid], "duplicate": True})
-            return
-        if cid is not None and cid in self._running:
-            self._running[cid].append(incoming)  # answered with the first one's result
             return
         command: Command | None = None
         try:
@@ -296,9 +296,8 @@ class CommandService:
         result = {**command.describe(), "device": command.device, "point": command.point,
                   "gateway": self._gateway_id, "received": received, "status": "done", "mode": "schedule",
                   "finished": self._wall()}
-        self._answer(incoming, result)
         self._remember(result)
-        self._spawn(self._record_result(result))
+        self._spawn(self._record_and_answer(result, [incoming]))
 
     def _check_age(self, command: Command, received: int, local: bool = False) -> int:
         """The command's deadline (UTC ms); Refused when it is past, or when its age cannot be judged."""
@@ -398,18 +397,24 @@ class CommandService:
         result = {**described, "gateway": self._gateway_id, "received": received, "status": "refused",
                   "reason": refusal.reason, "message": str(refusal)}
         log.info("command %s refused: %s (%s)", cid, refusal.reason, refusal)
-        self._answer(incoming, {**result, "finished": self._wall()})
+        result = {**result, "finished": self._wall()}
         if cid is not None and refusal.reason not in _TRANSIENT:
-            self._remember({**result, "finished": self._wall()})
-        self._spawn(self._record_result({**result, "finished": self._wall()}))
+            self._remember(result)
+        self._spawn(self._record_and_answer(result, [incoming]))
+
+    async def _record_and_answer(self, result: Entry, answering: list[IncomingCommand]) -> None:
+        """The result goes into the audit log first: what the sender is told is always in the log."""
+        await self._record_result(result)
+        for incoming in answering:
+            self._answer(incoming, result)
 
     async def _finish(self, cid: str, result: Entry, audit: bool = True) -> None:
         result = {**result, "finished": self._wall()}
-        self._remember(result)
-        for incoming in self._running.pop(cid, []):
-            self._answer(incoming, result)
+        self._remember(result)  # a redelivery from now on is answered with it
         if audit:
             await self._record_result(result)
+        for incoming in self._running.pop(cid, []):
+            self._answer(incoming, result)
 
     def _answer(self, incoming: IncomingCommand, result: Entry) -> None:
         waiter = self._waiters.pop(str(result.get("id")), None)

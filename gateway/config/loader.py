@@ -20,16 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 import drivers
-from drivers.registry import protocols
+from drivers.registry import Protocol, ProtocolUnavailable, protocols
 from gateway.config.errors import ConfigError, ConfigIssue, Location, format_path, suggest
 from gateway.config.resolve import Resolver
-from gateway.config.yamlsource import LocatedDict, LocatedList, YamlLoadError, load_yaml, located_dict
+from gateway.config.yamlsource import (
+    FromEnvironment,
+    LocatedDict,
+    LocatedList,
+    YamlLoadError,
+    load_yaml,
+    located_dict,
+)
 from gateway.model.catalogue import Catalogue
 from gateway.model.devices import DeviceBase
 from gateway.model.resolved import ResolvedAsset, ResolvedDevice
+from gateway.model.schema import ConfigPath
 from gateway.model.settings import MainFile
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -77,12 +85,31 @@ class GatewayConfig:
         return dataclasses.replace(self, devices=tuple(kept.values()), assets=tuple(assets))
 
 
+class _Sources(BaseModel):
+    """Where the main file says the other files are: read on its own when the rest of the main file has errors."""
+
+    model_config = ConfigDict(extra="ignore")
+    catalogue: ConfigPath = Path("catalogue.yaml")
+    profiles: ConfigPath = Path("profiles")
+    include: list[str] = []
+
+
+@dataclass
+class _MainParts:
+    main: MainFile | None  # None: it has errors (reported), the devices are checked all the same
+    sources: _Sources
+    inline: list[tuple[LocatedDict, str]]
+    files: list[Path]
+
+
 @dataclass
 class _Loader:
     environ: Mapping[str, str] | None
+    check_files: bool = False
     issues: list[ConfigIssue] = field(default_factory=list)
     main_raw: LocatedDict | None = None
     _profiles: dict[Path, LocatedDict | None] = field(default_factory=dict)
+    _runnable: dict[str, bool] = field(default_factory=dict)
 
     # -- small helpers ------------------------------------------------------------------------------------
 
@@ -98,7 +125,7 @@ class _Loader:
 
     def validate(self, model: type[_M], raw: LocatedDict, prefix: Sequence[str | int] = ()) -> _M | None:
         # Relative paths inside (ConfigPath fields) are relative to the file the mapping was written in.
-        context = {"base_dir": Path(raw.location.file).parent.resolve()}
+        context = {"base_dir": Path(raw.location.file).parent.resolve(), "check_files": self.check_files}
         try:
             return model.model_validate(raw, context=context)
         except ValidationError as exc:
@@ -108,29 +135,36 @@ class _Loader:
 
     # -- the main file ------------------------------------------------------------------------------------
 
-    def load_main(self, path: Path) -> tuple[MainFile | None, list[tuple[LocatedDict, str]], list[Path]]:
-        """The main settings, the devices written in the main file, and the device files it includes."""
+    def load_main(self, path: Path) -> _MainParts | None:
+        """The main settings, the devices written in the main file, and the device files it includes. When the
+        settings have errors, the devices are still found (from `catalogue`, `profiles` and `include` as
+        written), so that one `check` reports every file's errors."""
         raw = self.load(path)
         if raw is None:
-            return None, [], []
+            return None
         if not isinstance(raw, LocatedDict):
             self.issue(Location(str(path), 1, 1), "", f"expected a mapping at the top, found {_kind(raw)}")
-            return None, [], []
+            return None
         inline_devices = raw.pop("devices", None)
         self.main_raw = raw
         main = self.validate(MainFile, raw)
-        if main is None:
-            return None, [], []
-        main = _absolute_paths(main, path.parent.resolve())
+        if main is not None:
+            main = _absolute_paths(main, path.parent.resolve())
+            sources = _Sources(catalogue=main.catalogue, profiles=main.profiles, include=main.include)
+        else:
+            try:
+                sources = _Sources.model_validate(dict(raw), context={"base_dir": path.parent.resolve()})
+            except ValidationError:
+                return None  # those errors are reported already: nothing more can be found
         inline = self.device_entries(inline_devices, path, "devices") if inline_devices else []
         files: list[Path] = []
-        for pattern in main.include:
+        for pattern in sources.include:
             matches = sorted(glob.glob(str(path.parent / pattern)))
             if not matches:
-                self.issue(raw["include"].where(main.include.index(pattern)), "include",
+                self.issue(raw["include"].where(sources.include.index(pattern)), "include",
                            f"expected {pattern!r} to match at least one file, found none")
             files.extend(Path(match) for match in matches)
-        return main, inline, files
+        return _MainParts(main, sources, inline, files)
 
     def device_file(self, path: Path) -> list[tuple[LocatedDict, str]]:
         raw = self.load(path)
@@ -177,7 +211,20 @@ class _Loader:
                 return None, raw
             raw = merged
         model = known[protocol].config_model
-        return self.validate(model, raw, list(_path_parts(path))), raw
+        runnable = self.can_run(known[protocol], raw.where("protocol"), f"{path}.protocol")
+        device = self.validate(model, raw, list(_path_parts(path)))
+        return (device if runnable else None), raw
+
+    def can_run(self, protocol: Protocol, where: Location, path: str) -> bool:
+        """Whether this installation has the protocol's library (its driver imports), told once per protocol."""
+        if protocol.name not in self._runnable:
+            try:
+                protocol.load(protocol.driver or protocol.bus_device or protocol.config)
+                self._runnable[protocol.name] = True
+            except ProtocolUnavailable as exc:
+                self.issue(where, path, str(exc))
+                self._runnable[protocol.name] = False
+        return self._runnable[protocol.name]
 
     def apply_profile(self, raw: LocatedDict, path: str, profiles_dir: Path) -> LocatedDict | None:
         name = raw["profile"]
@@ -215,21 +262,24 @@ class _Loader:
         return raw if len(self.issues) == problems else None
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Load the main file at `path` and everything it refers to, or raise ConfigError listing every issue."""
-    loader = _Loader(environ)
-    main, inline, files = loader.load_main(path)  # errors name files as the user gave them
-    if main is None:
+def load_config(path: Path, environ: Mapping[str, str] | None = None, check_files: bool = False) -> GatewayConfig:
+    """Load the main file at `path` and everything it refers to, or raise ConfigError listing every issue.
+    `check_files` (for `run` and `check`): the files it names (CA, keys, password files, trust directories)
+    must be there and readable by the gateway, and the TLS ones must load."""
+    loader = _Loader(environ, check_files)
+    parts = loader.load_main(path)  # errors name files as the user gave them
+    if parts is None:
         raise ConfigError(loader.issues)
-    catalogue = _load_catalogue(loader, main.catalogue)
+    main, sources = parts.main, parts.sources
+    catalogue = _load_catalogue(loader, sources.catalogue)
     resolver = Resolver(catalogue) if catalogue is not None else None
     # One device file at a time, so the raw YAML of a large site never sits in memory all at once.
-    for entries in itertools.chain([inline], (loader.device_file(file) for file in files)):
+    for entries in itertools.chain([parts.inline], (loader.device_file(file) for file in parts.files)):
         for raw, device_path in entries:
-            device, merged_raw = loader.device(raw, device_path, main.profiles)
+            device, merged_raw = loader.device(raw, device_path, sources.profiles)
             if device is not None and resolver is not None:
                 resolver.add_device(device, merged_raw, device_path)
-    if resolver is None or catalogue is None:
+    if main is None or resolver is None or catalogue is None:
         raise ConfigError(loader.issues)
     resolver.check_links()
     resolver.check_derived()
@@ -326,8 +376,11 @@ def _issue_from_pydantic(model: type[BaseModel], raw: LocatedDict, error: Any,
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if message.startswith("Input should be "):
             message = "expected " + message.removeprefix("Input should be ")
-        if not isinstance(error.get("input"), Mapping) and not any(s in path for s in _SECRET_KEYS):
-            message += f"; found {_show(error.get('input'))}"
+        found = error.get("input")
+        if isinstance(found, FromEnvironment):
+            message += f"; found {found.hidden()}"
+        elif not isinstance(found, Mapping) and not any(s in path for s in _SECRET_KEYS):
+            message += f"; found {_show(found)}"
     return ConfigIssue(location, path, message)
 
 

@@ -286,7 +286,8 @@ class _Builder:
             return items
         value = self._scalar(node, path)
         if isinstance(value, str):
-            return _shared(self._expand_env(value, node, path))
+            expanded = self._expand_env(value, node, path)
+            return expanded if isinstance(expanded, FromEnvironment) else _shared(expanded)
         return None if value is _UNREADABLE else value
 
     def _scalar(self, node: yaml.Node, path: str) -> Any:
@@ -351,7 +352,27 @@ class _Builder:
                 return ""
             return self.environ[name]
 
-        return _ENV_REFERENCE.sub(replace, text)
+        expanded = _ENV_REFERENCE.sub(replace, text)
+        if expanded == text:
+            return text
+        return FromEnvironment(expanded, tuple(_ENV_REFERENCE.findall(text)))
+
+
+class FromEnvironment(str):
+    """A string that holds the value of environment variables (`${NAME}`): error messages never show it, for
+    it may be a secret even where the key is not a secret's (a password written into the wrong key)."""
+
+    __slots__ = ("names",)
+
+    def __new__(cls, value: str, names: tuple[str, ...]) -> FromEnvironment:
+        made = super().__new__(cls, value)
+        made.names = names
+        return made
+
+    names: tuple[str, ...]
+
+    def hidden(self) -> str:
+        return "the value of " + ", ".join(f"${{{n}}}" for n in self.names) + " (not shown)"
 
 
 def _shared(text: str) -> str:

@@ -6,7 +6,7 @@ from typing import Literal, Self
 
 from pydantic import Field, PositiveInt, model_validator
 
-from gateway.model.schema import ConfigPath, Seconds, StrictModel
+from gateway.model.schema import ReadableFile, Seconds, StrictModel
 
 
 class SignatureSettings(StrictModel):
@@ -14,7 +14,7 @@ class SignatureSettings(StrictModel):
 
     secret_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                    description="Name of the environment variable holding the secret.")
-    secret_file: ConfigPath | None = Field(None, description="A file holding the secret (a systemd credential).")
+    secret_file: ReadableFile | None = Field(None, description="A file holding the secret (a systemd credential).")
     window: Seconds = Field(30.0, description="Seconds a signed command's `issued` time may be from the gateway's "
                                               "clock, either way (against replay).")
 

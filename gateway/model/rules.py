@@ -145,12 +145,28 @@ def check_alarms(alarms: list[AlarmRule] | None) -> list[AlarmRule] | None:
         raise ValueError(f"alarm ids must be unique; give `id:` to tell apart {', '.join(duplicates)}")
     levels = [a.level for a in alarms]
     limits = {a.level: a.limit for a in alarms if a.limit is not None and levels.count(a.level) == 1}
-    for outer, inner, wrong in ((AlarmLevel.HIGH_HIGH, AlarmLevel.HIGH, float.__lt__),
-                                (AlarmLevel.LOW_LOW, AlarmLevel.LOW, float.__gt__)):
-        if outer in limits and inner in limits and wrong(float(limits[outer] or 0), float(limits[inner] or 0)):
-            raise ValueError(f"the {outer} limit ({limits[outer]:g}) is inside the {inner} limit "
-                             f"({limits[inner]:g})")
+    _check_order({level: float(limit) for level, limit in limits.items() if limit is not None})
     return alarms
+
+
+# The limits, from the bottom up: low-low <= low < high <= high-high.
+_LIMIT_ORDER = (AlarmLevel.LOW_LOW, AlarmLevel.LOW, AlarmLevel.HIGH, AlarmLevel.HIGH_HIGH)
+_LOW_SIDE = {AlarmLevel.LOW_LOW, AlarmLevel.LOW}
+
+
+def _check_order(limits: dict[AlarmLevel, float]) -> None:
+    """The limits as a whole: an outer limit never inside its inner one, a low one always below a high one."""
+    present = [level for level in _LIMIT_ORDER if level in limits]
+    for index, lower in enumerate(present):
+        for upper in present[index + 1:]:
+            crossing = (lower in _LOW_SIDE) != (upper in _LOW_SIDE)
+            if limits[lower] > limits[upper] or (crossing and limits[lower] == limits[upper]):
+                if not crossing:
+                    outer, inner = (lower, upper) if lower is AlarmLevel.LOW_LOW else (upper, lower)
+                    raise ValueError(f"the {outer} limit ({limits[outer]:g}) is inside the {inner} limit "
+                                     f"({limits[inner]:g}); expected low-low <= low < high <= high-high")
+                raise ValueError(f"the {lower} limit ({limits[lower]:g}) is not below the {upper} limit "
+                                 f"({limits[upper]:g}); expected low-low <= low < high <= high-high")
 
 
 def check_windows(windows: list[PositiveInt] | None) -> list[PositiveInt] | None:

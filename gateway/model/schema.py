@@ -9,6 +9,8 @@ from typing import Annotated, TypeVar, cast, dataclass_transform
 import pydantic.dataclasses
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo
 
+from gateway.model.files import file_problem
+
 # Ids that appear in MQTT topics: lower case a-z, 0-9 and '-' (Homie's rule), so
 # the same ids work in every topic layout and platform downstream.
 Id = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)]
@@ -52,3 +54,29 @@ def _relative_to_file(path: Path, info: ValidationInfo) -> Path:
 # A file path in a configuration file: relative paths are taken relative to that file, not to the
 # directory the daemon happens to start in (the loader passes the file's directory as context).
 ConfigPath = Annotated[Path, AfterValidator(_relative_to_file)]
+
+
+def checks_files(info: ValidationInfo) -> bool:
+    """Whether this load is for `run` or `check`, which look at the files the configuration names (the other
+    commands, `plan` say, do not need a CA file to be there)."""
+    return bool((info.context or {}).get("check_files"))
+
+
+def _readable_file(path: Path, info: ValidationInfo) -> Path:
+    problem = file_problem(path) if checks_files(info) else None
+    if problem is not None:
+        raise ValueError(f"expected a file the gateway can read at {path}: {problem}")
+    return path
+
+
+def _readable_dir(path: Path, info: ValidationInfo) -> Path:
+    problem = file_problem(path, directory=True) if checks_files(info) else None
+    if problem is not None:
+        raise ValueError(f"expected a directory the gateway can read at {path}: {problem}")
+    return path
+
+
+# A file (or directory) the gateway reads at run time, checked when the configuration is loaded for `run` or
+# `check`.
+ReadableFile = Annotated[Path, AfterValidator(_relative_to_file), AfterValidator(_readable_file)]
+ReadableDir = Annotated[Path, AfterValidator(_relative_to_file), AfterValidator(_readable_dir)]

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.clock import Jump
 from gateway.model.catalogue import Indicator, Quantification
 from gateway.model.devices import DeviceBase
 from gateway.model.readings import AssetRef, Quality, Reading, now_ms
@@ -107,6 +108,17 @@ class _Series:
         self.reporting.should_publish(last.value, last.quality, now)
         return dataclasses.replace(last, receive_time_ms=now)
 
+    def clock_jumped(self, jump: Jump, out: Output) -> None:
+        """The clock stepped: open windows close at the jump; kept times move with the clock."""
+        for window in self.windows:
+            closed = window.interrupt(jump.before_ms, jump.delta_ms)
+            if closed is not None:
+                out.statistics.append((self.asset, closed))
+        for alarm in self.alarms:
+            alarm.shift(jump.delta_ms)
+        if self.reporting is not None:
+            self.reporting.shift(jump.delta_ms)
+
     def tick(self, now: int, out: Output) -> None:
         for window in self.windows:
             for closed in window.close_until(now - CLOSE_GRACE_MS):
@@ -155,6 +167,13 @@ class _Asset:
 
     def series(self) -> list[_Series]:
         return [s for _, s in [*self.expressions, *self.nights] if s is not None]
+
+    def clock_jumped(self, jump: Jump) -> None:
+        # The inputs were read the same time ago as before the step (so max_age judges them as before).
+        self.latest = {name: dataclasses.replace(reading, receive_time_ms=reading.receive_time_ms + jump.delta_ms)
+                       for name, reading in self.latest.items()}
+        for night, _ in self.nights:
+            night.clock_jumped(jump.before_ms, jump.delta_ms)
 
     @staticmethod
     def _emit(results: list[Reading], series: _Series | None, now: int, out: Output, answered: bool = True) -> None:
@@ -239,6 +258,22 @@ class Processor:
         for asset in self._assets.values():
             asset.tick(now, out)
         self._track(out.events)
+        return out
+
+    def clock_jumped(self, jump: Jump) -> Output:
+        """The system clock stepped (gateway/clock.py): the windows open then are published as interrupted,
+        and every time kept for a delay, a silence or a supervision moves with the clock, so a step of hours
+        neither makes every device stale nor runs out every delay at once."""
+        out = Output()
+        for device in self._devices.values():
+            for series in device.series.values():
+                series.clock_jumped(jump, out)
+            if device.supervisor is not None:
+                device.supervisor.shift(jump.delta_ms)
+        for asset in self._assets.values():
+            asset.clock_jumped(jump)
+            for series in asset.series():
+                series.clock_jumped(jump, out)
         return out
 
     def restart_events(self) -> Output:

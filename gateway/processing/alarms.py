@@ -76,6 +76,11 @@ class ThresholdAlarm:
                                     rule.effective_severity, 0, device, indicator, None, rule.limit, unit,
                                     rule.message)
 
+    def shift(self, delta_ms: int) -> None:
+        """The clock stepped: a pending delay keeps the time it has run."""
+        if self._pending_since is not None:
+            self._pending_since += delta_ms
+
     @property
     def alarm_id(self) -> str:
         return self._template.alarm
@@ -202,6 +207,13 @@ class DeviceSupervisor:
                 self.stale = False
                 events.append(self._event(self.STALE, CLEARED, now_ms, ""))
         return events
+
+    def shift(self, delta_ms: int) -> None:
+        """The clock stepped: the last good value and the first failure happened the same time ago as before
+        (a step forwards of hours must not make every device stale at once)."""
+        self._good_ms += delta_ms
+        if self._failing_since is not None:
+            self._failing_since += delta_ms
 
     def failed(self, reason: str, now_ms: int) -> list[AlarmEvent]:
         self._reason = reason

@@ -50,6 +50,7 @@ class ConsumptionStats:
     rollovers: int = 0
     resets: tuple[CounterReset, ...] = field(default_factory=tuple)
     failed: int = 0  # polls in the window the device did not answer
+    interrupted: bool = False  # closed early by a jump of the clock
 
     def as_payload(self, seq: int) -> dict[str, object]:
         body: dict[str, object] = {
@@ -61,6 +62,8 @@ class ConsumptionStats:
             body["rollovers"] = self.rollovers
         if self.resets:
             body["resets"] = [r.as_payload() for r in self.resets]
+        if self.interrupted:
+            body["interrupted"] = True
         return body
 
 
@@ -93,6 +96,10 @@ class RegisterTracker:
         if wrapped is not None:
             return wrapped, True, None
         return 0, False, CounterReset(time_ms, previous, value)
+
+    def shift(self, delta_ms: int) -> None:
+        """The clock stepped: the register's last change happened the same time ago as before."""
+        self._changed_ms += delta_ms
 
     def _across_wrap(self, increase: float | int, elapsed_ms: int) -> float | int | None:
         """The increase a backwards step means if the register rolled over, when that is plausible."""
@@ -134,9 +141,11 @@ class ConsumptionWindow(AlignedWindow[ConsumptionStats]):
         if reset is not None:
             self._resets.append(reset)
 
-    def _close(self, end_ms: int) -> ConsumptionStats:
-        assert self.start_ms is not None
+    def _close(self, end_ms: int, interrupted: bool = False) -> ConsumptionStats:
         info = self.info
-        return ConsumptionStats(info.indicator, info.unit, info.unit_code, self.size_s, self.start_ms, end_ms,
+        return ConsumptionStats(info.indicator, info.unit, info.unit_code, self.size_s, self.opened_ms, end_ms,
                                 self.count, self._consumption, self._first, self._register.value,
-                                self._rollovers, tuple(self._resets), self.failed)
+                                self._rollovers, tuple(self._resets), self.failed, interrupted)
+
+    def _shift(self, delta_ms: int) -> None:
+        self._register.shift(delta_ms)

@@ -98,6 +98,10 @@ class NightMinimumRule:
     def tick(self, now_ms: int) -> list[Reading]:
         return self._consume(self._intervals.close_until(now_ms), now_ms)
 
+    def clock_jumped(self, jump_at_ms: int, delta_ms: int) -> None:
+        """The clock stepped: the interval open then is dropped (the night's minimum is of whole intervals)."""
+        self._intervals.interrupt(jump_at_ms, delta_ms)
+
     def _local_minute(self, utc_ms: int) -> int:
         return (utc_ms // 60_000 + self._night.offset_minutes) % _MINUTES_PER_DAY
 

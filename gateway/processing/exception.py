@@ -69,6 +69,10 @@ class ReportByException:
         return (self._started and self._silence_ms is not None and self._last_quality is not Quality.BAD
                 and now_ms - self._last_sent_ms >= self._silence_ms)
 
+    def shift(self, delta_ms: int) -> None:
+        """The clock stepped: the last publication happened the same time ago as before."""
+        self._last_sent_ms += delta_ms
+
     @property
     def last_published(self) -> tuple[Value, int] | None:
         """(value, time) of the last publication, or None before the first."""

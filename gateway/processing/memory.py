@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from gateway.model.readings import AssetRef, Value
 from gateway.model.rules import Severity
 from gateway.processing.alarms import RAISED, AlarmEvent
+from gateway.statedir import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class AlarmMemory:
         body = json.dumps({"version": VERSION, "active": [_record(event) for event in active]},
                           ensure_ascii=False, indent=1)
         try:
-            _replace_atomically(self.path, body)
+            replace_file(self.path, body)
         except OSError as exc:
             if not self._failing:
                 log.error("cannot keep the active alarms in %s (%s); a restart now would forget them",
@@ -57,21 +57,6 @@ class AlarmMemory:
         if self._failing:
             log.info("the active alarms are kept in %s again", self.path)
             self._failing = False
-
-
-def _replace_atomically(path: Path, body: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(body)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself must reach the disk too
-    finally:
-        os.close(directory)
 
 
 def _record(event: AlarmEvent) -> dict[str, object]:

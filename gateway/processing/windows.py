@@ -18,6 +18,14 @@ Booleans count as 0/1, so the mean of a state is the share of time it was true.
 
 A window is closed by the first sample at or after its end, or by `close_until`
 (called from the processor's clock), and then published as its own message.
+
+When the system clock jumps (gateway/clock.py) the open window, aligned to the time
+before the jump, is closed at the moment of the jump (as that clock showed it) and
+published with `interrupted: true`, so what it holds (a meter's consumption above all)
+is neither lost nor filed under the new time. The window the clock lands in begins at
+the landing (its `start` is that moment, also `interrupted: true`, its good share of
+the time it was open), and the windows after it are whole and aligned again. Nothing is
+published for the span the clock skipped.
 """
 
 from __future__ import annotations
@@ -46,12 +54,17 @@ class WindowStats:
     mean: float | None = None
     last: float | None = None
     failed: int = 0
+    interrupted: bool = False  # closed early by a jump of the clock
 
     def as_payload(self, seq: int) -> dict[str, object]:
-        return {"seq": seq, "indicator": self.indicator, "unit": self.unit, "unit_code": self.unit_code,
-                "window": self.window_s, "start": self.start_ms, "end": self.end_ms,
-                "min": self.minimum, "max": self.maximum, "mean": self.mean, "last": self.last,
-                "count": self.count, "failed": self.failed, "good": round(self.good, 4)}
+        body: dict[str, object] = {
+            "seq": seq, "indicator": self.indicator, "unit": self.unit, "unit_code": self.unit_code,
+            "window": self.window_s, "start": self.start_ms, "end": self.end_ms,
+            "min": self.minimum, "max": self.maximum, "mean": self.mean, "last": self.last,
+            "count": self.count, "failed": self.failed, "good": round(self.good, 4)}
+        if self.interrupted:
+            body["interrupted"] = True
+        return body
 
 
 def numeric(value: Value) -> float | None:
@@ -85,6 +98,16 @@ class AlignedWindow(Generic[S]):
         self.failed = 0  # samples of the open window that stand for a poll without answer
         self.late = 0  # samples older than the open window, not counted
         self.skipped = 0  # empty windows not published after a jump in time
+        # Where the open window really began when that is not its aligned start: the window in which the
+        # clock stepped (it holds only what came after the step). The first sample after a step sets it.
+        self.began_ms: int | None = None
+        self._resume_ms: int | None = None  # the time a step landed on, until the next window opens
+
+    @property
+    def opened_ms(self) -> int:
+        """The start the open window reports: its aligned start, or the step it began at."""
+        assert self.start_ms is not None
+        return self.start_ms if self.began_ms is None else self.began_ms
 
     @property
     def end_ms(self) -> int:
@@ -96,8 +119,7 @@ class AlignedWindow(Generic[S]):
         the windows it closed, oldest first."""
         closed = self.close_until(time_ms)
         if self.start_ms is None:
-            self.start_ms = time_ms - time_ms % self.size_ms
-            self._open(self.start_ms)
+            self._open_at(time_ms)
         elif time_ms < self.start_ms:
             self.late += 1
             return closed
@@ -116,8 +138,9 @@ class AlignedWindow(Generic[S]):
         """
         closed: list[S] = []
         while self.start_ms is not None and self.end_ms <= now_ms:
-            closed.append(self._close(self.end_ms))
+            closed.append(self._close(self.end_ms, interrupted=self.began_ms is not None))
             self.count = self.failed = 0
+            self.began_ms = None
             self.start_ms = self.end_ms
             if len(closed) >= MAX_CATCH_UP and self.end_ms <= now_ms:
                 self.skipped += (now_ms - self.start_ms) // self.size_ms
@@ -125,13 +148,35 @@ class AlignedWindow(Generic[S]):
             self._open(self.start_ms)
         return closed
 
+    def interrupt(self, jump_at_ms: int, delta_ms: int) -> S | None:
+        """The clock stepped by `delta_ms` when it showed `jump_at_ms` (before the step): close the open
+        window there (None when it holds nothing), and let the next sample open one in the new time."""
+        closed = None
+        if self.start_ms is not None and self.count + self.failed > 0 and jump_at_ms > self.opened_ms:
+            closed = self._close(jump_at_ms, interrupted=True)
+        self.start_ms = self.began_ms = None
+        self.count = self.failed = 0
+        self._resume_ms = jump_at_ms + delta_ms
+        self._shift(delta_ms)
+        return closed
+
+    def _open_at(self, time_ms: int) -> None:
+        """Open the window `time_ms` falls in; after a step of the clock it begins where the step landed."""
+        self.start_ms = time_ms - time_ms % self.size_ms
+        resume, self._resume_ms = self._resume_ms, None
+        self.began_ms = resume if resume is not None and self.start_ms < resume <= time_ms else None
+        self._open(self.opened_ms)
+
+    def _shift(self, delta_ms: int) -> None:
+        """Move the times kept across windows by the clock's step (subclasses keep some)."""
+
     def _open(self, start_ms: int) -> None:
         raise NotImplementedError
 
     def _accumulate(self, time_ms: int, value: Value, good: bool) -> None:
         raise NotImplementedError
 
-    def _close(self, end_ms: int) -> S:
+    def _close(self, end_ms: int, interrupted: bool = False) -> S:
         raise NotImplementedError
 
 
@@ -174,16 +219,19 @@ class StatisticsWindow(AlignedWindow[WindowStats]):
             self._max = number if self._max is None else max(self._max, number)
             self._last = number
 
-    def _close(self, end_ms: int) -> WindowStats:
+    def _close(self, end_ms: int, interrupted: bool = False) -> WindowStats:
         self._integrate(end_ms)
-        assert self.start_ms is not None
         mean = self._weighted / self._good_ms if self._good_ms else None
         if mean is not None and self._min is not None and self._max is not None:
             mean = min(max(mean, self._min), self._max)  # rounding must not push the mean outside [min, max]
         info = self.info
-        return WindowStats(info.indicator, info.unit, info.unit_code, self.size_s, self.start_ms, end_ms,
-                           self.count, self._good_ms / self.size_ms, self._min, self._max, mean, self._last,
-                           self.failed)
+        start = self.opened_ms
+        return WindowStats(info.indicator, info.unit, info.unit_code, self.size_s, start, end_ms,
+                           self.count, self._good_ms / (end_ms - start), self._min, self._max, mean,
+                           self._last, self.failed, interrupted)
+
+    def _shift(self, delta_ms: int) -> None:
+        self._held_ms += delta_ms  # the value in force stays in force across the step
 
     def interval_mean(self) -> float | None:
         """Mean of the open window so far (for callers that close windows themselves)."""
