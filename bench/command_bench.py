@@ -7,9 +7,10 @@ run`, its own process) listen on 127.0.0.1, ports 24000 and up only. Every devic
 every second and one writable setpoint. The operator, an MQTT 5 client, sends one command at a time to a
 device in turn (a setpoint within its range, a fresh id) and waits for its result: the time from handing the
 PUBLISH to paho to the result's arrival is the round trip, and includes the audit log's disk syncs (of the
-command before the write, of the result before it is sent), the Modbus write and its read-back. The gateway's command connection sets TCP_NODELAY; mosquitto gets
-`set_tcp_nodelay true` and the operator TCP_NODELAY too, unless --broker-nagle / --nagle (then each hop
-whose sender has an unacknowledged packet in flight waits for the peer's delayed ACK, 40 ms on Linux).
+command before the write, of the result before it is sent), the Modbus write and its read-back. The
+gateway's command connection sets TCP_NODELAY; mosquitto gets `set_tcp_nodelay true` and the operator
+TCP_NODELAY too, unless --broker-nagle / --nagle (then each hop whose sender has an unacknowledged packet in
+flight waits for the peer's delayed ACK, 40 ms on Linux).
 Printed: p50, p95 and max of the round trip, results that were not `done`/`confirmed`, and the readings
 delivered meanwhile (polling goes on).
 """
