@@ -62,6 +62,7 @@ class _Circuit:
     schedule: Schedule
     actual: Value = None  # what the point last read good
     reads_good: bool = False
+    readings: int = 0  # good readings seen (a write's read-back is older than a reading that came after it)
     due: bool = True  # the circuit is to be made what it should be, at the next look
     desired: Value = None  # what it should be, at the last look
     override: Value = None
@@ -125,6 +126,7 @@ class LightingController:
             state.reads_good = good
             if good:
                 state.actual = reading.value
+                state.readings += 1
 
     def poke(self) -> None:
         """Look at the schedules now (the clock was moved, an override changed)."""
@@ -176,6 +178,7 @@ class LightingController:
         log.info("circuit %s: %r -> %r (%s)", circuit.id, state.actual, value,
                  "override" if state.override_until is not None else "schedule")
         result = self._service.submit(circuit.device, circuit.point, value, f"schedule/{circuit.id}")
+        seen = state.readings
 
         def finished(done: asyncio.Future[dict[str, Any]]) -> None:
             state.writing = False
@@ -184,8 +187,14 @@ class LightingController:
             entry = done.result()
             state.last_result = {k: entry.get(k) for k in ("id", "status", "reason", "confirmation", "finished")}
             if entry.get("status") == "done":
-                state.actual = entry.get("read_back", value)
-                state.due = entry.get("confirmation") != "confirmed"
+                if state.readings == seen:  # no poll since: the read-back is the newest word on the circuit
+                    state.actual = entry.get("read_back", value)
+                # Done only if what was written is still what is wanted (an override or a switching time may
+                # have come while the write was under way).
+                state.due = entry.get("confirmation") != "confirmed" or not _same(value, state.desired)
+                if entry.get("confirmation") == "confirmed":
+                    self._wake.set()
+                    return
             else:
                 log.warning("circuit %s could not be switched: %s (%s)", circuit.id, entry.get("reason"),
                             entry.get("message"))
