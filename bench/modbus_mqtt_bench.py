@@ -104,14 +104,20 @@ class Counter:
         self.window_open = False
         self.lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-counter")
-        self.client.on_connect = lambda c, *_: c.subscribe("city/+/+/+/data", qos=1)
+        # The gateway's own alarm events (its clock not synchronised, say) take seq numbers too.
+        self.client.on_connect = lambda c, *_: c.subscribe([("city/+/+/+/data", 1), ("city/gateway/+/alarm", 1)])
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         now = time.time_ns() // 1_000_000
-        readings = json.loads(message.payload)["readings"]
+        body = json.loads(message.payload)
+        if "events" in body:
+            with self.lock:
+                self.seqs.update(event["seq"] for event in body["events"])
+            return
+        readings = body["readings"]
         with self.lock:
             if self.first_at is None:
                 self.first_at = time.monotonic()

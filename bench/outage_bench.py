@@ -66,19 +66,24 @@ class Recorder:
 
     port: int
     arrivals: list[Arrival] = field(default_factory=list)
+    event_seqs: set[int] = field(default_factory=set)  # the gateway's own alarm events take seq numbers too
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         # A persistent session: what the gateway sends before this subscriber is back waits in the broker.
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="outage-bench", clean_session=False)
         self.client.reconnect_delay_set(0.05, 0.2)
-        self.client.on_connect = lambda c, *_: c.subscribe("city/+/+/+/data", qos=1)
+        self.client.on_connect = lambda c, *_: c.subscribe([("city/+/+/+/data", 1), ("city/gateway/+/alarm", 1)])
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", self.port)
         self.client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         body = json.loads(message.payload)
+        if "events" in body:
+            with self.lock:
+                self.event_seqs.update(event["seq"] for event in body["events"])
+            return
         readings = body["readings"]
         arrival = Arrival(time.time(), bool(body["historical"]), [r["seq"] for r in readings],
                           [r["rx"] for r in readings],
@@ -92,7 +97,7 @@ class Recorder:
 
     def seqs(self) -> set[int]:
         with self.lock:
-            return {s for a in self.arrivals for s in a.seqs}
+            return {s for a in self.arrivals for s in a.seqs} | self.event_seqs
 
     def stop(self) -> None:
         self.client.loop_stop()

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 # Seconds between refreshes of the retained device status (state, polls, protocol counters).
 HEALTH_INTERVAL = 60.0
+# Back-pressure: polls wait while more than this many in-flight windows of messages committed since the broker
+# connected wait for its acknowledgement (256 messages by default: about a second of a large site's polls).
+BACKLOG_WINDOWS = 8
 # Seconds a stopping gateway waits for the broker to acknowledge what is still buffered.
 FLUSH_LIMIT = 5.0
 # The active alarms of the assets and of the gateway itself, kept across restarts (in the state directory).
@@ -126,7 +129,8 @@ class Gateway:
             for link, devices in links(config.devices).items():
                 driver = make_driver(devices, context)
                 self._drivers.update((device.id, driver) for device in devices)
-                self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status))
+                self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status,
+                                               pace=self._pace))
                 runners.update((device.id, self.runners[-1]) for device in devices)
             if config.main.commands.enabled or config.main.lighting.circuits:
                 await self._command_path(resources, runners)
@@ -213,6 +217,17 @@ class Gateway:
                     self.report.running = True
         except* _StopRequested:
             restore_cancel_requests(cancel_requests_before)
+
+    async def _pace(self) -> None:
+        """Back-pressure, before each poll: while the broker is connected but what the gateway committed since
+        has outgrown what it gets acknowledged, the poll waits for acknowledgements. The publisher gets the loop,
+        the polls come late (their devices are reported overrun), and the cap never drops a reading for want of
+        the gateway's own CPU."""
+        publisher = self.publisher
+        assert publisher is not None
+        high_water = BACKLOG_WINDOWS * self.config.main.mqtt.max_inflight
+        while publisher.live_backlog() > high_water:
+            await publisher.acknowledged.wait()
 
     def _announce_assets(self) -> None:
         assert self.publisher is not None

@@ -232,6 +232,11 @@ class Buffer:
         if ids:
             await self._run(self._ack, tuple(ids))
 
+    @property
+    def waiting(self) -> int:
+        """Messages stored and not yet acknowledged (kept as rows come and go: no query)."""
+        return self._depth.messages
+
     async def synchronous(self) -> str:
         """SQLite's own word for how it syncs commits on this connection: "full" or "normal"."""
         (level,) = await self._run(lambda: self._db.execute("PRAGMA synchronous").fetchone())

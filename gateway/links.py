@@ -43,7 +43,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -67,6 +67,8 @@ RETRY_CAP = 2.0
 PUSH_RETRY = 1.0
 # How many request timeouts one write and its read-back may take before the link is deemed stuck.
 _STUCK_WRITE_FACTOR = 4
+# Polls in a row a whole interval late before a device is reported overrun (and on time before it is not).
+OVERRUN_POLLS = 3
 
 
 class DeviceState(enum.StrEnum):
@@ -97,6 +99,11 @@ class DeviceStatus(Generic[D]):
     poll_seconds: float = 0.0  # time the answered polls took, together (with `polls`: their mean)
     last_poll_seconds: float | None = None
     next_due: float = 0.0  # monotonic seconds
+    # Polled later than its grid: the gateway (or the link) cannot keep up with the interval configured.
+    overrun: bool = False
+    achieved_interval: float | None = None  # seconds between the starts of its last two polls
+    last_start: float | None = None
+    _late_polls: int = 0  # consecutive polls a whole interval late (or on time, while overrun)
 
     def as_dict(self, counters: dict[str, int] | None = None) -> dict[str, object]:
         """The device's status document; `counters` are the driver's protocol counters for it."""
@@ -104,6 +111,8 @@ class DeviceStatus(Generic[D]):
             "device": self.device.id, "state": self.state.value, "since": self.since_ms,
             "reason": self.reason, "message": self.message,
             "consecutive_failures": self.consecutive_failures, "polls": self.polls, "failures": self.failures,
+            "overrun": self.overrun,
+            "achieved_interval": None if self.achieved_interval is None else round(self.achieved_interval, 3),
             "counters": counters or {},
         }
 
@@ -117,7 +126,10 @@ class LinkRunner(Generic[D]):
     """Owns one driver (one physical link): opens it, serves its devices, and opens it again when lost."""
 
     def __init__(self, name: str, driver: Driver[D], on_samples: SamplesHandler, on_failure: FailureHandler,
-                 on_status: StatusHandler, clock: Callable[[], float] = time.monotonic) -> None:
+                 on_status: StatusHandler, clock: Callable[[], float] = time.monotonic,
+                 pace: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`pace`: awaited before each poll; it returns at once unless the gateway's own backlog says to wait
+        (back-pressure: a poll that waits comes late and the device is reported overrun, nothing is lost)."""
         self.name = name
         self.driver = driver
         self.statuses: list[DeviceStatus[D]] = [DeviceStatus(device) for device in driver.devices]
@@ -131,6 +143,7 @@ class LinkRunner(Generic[D]):
         self._on_failure = on_failure
         self._on_status = on_status
         self._clock = clock
+        self._pace = pace
         self._open = False
         self._attempts = 0  # failed attempts to open the link since it was last open
         self._retry_at = 0.0  # earliest next attempt to open it (monotonic seconds)
@@ -239,6 +252,8 @@ class LinkRunner(Generic[D]):
             status = min(self._polled, key=lambda s: s.next_due)
             while await self._write_or_sleep_until(status.next_due):
                 await self._serve_writes()
+            if self._pace is not None:
+                await self._paced(status)
             await self._poll(driver, status)
             _honour_cancellation()
 
@@ -300,6 +315,7 @@ class LinkRunner(Generic[D]):
     async def _poll(self, driver: Poller[D], status: DeviceStatus[D]) -> None:
         device = status.device
         started = self._clock()
+        self._follow_schedule(status, started)
         try:
             # A safety net only: drivers enforce the per-request timeout themselves.
             async with asyncio.timeout(device.timeout * _STUCK_POLL_FACTOR) as guard:
@@ -347,8 +363,50 @@ class LinkRunner(Generic[D]):
         for status in self._pushed.values():
             self._failed(status, error, now)
 
+    async def _paced(self, status: DeviceStatus[D]) -> None:
+        """Wait for back-pressure to let the poll go; held back for OVERRUN_POLLS intervals, the device is
+        reported overrun at once, not only when its poll finally comes."""
+        assert self._pace is not None
+        try:
+            async with asyncio.timeout(status.device.poll_interval * OVERRUN_POLLS):
+                await self._pace()
+                return
+        except TimeoutError:
+            _honour_cancellation()
+            if not status.overrun:
+                if status.last_start is not None:
+                    status.achieved_interval = self._clock() - status.last_start  # so far
+                self._change_overrun(status)
+        await self._pace()
+
+    def _follow_schedule(self, status: DeviceStatus[D], started: float) -> None:
+        """Overrun after OVERRUN_POLLS polls in a row that began a whole interval late; back on schedule after as
+        many on time. Each change is logged once and goes out in the device's status."""
+        interval = status.device.poll_interval
+        previous, status.last_start = status.last_start, started
+        if previous is None:
+            return  # the first poll, or the first since a failure (whose back-off is not an overrun)
+        status.achieved_interval = started - previous
+        # Held back (by back-pressure, or by the other devices of the link) or slower than its interval.
+        late = started - status.next_due >= interval / 2 or status.achieved_interval >= 1.5 * interval
+        status._late_polls = status._late_polls + 1 if late != status.overrun else 0
+        if status._late_polls >= OVERRUN_POLLS:
+            self._change_overrun(status)
+
+    def _change_overrun(self, status: DeviceStatus[D]) -> None:
+        interval = status.device.poll_interval
+        status.overrun, status._late_polls = not status.overrun, 0
+        if status.overrun:
+            log.warning("device %s is polled every %.2f s instead of every %g s: the gateway (or the link) cannot "
+                        "keep up; nothing is lost, readings come less often", status.device.id,
+                        status.achieved_interval or 0.0, interval)
+        else:
+            log.info("device %s is polled on schedule again (every %g s)", status.device.id, interval)
+        self._on_status(status)
+
     def _failed(self, status: DeviceStatus[D], error: DriverError, started: float) -> None:
         device = status.device
+        status.last_start = None  # the back-off that follows is no overrun
         status.failures += 1
         status.consecutive_failures += 1
         self._on_failure(device, error.reason, now_ms())

@@ -22,10 +22,11 @@ class LibraryChatter(logging.Filter):
     """On the daemon's handler: records of the protocol libraries become debug records."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.DEBUG and _from_a_library(record):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            record.exc_info = record.exc_info if logging.getLogger().isEnabledFor(logging.DEBUG) else None
-        return record.levelno >= logging.getLogger().getEffectiveLevel()
+        if record.levelno <= logging.DEBUG or not _from_a_library(record):
+            return True
+        shown = logging.getLogger(record.name).isEnabledFor(logging.DEBUG)  # --log-level debug
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return shown
 
 
 def _from_a_library(record: logging.LogRecord) -> bool:
@@ -45,4 +46,5 @@ def setup_logging(level: str | None) -> None:
     # asyncua logs a traceback at ERROR when a server vanishes mid-publish; our driver reports it once, clearly.
     logging.getLogger("asyncua.client.ua_session").setLevel(logging.CRITICAL)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(LibraryChatter())
+        if not any(isinstance(f, LibraryChatter) for f in handler.filters):
+            handler.addFilter(LibraryChatter())

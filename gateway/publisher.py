@@ -109,6 +109,9 @@ class Publisher:
         # Refill the window once half of it is free, so a long backlog drains in batches, not row by row.
         self._refill_at = settings.max_inflight // 2
         self._backlogged = False  # the last fetch filled the window, so more rows may be waiting
+        self._history_left = 0  # rows of the history (committed before this connection) not yet acknowledged
+        # Pulsed after each batch of acknowledged rows is deleted (and when the connection drops).
+        self.acknowledged = asyncio.Event()
         self._last_problem: str | None = None
         self._ever_connected = False
         self._health: dict[str, object] = {}  # figures the retained online status carries (update_status)
@@ -219,6 +222,7 @@ class Publisher:
         """Connect once and drain the buffer until that connection drops; raise if it cannot be established."""
         # What is in the buffer now waited across an outage or a restart: the history, sent after live readings.
         history_until = await self._buffer.last_id()
+        self._history_left = self._buffer.waiting
         link = _Link(self._client_id, asyncio.get_running_loop(), self._on_puback, self._wake.set, history_until)
         try:
             await link.open(self._settings, self._status_topic, self._will())
@@ -248,6 +252,7 @@ class Publisher:
         finally:
             self._connected.clear()
             self._link = None
+            _pulse(self.acknowledged)  # whoever waits for the backlog to shrink: there is none while down
         log.warning("Lost connection to MQTT broker %s (%s); %d unacknowledged messages will be sent again",
                     self._where, link.down_reason, len(link.inflight))
 
@@ -305,6 +310,8 @@ class Publisher:
         if row_id is None:
             return  # a status or retained message; not from the buffer
         self.stats.acked += 1
+        if row_id <= link.history_until:
+            self._history_left -= 1
         self._delete_soon(row_id)
         if (self._backlogged and len(link.inflight) <= self._refill_at) or not link.inflight:
             self._wake.set()
@@ -325,6 +332,15 @@ class Publisher:
             batch = set(self._acked)
             await self._buffer.ack(batch)
             self._acked -= batch
+            _pulse(self.acknowledged)
+
+    def live_backlog(self) -> int:
+        """Messages committed since this connection began and not yet acknowledged: what grows when the gateway
+        makes readings faster than it gets them to a connected broker. 0 while disconnected (what an outage
+        accumulates is the buffer's to keep, not a reason to poll less)."""
+        if self._link is None:
+            return 0
+        return max(0, self._buffer.waiting - self._history_left)
 
 
 class _Link:
@@ -630,6 +646,12 @@ async def _uninterrupted(blocking: Callable[[], None]) -> None:
         await asyncio.wait([job])
         job.exception()  # retrieved, so asyncio does not log it as forgotten; we are leaving anyway
         raise
+
+
+def _pulse(event: asyncio.Event) -> None:
+    """Wake whoever waits on `event` now, without leaving it set."""
+    event.set()
+    event.clear()
 
 
 def _explain(error: OSError, tls: TlsSettings | None) -> str:

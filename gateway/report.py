@@ -95,7 +95,10 @@ class GatewayReport:
             "time": now, "uptime_s": round((now - STARTED_MS) / 1000),
             "buffer": {"messages": depth.messages, "readings": depth.readings, "bytes": depth.bytes,
                        "oldest_age_s": _age_s(depth.oldest_created_ms, now),
-                       "dropped_messages": depth.dropped_messages, "dropped_readings": depth.dropped_readings},
+                       "dropped_messages": depth.dropped_messages, "dropped_readings": depth.dropped_readings,
+                       # the cap in force (the free space may hold it below buffer.max_bytes), and why the
+                       # buffer drops readings now: size-cap, disk-full, or null
+                       "cap_bytes": depth.cap_bytes, "dropping": depth.dropping},
             "process": {"rss_bytes": rss_bytes(), "cpu_seconds": round(cpu_seconds(), 2),
                         "cpu_percent": round(100 * self._cpu.since_last(), 1),
                         "loop_lag_max_s": round(self._lag.worst, 3)},
@@ -110,7 +113,8 @@ class GatewayReport:
                       stats.entries_published, stats.acked, stats.reconnects, stats.connect_failures)
 
     def _depth(self, depth: BufferStats) -> BufferDepth:
-        return BufferDepth(depth.messages, depth.readings, depth.bytes, self._max_bytes, depth.oldest_created_ms,
+        cap = depth.cap_bytes if depth.cap_bytes is not None else self._max_bytes  # the free space may hold it lower
+        return BufferDepth(depth.messages, depth.readings, depth.bytes, cap, depth.oldest_created_ms,
                            depth.dropped_messages, depth.dropped_readings)
 
     def _process(self) -> ProcessFigures:

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from drivers.modbus.tables import Table
+from simulators.modbus import ModbusSimulator
 from tests.brokers import Broker, Subscriber, TlsFiles, make_tls_files, mosquitto_available
 
 BrokerFactory = Callable[..., Broker]
@@ -108,6 +110,16 @@ async def mqtt_subscriber() -> AsyncIterator[SubscriberFactory]:
     yield make
     for subscriber in subscribers:
         subscriber.close()
+
+
+@pytest.fixture
+async def plc() -> AsyncIterator[ModbusSimulator]:
+    """A simulated PLC, Modbus unit 1, whose holding register 0 holds 412 (4.12 bar of outlet pressure)."""
+    simulator = ModbusSimulator([1])
+    await simulator.start()
+    simulator.set_registers(1, Table.HOLDING_REGISTER, 0, [412])
+    yield simulator
+    await simulator.stop()
 
 
 @pytest.fixture(scope="session")

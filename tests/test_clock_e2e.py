@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from drivers.modbus.tables import Table
 from gateway.clock import ClockState, ClockWatch
 from simulators.modbus import ModbusSimulator
 from tests.brokers import Broker, Received
@@ -58,15 +55,6 @@ def config_with_a_quick_clock(tmp_path: Path, broker: Broker, port: int, **press
     main["clock"]["check_interval"] = 0.1
     path.write_text(yaml.safe_dump(main))
     return path
-
-
-@pytest.fixture
-async def plc() -> AsyncIterator[ModbusSimulator]:
-    simulator = ModbusSimulator([1])
-    await simulator.start()
-    simulator.set_registers(1, Table.HOLDING_REGISTER, 0, [412])
-    yield simulator
-    await simulator.stop()
 
 
 async def test_an_unsynchronised_clock_flags_readings_and_raises_an_alarm_until_ntp_sets_it(

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from drivers.modbus.tables import Table
 from gateway.buffer import DISK_FULL, Buffer, Message
 from simulators.modbus import ModbusSimulator
 from tests.brokers import Received, eventually
@@ -127,22 +126,13 @@ GATEWAY_ALARMS = "city/gateway/test-gw/alarm"
 DROPPED = "city/gateway/test-gw/dropped"
 
 
-@pytest.fixture
-async def station() -> AsyncIterator[ModbusSimulator]:
-    simulator = ModbusSimulator([1])
-    await simulator.start()
-    simulator.set_registers(1, Table.HOLDING_REGISTER, 0, [412])
-    yield simulator
-    await simulator.stop()
-
-
 async def test_the_gateway_keeps_polling_on_a_full_disk_and_tells_the_centre_what_it_lost(
         small_disk: Path, tmp_path: Path, broker_factory: BrokerFactory, mqtt_subscriber: SubscriberFactory,
-        station: ModbusSimulator) -> None:
+        plc: ModbusSimulator) -> None:
     broker = broker_factory(persistence=True)
     centre = await mqtt_subscriber(broker, "city/#", clean_session=False, client_id="centre")
     broker.stop()
-    config = write_config(tmp_path, broker.port, [modbus_device("plc-1", station.port, poll_interval=0.05)])
+    config = write_config(tmp_path, broker.port, [modbus_device("plc-1", plc.port, poll_interval=0.05)])
     main = yaml.safe_load(config.read_text())
     main["gateway"]["state_dir"] = str(small_disk / "state")
     main["buffer"].update(max_bytes=64 * MIB, free_share=1.0)  # the disk, not the cap, is the limit

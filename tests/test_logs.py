@@ -9,12 +9,10 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from drivers.modbus.tables import Table
 from simulators.modbus import ModbusSimulator
 from tests.brokers import Broker, eventually, free_port
 from tests.conftest import SubscriberFactory
@@ -29,15 +27,6 @@ GARBAGE = {
 def run_as_systemd_does(config: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "gateway", "run", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture
-async def plc() -> AsyncIterator[ModbusSimulator]:
-    simulator = ModbusSimulator([1])
-    await simulator.start()
-    simulator.set_registers(1, Table.HOLDING_REGISTER, 0, [412])
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.mark.parametrize("garbage", GARBAGE.values(), ids=GARBAGE.keys())

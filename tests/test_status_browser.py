@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,6 @@ watcher.observe(document.documentElement, {subtree: true, childList: true, chara
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists() or not Path(CHROMEDRIVER).exists(),
                                 reason="Debian's chromium and chromium-driver are not installed")
-
-
-@pytest.fixture
-async def plc() -> AsyncIterator[ModbusSimulator]:
-    simulator = ModbusSimulator([1])
-    await simulator.start()
-    simulator.set_registers(1, Table.HOLDING_REGISTER, 0, [412])
-    yield simulator
-    await simulator.stop()
 
 
 @pytest.fixture

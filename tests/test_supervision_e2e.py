@@ -9,11 +9,9 @@ server's data is frozen (the last only when configured: a pushing device is righ
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from drivers.modbus.tables import Table
@@ -33,15 +31,6 @@ def alarm_events(messages: list[Received], topic: str = ALARM_TOPIC) -> list[dic
 
 def happened(messages: list[Received], alarm: str, event: str, topic: str = ALARM_TOPIC) -> bool:
     return any((e["alarm"], e["event"]) == (alarm, event) for e in alarm_events(messages, topic))
-
-
-@pytest.fixture
-async def plc() -> AsyncIterator[ModbusSimulator]:
-    simulator = ModbusSimulator([1])
-    await simulator.start()
-    simulator.set_registers(1, Table.HOLDING_REGISTER, 0, [412])  # 4.12 bar
-    yield simulator
-    await simulator.stop()
 
 
 async def test_a_polled_device_goes_stale_when_it_gives_no_good_value_whether_it_answers_or_not(

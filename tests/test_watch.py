@@ -7,7 +7,6 @@ import asyncio
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,6 @@ from tests.e2e import running
 from tests.status_helpers import serving, status_site
 
 COMMAND = [sys.executable, "-m", "gateway.cli", "watch"]
-
-
-@pytest.fixture
-async def plc() -> AsyncIterator[ModbusSimulator]:
-    simulator = ModbusSimulator([1])
-    await simulator.start()
-    simulator.set_registers(1, Table.HOLDING_REGISTER, 0, [412])
-    yield simulator
-    await simulator.stop()
 
 
 async def run(*args: str) -> tuple[int, str, str]:
