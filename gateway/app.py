@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from drivers.registry import make_driver
 from gateway.attributes import AttributeBoard
 from gateway.buffer import Buffer
 from gateway.clock import ClockWatch, assumed_clock_state, system_clock_state
+from gateway.commands.audit import AUDIT_FILE, AuditLog
+from gateway.commands.service import CommandService, command_secret
 from gateway.config.loader import GatewayConfig
 from gateway.gateway_alarms import GatewayAlarms
 from gateway.links import DeviceStatus, LinkRunner
@@ -35,7 +38,7 @@ from gateway.model.resolved import AttributeSource, ResolvedAsset, ResolvedDevic
 from gateway.payload import encode_asset_description, encode_json
 from gateway.pipeline import Pipeline
 from gateway.processing import Processor
-from gateway.publisher import Publisher
+from gateway.publisher import CommandChannel, Publisher
 from gateway.report import GatewayReport, LatestReadings
 from gateway.state import DeviceRegistry
 from gateway.statedir import StateLock
@@ -45,6 +48,9 @@ from gateway.systemd import notify
 from gateway.tasks import cancel_requests, restore_cancel_requests
 from gateway.topics import Topics
 from gateway.watchdog import Check, Watchdog, watchdog_interval
+
+if TYPE_CHECKING:
+    from gateway.lighting import LightingController
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +83,10 @@ class _StopRequested(Exception):
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, clock: ClockWatch | None = None) -> None:
-        """`clock`: how the system clock is watched (tests give one whose answers they control)."""
+    def __init__(self, config: GatewayConfig, clock: ClockWatch | None = None,
+                 command_time: Callable[[], int] = now_ms) -> None:
+        """`clock`: how the system clock is watched (tests give one whose answers they control);
+        `command_time`: the wall clock (UTC ms) commands' ages are judged by (tests move it)."""
         self.config = config
         settings = config.main
         self.gateway_id = settings.gateway.id
@@ -89,6 +97,10 @@ class Gateway:
         self._registry: DeviceRegistry | None = None
         self._drivers: dict[str, Driver[Any]] = {}  # by device id
         self.attributes = AttributeBoard(config.attribute_sources)
+        self.commands: CommandService | None = None
+        self.command_channel: CommandChannel | None = None
+        self._command_time = command_time
+        self.lighting: LightingController | None = None
         self.watchdog: Watchdog | None = None  # when systemd watches us (WatchdogSec=)
         probe = system_clock_state if config.main.clock.source == "system" else assumed_clock_state
         self.clock = clock if clock is not None else ClockWatch(probe)
@@ -118,11 +130,15 @@ class Gateway:
             self._announce_assets()
             self.pipeline.announce_alarm_states()
             context = LinkContext(state_dir=config.state_dir)
+            runners: dict[str, LinkRunner[Any]] = {}
             for link, devices in links(config.devices, config.attribute_sources).items():
                 driver = make_driver(devices, context)
                 self._drivers.update((device.id, driver) for device in devices)
                 self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status,
                                                pace=self._pace))
+                runners.update((device.id, self.runners[-1]) for device in devices)
+            if config.main.commands.enabled or config.main.lighting.circuits:
+                await self._command_path(resources, runners)
             self.report = GatewayReport(self.gateway_id, config.main.gateway.name, config.main.buffer.max_bytes,
                                         self.publisher, buffer, processor, self._statuses, self._drivers, readings,
                                         self._loop_lag, self.clock, gateway_alarms)
@@ -130,6 +146,41 @@ class Gateway:
             self.watchdog = _watchdog(buffer, self.pipeline)
             await self._run_parts(stop, self.publisher, self.pipeline)
             log.info("gateway %s stopped", self.gateway_id)
+
+    async def _command_path(self, resources: contextlib.AsyncExitStack, runners: dict[str, LinkRunner[Any]]) -> None:
+        """The command service and its MQTT connection (README, Commands)."""
+        assert self.pipeline is not None
+        config, settings = self.config, self.config.main.commands
+        secret = command_secret(settings, os.environ)
+        audit = await AuditLog.open(config.state_dir / AUDIT_FILE, settings.audit_max_entries)
+        resources.push_async_callback(audit.close)
+        channel_id = f"{config.main.mqtt.client_id or self.gateway_id}-cmd"
+        self.commands = CommandService(self.gateway_id, self.topics, settings, config.enabled_devices, runners,
+                                       audit, self.pipeline, self.clock, self._reply, secret=secret,
+                                       wall_ms=self._command_time)
+        self.pipeline.observers.append(self.commands.observe)
+        if settings.enabled:
+            self.command_channel = CommandChannel(config.main.mqtt, channel_id, self.topics.command(),
+                                                  settings.session_expiry, self.commands.on_command,
+                                                  mqtt5=settings.mqtt_version == "5")
+        if config.main.lighting.circuits:
+            from gateway.lighting import LightingController, schedules  # imports astral
+
+            assert self.publisher is not None
+            self.lighting = LightingController(
+                self.topics, config.main.lighting, schedules(config.main.lighting, config.main.site,
+                                                             config.enabled_devices),
+                self.commands, self.clock, self.publisher.set_retained, wall_ms=self._command_time)
+            self.pipeline.observers.append(self.lighting.observe)
+            self.clock.on_jump.append(lambda jump: self.lighting.poke() if self.lighting is not None else None)
+
+    def _reply(self, topic: str, body: bytes, correlation: bytes | None) -> bool:
+        return self.command_channel is not None and self.command_channel.reply(topic, body, correlation)
+
+    async def _listen_for_commands(self) -> None:
+        assert self.commands is not None and self.command_channel is not None
+        await self.commands.wait_ready()  # what an earlier run left unfinished is audited first
+        await self.command_channel.run()
 
     async def _run_parts(self, stop: asyncio.Event, publisher: Publisher, pipeline: Pipeline) -> None:
         """The sinks in the outer group; the sources (and the timers feeding the sinks) in the inner one."""
@@ -160,6 +211,12 @@ class Gateway:
                     sources.create_task(self.status_listener.run(self.report), name="status-listener")
                 for runner in self.runners:
                     sources.create_task(runner.run(), name=f"link {runner.name}")
+                if self.commands is not None:
+                    sources.create_task(self.commands.run(), name="commands")
+                if self.command_channel is not None:
+                    sources.create_task(self._listen_for_commands(), name="command-channel")
+                if self.lighting is not None:
+                    sources.create_task(self.lighting.run(), name="lighting")
                 notify("READY=1")
                 if self.report is not None:
                     self.report.running = True

@@ -171,6 +171,86 @@ def cmd_read(args: argparse.Namespace) -> int:
         return asyncio.run(read_once(config, device))
 
 
+def cmd_write(args: argparse.Namespace) -> int:
+    """One command from the engineer on site: the same checks, audit and read-back as from the control room."""
+    config = load_config(args.config)
+    device = config.device(args.device)
+    if device is None:
+        from gateway.config.errors import suggest
+
+        print(f"error: no device {args.device!r} in {args.config}"
+              + suggest(args.device, [d.id for d in config.devices]), file=sys.stderr)
+        return EXIT_CONFIG
+    from gateway.statedir import StateLock
+    from gateway.writeonce import parse_value, preview, write_once
+
+    value = parse_value(args.value)
+    print(preview(device, args.point, value))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("error: not confirmed; give --yes to write without asking", file=sys.stderr)
+            return EXIT_CONFIG
+        if input("write it? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not written")
+            return EXIT_OK
+    import uuid
+
+    with StateLock(config.state_dir):  # a running gateway owns the links: send commands to it on its topic
+        result = asyncio.run(write_once(config, device, args.point, value, f"cli-{uuid.uuid4()}"))
+    status = result.get("status")
+    detail = result.get("confirmation") if status == "done" else f"{result.get('reason')}: {result.get('message')}"
+    back = f", read back {json.dumps(result['read_back'])}" if "read_back" in result else ""
+    print(f"{status}: {detail}{back} (command {result.get('id')}, in the audit log)")
+    if status == "done" and result.get("confirmation") == "confirmed":
+        return EXIT_OK
+    return EXIT_CONFIG if status == "refused" else EXIT_FAILURE
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from gateway.commands.audit import AUDIT_FILE, iter_lines, read_audit
+
+    rows = read_audit(config.state_dir / AUDIT_FILE, args.limit)  # read-only: safe beside a running gateway
+    if args.json:
+        for row in rows:
+            print(json.dumps({"seq": row.seq, "ts": row.ts_ms, "kind": row.kind, **row.entry}, ensure_ascii=False))
+    else:
+        for line in iter_lines(rows):
+            print(line)
+    if not rows:
+        print(f"no commands in the audit log ({config.state_dir / AUDIT_FILE})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    """The switching times of the coming 24 hours of every lighting circuit, in the site's time zone."""
+    config = load_config(args.config)
+    if not config.main.lighting.circuits:
+        print(f"no lighting circuits in {args.config}")
+        return EXIT_OK
+    from gateway.lighting import schedules, tonight
+    from gateway.model.readings import now_ms
+
+    start = now_ms()
+    if args.at is not None:
+        import datetime
+
+        try:
+            moment = datetime.datetime.fromisoformat(args.at)
+        except ValueError:
+            print(f"error: --at {args.at!r} is not an ISO date and time (2026-12-01T12:00)", file=sys.stderr)
+            return EXIT_CONFIG
+        if moment.tzinfo is None:
+            import zoneinfo
+
+            assert config.main.site is not None
+            moment = moment.replace(tzinfo=zoneinfo.ZoneInfo(config.main.site.timezone))
+        start = int(moment.timestamp() * 1000)
+    for line in tonight(schedules(config.main.lighting, config.main.site, config.devices), start):
+        print(line)
+    return EXIT_OK
+
+
 def cmd_buffer(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from gateway.buffer import read_stats
@@ -222,8 +302,13 @@ async def _run(config: GatewayConfig) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    from gateway.commands.service import CommandSetupError
+
     try:
         await Gateway(config).run(stop)
+    except CommandSetupError as exc:  # a missing command secret: says which, never what it is
+        log.error("cannot start: %s", exc)
+        return EXIT_CONFIG
     except StateDirInUse as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -374,6 +459,17 @@ def _parser() -> argparse.ArgumentParser:
     read = command("read", cmd_read, "poll one device once and print its readings (no MQTT needed)")
     read.add_argument("device", help="device id")
     command("buffer", cmd_buffer, "show the local buffer: depth, oldest reading, dropped count")
+    write = command("write", cmd_write, "write one value to a writable point with the command checks, audited "
+                    "(while the gateway is not running; it owns the links when it is)")
+    write.add_argument("device", help="device id")
+    write.add_argument("point", help="point name")
+    write.add_argument("value", help="a number (in the indicator's unit), true/false, or text")
+    write.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    schedule = command("schedule", cmd_schedule, "print the lighting circuits' switching times of the coming 24 hours")
+    schedule.add_argument("--at", help="from this local time instead of now (2026-12-01T12:00)")
+    audit = command("audit", cmd_audit, "print the audit log of commands and their results")
+    audit.add_argument("--limit", type=int, default=100, help="the newest N entries (default 100)")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
     browse = command("browse", cmd_browse, "print a YAML skeleton of an OPC-UA server's variables, "
                      "ready to map onto indicators", config=False)
     browse.add_argument("endpoint", help="opc.tcp://host:port[/path], or host:port")

@@ -95,11 +95,13 @@ async def _demo(seconds: float | None, view: View, embedded_broker: bool) -> int
         # Leaving these blocks stops everything in reverse order: the gateway is already gone by then.
         async with _simulated_field(config, typical, state_dir) as field, \
                 _broker(state_dir, embedded_broker) as (broker_port, broker_name):
-            config = _demo_config(config, field, broker_port, state_dir)
+            config = _demo_config(config, field, broker_port, state_dir, mqtt5=broker_name == "mosquitto")
             watcher = Watcher("127.0.0.1", broker_port, f"{config.main.mqtt.topic_prefix}/#")
             await watcher.start()
             view.started(broker_name, broker_port, config, field.left_out)
-            gateway_task = asyncio.create_task(Gateway(config).run(stop), name="gateway")
+            gateway = Gateway(config)
+            gateway_task = asyncio.create_task(gateway.run(stop), name="gateway")
+            commander = asyncio.create_task(_send_a_command(gateway, watcher), name="demo command")
             mover = asyncio.create_task(_move_values(field), name="simulated values")
             viewer = asyncio.create_task(_show(watcher, view), name="view")
             if seconds is not None:
@@ -107,7 +109,7 @@ async def _demo(seconds: float | None, view: View, embedded_broker: bool) -> int
             await asyncio.wait([gateway_task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
             stop.set()
             await gateway_task
-            for task in (mover, viewer):
+            for task in (mover, viewer, commander):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -121,7 +123,8 @@ async def _demo(seconds: float | None, view: View, embedded_broker: bool) -> int
     return view.finish()
 
 
-def _demo_config(config: GatewayConfig, field: SimulatedField, broker_port: int, state_dir: Path) -> GatewayConfig:
+def _demo_config(config: GatewayConfig, field: SimulatedField, broker_port: int, state_dir: Path,
+                 mqtt5: bool = True) -> GatewayConfig:
     """The demo configuration pointed at what runs now: every setting only known at run time is set here."""
     def simulated(device: DeviceBase) -> DeviceBase | None:
         if device.protocol in field.left_out:
@@ -139,8 +142,20 @@ def _demo_config(config: GatewayConfig, field: SimulatedField, broker_port: int,
         "mqtt": config.main.mqtt.model_copy(update={"port": broker_port}),
         "gateway": config.main.gateway.model_copy(update={"state_dir": state_dir}),
         "buffer": config.main.buffer.model_copy(update={"path": state_dir / "buffer.sqlite"}),
+        # The embedded broker speaks MQTT 3.1.1 only: commands then come without response topics.
+        "commands": config.main.commands.model_copy(update={"mqtt_version": "5" if mqtt5 else "3.1.1"}),
     })
     return dataclasses.replace(config.with_devices(simulated), main=main)
+
+
+async def _send_a_command(gateway: Gateway, watcher: Watcher) -> None:
+    """As the control room would: once the gateway listens, set PS01's pressure setpoint (README, Commands)."""
+    await watcher.wait_for(gateway.topics.gateway_status(), b'"online"')  # its parts are made by then
+    assert gateway.command_channel is not None, "the demo configuration accepts commands"
+    await gateway.command_channel.wait_subscribed()
+    body = {"id": f"demo-{os.getpid()}-1", "device": "ps01-plc-station", "point": "pressure_setpoint",
+            "value": 450, "issued": time.time_ns() // 1_000_000, "source": "demo"}
+    watcher.publish(gateway.topics.command(), json.dumps(body).encode())
 
 
 async def _move_values(field: SimulatedField) -> None:
@@ -398,10 +413,13 @@ def _numbered(topic: str, body: dict[str, Any]) -> tuple[str, list[dict[str, Any
         for kind in ("readings", "windows", "events"):
             if kind in body:
                 return kind, body[kind]
+    if topic.endswith("/audit") and "seq" in body:
+        return "audit", [body]
     return "", []
 
 
-_KIND_NAMES = {"readings": "readings", "windows": "statistics", "events": "alarm events"}
+_KIND_NAMES = {"readings": "readings", "windows": "statistics", "events": "alarm events",
+               "audit": "audit record"}
 
 
 @dataclasses.dataclass
@@ -423,6 +441,8 @@ class View:
         self.numbered: collections.Counter[str] = collections.Counter()  # entries per kind (see _numbered)
         self.latest: dict[tuple[str, str], _Latest] = {}
         self.status: dict[str, str] = {}
+        self.results: list[str] = []  # command results, newest last
+        self.circuits: dict[str, str] = {}  # lighting circuit -> its mode and next switching
         self.started_at = time.monotonic()
 
     def started(self, broker: str, port: int, config: GatewayConfig, left_out: Mapping[str, str]) -> None:
@@ -444,6 +464,10 @@ class View:
                 self._data(topic, body)
             elif topic.endswith("/status"):
                 self.status[topic] = str(body.get("state"))
+            elif topic.endswith("/cmd/result"):
+                self.results.append(_result_line(body))
+            elif "/lighting/" in topic:
+                self.circuits[topic.rsplit("/", 1)[1]] = _circuit_line(body)
 
     def _data(self, topic: str, body: dict[str, Any]) -> None:
         asset = topic.split("/")[-2]
@@ -456,8 +480,11 @@ class View:
 
     def finish(self) -> int:
         complete = bool(self.seqs) and len(self.seqs) == max(self.seqs) - min(self.seqs) + 1
+        for line in self.results:
+            print(f"command {line}")
         print(f"\ndemo finished: {self.messages} messages, {self.readings} readings ({self.bad} not good), "
-              f"{self.numbered['windows']} statistics, {self.numbered['events']} alarm events; "
+              f"{self.numbered['windows']} statistics, {self.numbered['events']} alarm events, "
+              f"{len(self.results)} command results, {self.numbered['audit']} audit records; "
               f"sequence numbers {min(self.seqs, default=0)}..{max(self.seqs, default=0)} "
               f"{'complete' if complete else 'with gaps'}")
         return 0 if self.readings else 1
@@ -489,6 +516,8 @@ class LiveView(View):
             f"demo, {time.monotonic() - self.started_at:.0f} s: {self.messages} messages, {self.readings} readings "
             f"({self.bad} not good). Ctrl-C stops it.",
             *self._status_lines(),
+            *[f"  lighting {circuit}: {line}" for circuit, line in sorted(self.circuits.items())],
+            *[f"  command {line}" for line in self.results[-3:]],
             "",
         ]
         # Room for the table's header, a line saying what does not fit, and the cursor's line.
@@ -520,6 +549,23 @@ class LiveView(View):
                 f"{len(devices)} {state}" + ("" if state == "online" else f" ({', '.join(devices)})")
                 for state, devices in sorted(by_state.items())))
         return lines
+
+
+def _result_line(body: dict[str, Any]) -> str:
+    what = f"{body.get('device')}/{body.get('point')} = {json.dumps(body.get('value'))}"
+    if body.get("status") == "done":
+        detail = f"{body.get('confirmation')}, read back {json.dumps(body.get('read_back'))}"
+    else:
+        detail = f"{body.get('reason')}: {body.get('message')}"
+    return f"{body.get('id')}: {what}: {body.get('status')} ({detail})"
+
+
+def _circuit_line(body: dict[str, Any]) -> str:
+    upcoming = body.get("next") or []
+    then = f", next {upcoming[0]['event']} at {upcoming[0]['local'][11:16]}" if upcoming else ""
+    held = f", held: {body['held']}" if body.get("held") else ""
+    return f"{body.get('mode')}, should be {_shown(body.get('should_be'))}, reads {_shown(body.get('reads'))}" \
+           f"{then}{held}"
 
 
 def _shown(value: object) -> str:

@@ -27,6 +27,11 @@ polled at once.
 
 An unexpected exception in a driver (a bug) is logged with its traceback and
 handled like a lost link, so one faulty protocol cannot stop the others.
+
+Writes (`LinkRunner.write`) are queued to the link's request task, which serves them before the next
+poll, one at a time, so a write never overlaps a poll on the same link; on a link whose devices only
+push, a request task of its own serves them. A write to a link that is not open fails at once: it is
+never kept for later (a command must not act when it is no longer expected).
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from gateway.model.devices import DeviceBase
-from gateway.model.driver import D, Driver, DriverError, Poller, Pusher
-from gateway.model.readings import Quality, Sample, now_ms
+from gateway.model.driver import D, Driver, DriverError, Poller, Pusher, WriteRefused
+from gateway.model.readings import Quality, Sample, Value, now_ms
 from gateway.tasks import cancel_requests, restore_cancel_requests
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,8 @@ RETRY_STEP = 0.5
 RETRY_CAP = 2.0
 # A pushing device has no poll grid: while it fails, its bad readings come this often at first.
 PUSH_RETRY = 1.0
+# How many request timeouts one write and its read-back may take before the link is deemed stuck.
+_STUCK_WRITE_FACTOR = 4
 # Polls in a row a whole interval late before a device is reported overrun (and on time before it is not).
 OVERRUN_POLLS = 3
 
@@ -69,6 +76,14 @@ class DeviceState(enum.StrEnum):
     ONLINE = "online"
     DEGRADED = "degraded"  # answers, but no point of its last poll read good (refused, undecodable)
     FAILING = "failing"
+
+
+@dataclass(slots=True)
+class _Write(Generic[D]):
+    device: D
+    point: str
+    value: Value
+    done: asyncio.Future[Value]
 
 
 @dataclass
@@ -133,6 +148,8 @@ class LinkRunner(Generic[D]):
         self._attempts = 0  # failed attempts to open the link since it was last open
         self._retry_at = 0.0  # earliest next attempt to open it (monotonic seconds)
         self._generation = 0  # counts opens, so a listener of a connection that is gone goes quiet
+        self._writes: list[_Write[D]] = []  # waiting for the request task
+        self._write_ready = asyncio.Event()
 
     async def run(self) -> None:
         """Serve the link until cancelled."""
@@ -148,7 +165,20 @@ class LinkRunner(Generic[D]):
                     await self._close()
                     self._link_lost(lost)
         finally:
+            self._drop_writes(DriverError("the gateway is stopping", "link-down", link_lost=False))
             await self._close()
+
+    async def write(self, device: D, point: str, value: Value) -> Value:
+        """Write the driver's `value` to `point` through the link's request task and return what it read back.
+
+        Raises DriverError (reason `link-down`) at once when the link is not open, the driver's DriverError
+        or WriteRefused otherwise. Cancelling the caller does not take back a write already handed over."""
+        if not self._open:
+            raise DriverError(f"link {self.name} is not connected", "link-down", link_lost=False)
+        job: _Write[D] = _Write(device, point, value, asyncio.get_running_loop().create_future())
+        self._writes.append(job)
+        self._write_ready.set()
+        return await asyncio.shield(job.done)
 
     # -- opening -----------------------------------------------------------------------------------------------
 
@@ -200,8 +230,8 @@ class LinkRunner(Generic[D]):
         cancel_requests_before = cancel_requests()
         try:
             async with asyncio.TaskGroup() as link:
-                if self._polled:
-                    link.create_task(self._poll_forever(), name=f"link {self.name}: requests")
+                link.create_task(self._poll_forever() if self._polled else self._write_forever(),
+                                 name=f"link {self.name}: requests")
                 if self._pushed:
                     link.create_task(self._listen(), name=f"link {self.name}: push")
         except* DriverError as group:
@@ -212,6 +242,7 @@ class LinkRunner(Generic[D]):
             lost = DriverError(f"internal error: {failure!r}", "internal-error")
         restore_cancel_requests(cancel_requests_before)
         assert lost is not None, "the link's tasks only end by failing"
+        self._drop_writes(lost)
         return lost
 
     async def _poll_forever(self) -> None:
@@ -219,11 +250,67 @@ class LinkRunner(Generic[D]):
         driver: Poller[D] = self.driver
         while True:
             status = min(self._polled, key=lambda s: s.next_due)
-            await self._sleep_until(status.next_due)
+            while await self._write_or_sleep_until(status.next_due):
+                await self._serve_writes()
             if self._pace is not None:
                 await self._paced(status)
             await self._poll(driver, status)
             _honour_cancellation()
+
+    async def _write_forever(self) -> None:
+        """The request task of a link whose devices only push: it makes the writes."""
+        while True:
+            await self._write_ready.wait()
+            await self._serve_writes()
+
+    async def _write_or_sleep_until(self, moment: float) -> bool:
+        """Wait until `moment`; True as soon as a write is waiting (at once if one already is)."""
+        if self._writes:
+            return True
+        delay = moment - self._clock()
+        if delay <= 0:
+            return False
+        self._write_ready.clear()
+        try:
+            async with asyncio.timeout(delay):  # waiting for a schedule, or for a write to make
+                await self._write_ready.wait()
+        except TimeoutError:
+            return bool(self._writes)
+        return True
+
+    async def _serve_writes(self) -> None:
+        while self._writes:
+            job = self._writes.pop(0)
+            if job.done.done():
+                continue
+            try:
+                async with asyncio.timeout(job.device.timeout * _STUCK_WRITE_FACTOR) as guard:
+                    job.done.set_result(await self.driver.write(job.device, job.point, job.value))
+            except DriverError as exc:
+                job.done.set_exception(exc)
+                if exc.link_lost:
+                    raise
+            except TimeoutError:
+                if not guard.expired():
+                    raise
+                stuck = DriverError(f"write took longer than {job.device.timeout * _STUCK_WRITE_FACTOR:g} s",
+                                    "timeout")
+                job.done.set_exception(stuck)
+                raise stuck from None
+            except Exception as exc:  # WriteRefused, or a bug in the driver: the caller hears of it either way
+                job.done.set_exception(exc)
+                if not isinstance(exc, WriteRefused):
+                    raise
+            _honour_cancellation()
+        self._write_ready.clear()
+
+    def _drop_writes(self, error: DriverError) -> None:
+        """The link is gone: writes still waiting fail (they are never made later)."""
+        for job in self._writes:
+            if not job.done.done():
+                job.done.set_exception(DriverError(f"link {self.name} lost before the write: {error}",
+                                                   "link-down", link_lost=False))
+        self._writes.clear()
 
     async def _poll(self, driver: Poller[D], status: DeviceStatus[D]) -> None:
         device = status.device

@@ -54,6 +54,9 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self.entries_committed = 0  # readings, statistics and alarm events: each took one seq number
+        # Called as `on_readings` is (the command path's guards read the asset's latest values, the lighting
+        # schedules their circuits' state).
+        self.observers: list[Callable[[Sequence[Reading]], None]] = []
         self._last_commit_ms = now_ms()
         self._clock = clock
         self._dropping: str | None = _UNTOLD
@@ -91,6 +94,12 @@ class Pipeline:
             self._enqueue_readings(mapper.asset, readings)
         else:
             self._enqueue_output(self._processor.failed(device_id, reason, readings))
+
+    def submit_event(self, topic: str, encode: Callable[[int], bytes], priority: int = ALARM_PRIORITY) -> None:
+        """Queue one message of another part (a command's audit record), numbered in the gateway's sequence:
+        `encode(seq)` makes its body. Alarm priority by default: sent first after an outage, dropped last."""
+        seq = self._buffer.allocate_sequence(1)
+        self._queue(Message(topic, encode(seq), priority, seq, seq, now_ms()))
 
     def tick(self) -> None:
         """Let the processor close windows and run out alarm delays; called about once a second."""
@@ -175,6 +184,9 @@ class Pipeline:
     def _observe(self, readings: Sequence[Reading]) -> None:
         if self._on_readings is not None and readings:
             self._on_readings(readings)
+        for observe in self.observers:
+            if readings:
+                observe(readings)
 
     def _enqueue_output(self, output: Output) -> None:
         # Derived readings; a device's own were seen as mapped (and a pushing device's heartbeats repeat them).

@@ -16,6 +16,11 @@ never a loss).
 We speak MQTT 3.1.1: every broker a city is likely to run supports it, and
 durability comes from our buffer with a clean session, so MQTT 5's session
 expiry and flow control would add nothing we use.
+
+Commands from the control room come in on a connection of their own (`CommandChannel`): MQTT 5, so a
+result can go to the sender's response topic with its correlation data, with a session the broker keeps
+across our reconnects, so a command sent while we were away still arrives, late, and is judged by its
+age. A flood of commands on it never holds up the readings on the other.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,7 +39,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr
 
 from gateway import __version__
@@ -70,7 +79,7 @@ class PublisherStats:
     rejected: int = 0  # messages paho refused to send (invalid topic, oversized); deleted, see the log
 
 
-class _Refused(Exception):
+class _Refused(ConnectionError):
     """The broker answered CONNECT with a refusal (bad credentials, not authorised, client id rejected)."""
 
 
@@ -461,6 +470,170 @@ class _Link:
                 receipt.set_result(True)
             return
         self._on_puback(self, mid)
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingCommand:
+    """One message on the command topic, as the broker delivered it."""
+
+    payload: bytes
+    retained: bool
+    response_topic: str | None  # MQTT 5: where the sender wants the result
+    correlation: bytes | None  # MQTT 5: what the sender wants back with it
+
+
+class CommandChannel:
+    """A connection of its own for commands: subscribes to `topic` (QoS 1) on every connect and hands each
+    message to `on_command` on the event loop; `reply` publishes a result. MQTT 5 with a session the broker
+    keeps `session_expiry` seconds; a broker that only speaks 3.1.1 gets 3.1.1 (no response topics then)."""
+
+    def __init__(self, settings: MqttSettings, client_id: str, topic: str, session_expiry: float,
+                 on_command: Callable[[IncomingCommand], None], mqtt5: bool = True) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._topic = topic
+        self._session_expiry = int(session_expiry)
+        self._on_command = on_command
+        self._where = f"{settings.host}:{settings.port}"
+        self._client: mqtt.Client | None = None
+        self._subscribed = asyncio.Event()
+        self._down = asyncio.Event()
+        self._version = mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311
+        self._last_problem: str | None = None
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set()
+
+    async def wait_subscribed(self) -> None:
+        await self._subscribed.wait()
+
+    async def run(self) -> None:
+        failures = 0
+        reconnect = self._settings.reconnect
+        while True:
+            try:
+                await self._connect_and_listen()
+                failures = 0
+                delay = random.uniform(0, min(FIRST_RETRY, reconnect.initial_delay))
+            except OSError as error:
+                message = f"command channel: cannot connect to MQTT broker {self._where}: {error}"
+                log.log(logging.WARNING if message != self._last_problem else logging.DEBUG, "%s", message)
+                self._last_problem = message
+                delay = backoff_delay(failures, reconnect.initial_delay, reconnect.max_delay)
+                failures += 1
+            await asyncio.sleep(delay)
+
+    def reply(self, topic: str, body: bytes, correlation: bytes | None = None) -> bool:
+        """Publish one result (QoS 1); False when not connected (the audit log has it anyway)."""
+        client = self._client
+        if client is None:
+            return False
+        properties = None
+        if correlation is not None and self._version == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = correlation
+        try:
+            info = client.publish(topic, body, qos=1, properties=properties)
+        except ValueError as error:  # an invalid response topic chosen by the sender
+            log.warning("command channel: cannot publish a result on %r: %s", topic, error)
+            return False
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    async def _connect_and_listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._down.clear()
+        settled = asyncio.Event()
+        refusal: list[str] = []
+        v5 = self._version == mqtt.MQTTv5
+        if v5:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv5,
+                                 reconnect_on_failure=False)
+        else:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv311,
+                                 clean_session=False, reconnect_on_failure=False)
+
+        def connected(refused: bool, reason: str) -> None:
+            if refused:
+                refusal.append(reason)
+            else:
+                self._client = client  # a kept session's queued commands may arrive before our SUBACK
+                client.subscribe(self._topic, options=SubscribeOptions(qos=1)) if v5 else \
+                    client.subscribe(self._topic, qos=1)
+            settled.set()
+
+        def lost() -> None:
+            self._subscribed.clear()
+            self._down.set()
+            settled.set()
+
+        def message(payload: bytes, retained: bool, properties: Any) -> None:
+            response = getattr(properties, "ResponseTopic", None) if properties is not None else None
+            correlation = getattr(properties, "CorrelationData", None) if properties is not None else None
+            self._on_command(IncomingCommand(payload, retained, response, correlation))
+
+        # paho's thread: each callback is handed to the event loop.
+        def on_connect(c: mqtt.Client, u: Any, f: Any, reason: ReasonCode, p: Any) -> None:
+            loop.call_soon_threadsafe(connected, reason.is_failure, str(reason))
+
+        def on_disconnect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
+            loop.call_soon_threadsafe(lost)
+
+        def on_subscribe(c: mqtt.Client, u: Any, mid: int, reasons: Any, p: Any) -> None:
+            loop.call_soon_threadsafe(self._subscribed.set)
+
+        def on_message(c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
+            loop.call_soon_threadsafe(message, bytes(m.payload), bool(m.retain), getattr(m, "properties", None))
+
+        client.on_connect, client.on_disconnect = on_connect, on_disconnect
+        client.on_subscribe, client.on_message = on_subscribe, on_message
+
+        def open_blocking() -> None:
+            if self._settings.username is not None:
+                client.username_pw_set(self._settings.username,
+                                       _secret(self._settings.password, self._settings.password_file))
+            if self._settings.tls is not None:
+                client.tls_set_context(_tls_context(self._settings.tls))
+            if v5:
+                properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                properties.SessionExpiryInterval = self._session_expiry
+                client.connect(self._settings.host, self._settings.port, self._settings.keepalive,
+                               clean_start=False, properties=properties)
+            else:
+                client.connect(self._settings.host, self._settings.port, self._settings.keepalive)
+            _no_delay(client)
+            client.loop_start()
+
+        try:
+            await _uninterrupted(open_blocking)
+            try:
+                async with asyncio.timeout(_CONNACK_TIMEOUT):
+                    await settled.wait()
+            except TimeoutError:
+                raise TimeoutError(f"no CONNACK within {_CONNACK_TIMEOUT:.0f} s") from None
+            if refusal or self._down.is_set():
+                if v5 and (not refusal or "protocol" in refusal[0].lower()):
+                    self._version = mqtt.MQTTv311  # a broker that does not speak MQTT 5: no response topics
+                raise _Refused(refusal[0]) if refusal else ConnectionError("connection closed before CONNACK")
+            self._last_problem = None
+            log.info("command channel connected to MQTT broker %s, listening on %s", self._where, self._topic)
+            await self._down.wait()
+            log.warning("command channel lost its connection to MQTT broker %s", self._where)
+        finally:
+            self._client = None
+            self._subscribed.clear()
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+            client.on_connect = client.on_disconnect = client.on_message = client.on_subscribe = None
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Send each result at once: without TCP_NODELAY the kernel holds a result published right after the
+    PUBACK of its command until the broker acknowledges that (a delayed ACK: 40 ms on Linux)."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):  # an SSLSocket too
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 async def _uninterrupted(blocking: Callable[[], None]) -> None:

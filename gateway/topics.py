@@ -9,6 +9,10 @@
     <prefix>/gateway/<gateway>/alarm            the gateway's own alarm events (clock, buffer), QoS 1
     <prefix>/gateway/<gateway>/active-alarms    retained: the gateway's own alarms raised now
     <prefix>/gateway/<gateway>/device/<device>/status   retained per-device state
+    <prefix>/gateway/<gateway>/cmd              commands to the gateway (it subscribes), QoS 1
+    <prefix>/gateway/<gateway>/cmd/result       each command's result, QoS 1
+    <prefix>/gateway/<gateway>/audit            every command and its result, through the buffer, QoS 1
+    <prefix>/gateway/<gateway>/lighting/<circuit>   retained: a lighting circuit's mode and next switching times
 """
 
 from __future__ import annotations
@@ -52,3 +56,15 @@ class Topics:
 
     def device_status(self, device_id: str) -> str:
         return f"{self.prefix}/gateway/{self.gateway_id}/device/{device_id}/status"
+
+    def command(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/cmd"
+
+    def command_result(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/cmd/result"
+
+    def audit(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/audit"
+
+    def lighting(self, circuit: str) -> str:
+        return f"{self.prefix}/gateway/{self.gateway_id}/lighting/{circuit}"

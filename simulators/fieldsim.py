@@ -87,8 +87,11 @@ class FieldSimulator:
             await server.stop()
 
     def move(self, seconds: float) -> None:
-        """Set every point to its value `seconds` into the simulation."""
+        """Set every point to its value `seconds` into the simulation. A writable point (a setpoint, a
+        contactor) gets its first value only: from then on it holds what the gateway writes."""
         for simulated in self._points:
+            if seconds > 0 and simulated.point.writable:
+                continue
             self._write(simulated, self._value(simulated, seconds))
 
     def _value(self, simulated: _SimulatedPoint, seconds: float) -> float | bool:
@@ -122,6 +125,8 @@ class FieldSimulator:
         if point.data_type is DataType.STRING:
             return
         raw = simulated.transform.invert(float(canonical))
+        if point.data_type not in (DataType.FLOAT32, DataType.FLOAT64):
+            raw = round(raw)  # the nearest value the register holds
         try:
             registers = encode(point, raw, point.byte_order or device.byte_order, point.word_order or device.word_order)
         except EncodeError:

@@ -59,6 +59,10 @@ class Watcher:
             arrived.set()
         await arrived.wait()
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish one message with QoS 1 (the demo sends a command as a control room would)."""
+        self._client.publish(topic, payload, qos=1)
+
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()

@@ -48,6 +48,10 @@ class SimVariable:
     display_name: str = ""
     drift: float = 0.0  # each tick adds up to ± this (numbers) or flips with this probability (booleans)
     eu_range: tuple[float, float] | None = None  # the EURange property
+    writable: bool = False  # clients may write it (otherwise a write is refused with BadNotWritable)
+    write_range: tuple[float, float] | None = None  # a written value outside it: BadOutOfRange, as a PLC refuses
+    variant: ua.VariantType | None = None  # its DataType, when not the one its value implies
+    writes: int = 0  # writes the server accepted
     node: Any = None
 
 
@@ -62,6 +66,16 @@ def gas_station_variables() -> list[SimVariable]:
         SimVariable("Station.SlamShutClosed", False, None, "Slam-shut valve closed", 0.0),
         SimVariable("Station.MethaneLel", 0.0, None, "Methane concentration (%LEL)", 0.0),
         SimVariable("Station.MethaneAlarm", False, None, "Methane alarm", 0.0),
+    ]
+
+
+def setpoint_variables() -> list[SimVariable]:
+    """What a control room may change at the station: the outlet pressure setpoint and the regulator's mode."""
+    return [
+        SimVariable("Station.OutletPressureSetpoint", 2.6, "KPA", "Outlet pressure setpoint", 0.0, (0.0, 10.0),
+                    writable=True, write_range=(0.5, 6.0)),
+        SimVariable("Station.RegulatorMode", 1, None, "Regulator mode (0 off, 1 auto, 2 manual)", 0.0,
+                    writable=True, write_range=(0, 2), variant=ua.VariantType.Int16),
     ]
 
 
@@ -110,7 +124,10 @@ class StationSimulator:
         station = await server.nodes.objects.add_object(ua.NodeId("Station", ns), ua.QualifiedName("Station", ns))
         for variable in self.variables:
             variable.node = await station.add_variable(
-                ua.NodeId(variable.name, ns), ua.QualifiedName(variable.name.rpartition(".")[2], ns), variable.value)
+                ua.NodeId(variable.name, ns), ua.QualifiedName(variable.name.rpartition(".")[2], ns), variable.value,
+                varianttype=variable.variant)
+            if variable.writable:
+                await variable.node.set_writable()
             if variable.display_name:
                 await variable.node.write_attribute(
                     ua.AttributeIds.DisplayName, ua.DataValue(ua.Variant(ua.LocalizedText(variable.display_name))))
@@ -126,6 +143,7 @@ class StationSimulator:
                 await variable.node.add_property(ua.NodeId(f"{variable.name}.EURange", ns),
                                                  ua.QualifiedName("EURange", 0), ua.Range(Low=low, High=high))
         self._count_reads(server)
+        self._check_writes(server, ns)
         self._break_translate(server)
         if self.max_nodes_per_read:
             await server.write_attribute_value(
@@ -151,6 +169,40 @@ class StationSimulator:
             return results[:-1] if self.short_reads else results
 
         service.read = read  # type: ignore[method-assign]
+
+    def _check_writes(self, server: Server, ns: int) -> None:
+        """Refuse writes as a PLC does: BadNotWritable to a variable that is not writable, BadOutOfRange outside
+        a variable's write range; count the writes that went through."""
+        service = server.iserver.attribute_service
+        plain_write = service.write
+        by_node = {ua.NodeId(v.name, ns): v for v in self.variables}
+
+        async def write(params: ua.WriteParameters, user: Any = None) -> list[ua.StatusCode]:
+            verdicts: list[ua.StatusCode | None] = []
+            for item in params.NodesToWrite:
+                variable = by_node.get(item.NodeId)
+                value = item.Value.Value.Value if item.Value is not None and item.Value.Value is not None else None
+                if variable is None or item.AttributeId != ua.AttributeIds.Value:
+                    verdicts.append(None)
+                elif not variable.writable:
+                    verdicts.append(ua.StatusCode(ua.StatusCodes.BadNotWritable))
+                elif (variable.write_range is not None and isinstance(value, int | float)
+                      and not variable.write_range[0] <= value <= variable.write_range[1]):
+                    verdicts.append(ua.StatusCode(ua.StatusCodes.BadOutOfRange))
+                else:
+                    verdicts.append(None)
+            passed = [item for item, verdict in zip(params.NodesToWrite, verdicts, strict=True) if verdict is None]
+            keywords = {"user": user} if user is not None else {}
+            answers = iter(await plain_write(ua.WriteParameters(NodesToWrite=passed), **keywords) if passed else [])
+            results = [verdict if verdict is not None else next(answers) for verdict in verdicts]
+            for item, result in zip(params.NodesToWrite, results, strict=True):
+                variable = by_node.get(item.NodeId)
+                if variable is not None and result.is_good():
+                    variable.writes += 1
+                    variable.value = item.Value.Value.Value
+            return results
+
+        service.write = write  # type: ignore[method-assign]
 
     def _break_translate(self, server: Server) -> None:
         service = server.iserver.view_service
@@ -192,8 +244,11 @@ class StationSimulator:
     async def set_value(self, name: str, value: float | int | bool, status: int = 0) -> None:
         variable = next(v for v in self.variables if v.name == name)
         variable.value = value
-        await variable.node.write_value(ua.DataValue(ua.Variant(value), ua.StatusCode(status),
-                                                     SourceTimestamp=datetime.datetime.now(datetime.UTC)))
+        assert self._server is not None
+        # Straight into the address space, as the PLC's own logic changes it: not a client's Write.
+        await self._server.write_attribute_value(
+            variable.node.nodeid, ua.DataValue(ua.Variant(value, variable.variant), ua.StatusCode(status),
+                                               SourceTimestamp=datetime.datetime.now(datetime.UTC)))
 
     async def _tick_forever(self) -> None:
         rng = random.Random(7)

@@ -220,6 +220,8 @@ class Cjt188MeterSim:
     abnormal_status: int | None = None  # answer abnormally with this status byte
     silent: bool = False
     heat: cjt188.HeatReading | None = None  # a heat meter's 901F reply (give meter_type 20-22 too)
+    valve_commands: list[int] = field(default_factory=list)  # A017 bytes received: 55H opens, 99H closes
+    stuck_valve: bool = False  # acknowledges valve commands but its valve does not move
 
     async def answer(self, data: bytes) -> tuple[int, bytes | None] | None:
         mine = address_bytes(self.address)
@@ -238,6 +240,14 @@ class Cjt188MeterSim:
         if request.function == cjt188.READ_ADDRESS:
             data = cjt188.data_field(cjt188.DI_READ_ADDRESS, sequence, b"", self.di_order)
             return cjt188.Frame(self.meter_type, mine, 0x80 | cjt188.READ_ADDRESS, data)
+        if request.function == cjt188.WRITE_DATA and data_id == cjt188.DI_VALVE_CONTROL and len(request.payload) == 1:
+            command = request.payload[0]
+            self.valve_commands.append(command)
+            if not self.stuck_valve and command in (0x55, 0x99):
+                self.status = (self.status & ~0x0003) | (0x0001 if command == 0x99 else 0x0000)
+            data = cjt188.data_field(cjt188.DI_VALVE_CONTROL, sequence, self.status.to_bytes(2, "little"),
+                                     self.di_order)
+            return cjt188.Frame(self.meter_type, mine, 0x80 | cjt188.WRITE_DATA, data)
         if request.function != cjt188.READ_DATA or data_id != cjt188.DI_READ_DATA:
             return None
         if self.abnormal_status is not None:

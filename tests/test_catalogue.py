@@ -446,7 +446,7 @@ def test_sdm630_map_matches_the_public_register_table() -> None:
 def test_example_configuration_loads_with_the_expected_devices(config_name: str,
                                                                request: pytest.FixtureRequest) -> None:
     config: GatewayConfig = request.getfixturevalue(config_name)
-    modbus_tcp = {"ps01-plc-station", "ps01-plc-pump-1", "ps01-plc-pump-2", "lc07-energy-meter"}
+    modbus_tcp = {"ps01-plc-station", "ps01-plc-pump-1", "ps01-plc-pump-2", "lc07-energy-meter", "lc07-controller"}
     assert {d.id for d in _modbus_devices(config)} == modbus_tcp
     others = {"prs02-plc", "dms03-prv-controller", "dms03-inlet-meter", "dms03-supply-meter"}
     assert {d.id for d in config.devices} == (modbus_tcp | others if config_name == "demo" else modbus_tcp)
@@ -489,7 +489,8 @@ def test_demo_mirrors_production_with_local_simulators(production: GatewayConfig
     assert (demo.main.mqtt.host, demo.main.mqtt.port, demo.main.mqtt.tls) == ("127.0.0.1", 1883, None)
     ports = {d.id: (d.host, d.port, d.poll_interval) for d in _modbus_devices(demo)}
     assert ports == {"ps01-plc-station": ("127.0.0.1", 15020, 1), "ps01-plc-pump-1": ("127.0.0.1", 15020, 1),
-                     "ps01-plc-pump-2": ("127.0.0.1", 15020, 1), "lc07-energy-meter": ("127.0.0.1", 15021, 1)}
+                     "ps01-plc-pump-2": ("127.0.0.1", 15020, 1), "lc07-energy-meter": ("127.0.0.1", 15021, 1),
+                     "lc07-controller": ("127.0.0.1", 15021, 1)}
 
 
 def test_production_example_uses_tls_and_keeps_the_password_out_of_the_file(production: GatewayConfig) -> None:
@@ -501,7 +502,12 @@ def test_production_example_uses_tls_and_keeps_the_password_out_of_the_file(prod
         load_config(CONFIG / "gateway.yaml", environ={})
 
 
-def test_pump_run_command_is_the_only_writable_point(production: GatewayConfig) -> None:
+def test_only_the_declared_points_are_writable(production: GatewayConfig) -> None:
     writable = sorted((d.id, p.name, p.table.value, p.address)
                       for d in _modbus_devices(production) for p in d.points if p.writable)
-    assert writable == [("ps01-plc-pump-1", "run_command", "coil", 0), ("ps01-plc-pump-2", "run_command", "coil", 1)]
+    assert writable == [("lc07-controller", "contactor_a", "coil", 0),
+                        ("lc07-controller", "dimming_a", "holding_register", 0),
+                        ("ps01-plc-pump-1", "run_command", "coil", 0), ("ps01-plc-pump-2", "run_command", "coil", 1),
+                        ("ps01-plc-station", "pressure_setpoint", "holding_register", 20)]
+    numbers = [p for d in _modbus_devices(production) for p in d.points if p.writable and p.table.value != "coil"]
+    assert all(p.write is not None and p.write.range is not None for p in numbers), "a number says what may be set"

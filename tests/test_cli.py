@@ -56,7 +56,7 @@ def test_plan_prints_the_merged_requests_of_each_device() -> None:
     result = run("plan", str(CONFIG / "gateway.yaml"))
     assert result.returncode == 0, result.stderr
     assert "device ps01-plc-station" in result.stdout
-    assert "holding_register 0-10 (11 registers" in result.stdout
+    assert "holding_register 0-20 (21 registers, 14 points)" in result.stdout  # the setpoint at 20 bridged in
 
 
 def test_plan_shows_requests_shared_by_the_devices_of_one_unit() -> None:

@@ -110,6 +110,10 @@ def test_a_demo_run_delivers_every_asset_and_ends_cleanly(runs: dict[str, DemoRu
     final = run.stdout.strip().splitlines()[-1]
     assert final.startswith("demo finished:") and final.endswith("complete"), final
     assert ("mosquitto" if broker == "mosquitto" else "amqtt (embedded)") in run.stdout.splitlines()[0]
+    # The demo's command set the pumping station's setpoint, and the lighting circuit follows its schedule.
+    assert re.search(r"^command demo-\d+-1: ps01-plc-station/pressure_setpoint = 450: done \(confirmed, read back "
+                     r"450\)$", run.stdout, re.MULTILINE), run.stdout[-3000:]
+    assert "/lighting/lc07-a:" in run.stdout
 
     # Every asset sent data with good readings in it (a device the gateway cannot reach sends only bad ones).
     good_from: set[str] = set()

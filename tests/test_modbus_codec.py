@@ -192,9 +192,11 @@ def test_string_encoding_pads_with_nuls_and_refuses_long_text() -> None:
         encode(point, 5)
 
 
-def test_integer_types_round_floats_from_reverse_scaling() -> None:
+def test_integer_types_take_whole_floats_from_reverse_scaling_and_refuse_fractions() -> None:
     assert encode(make_point("int16"), 215.00000000000003) == [215]
-    assert encode(make_point("int16"), -1.6) == [0xFFFE]
+    assert encode(make_point("int16"), -2.0) == [0xFFFE]
+    with pytest.raises(EncodeError, match="not a whole number"):
+        encode(make_point("int16"), -1.6)
 
 
 def test_bits_and_bools_are_not_register_values() -> None:

@@ -390,9 +390,9 @@ async def test_writable_points_are_written(simulator: ModbusSimulator) -> None:
         point("mode", 20, type="uint16", writable=True),
         point("pump_on", 3, COIL, writable=True)])
     driver = await connected_driver(device)
-    await driver.write(device, "setpoint", 1.5)
-    await driver.write(device, "mode", 3)
-    await driver.write(device, "pump_on", True)
+    assert await driver.write(device, "setpoint", 1.5) == 1.5  # each write returns the value read back
+    assert await driver.write(device, "mode", 3) == 3
+    assert await driver.write(device, "pump_on", True) is True
     assert simulator.get_registers(1, HR, 10, 2) == [0x0000, 0x3FC0]
     assert simulator.get_registers(1, HR, 20, 1) == [3]
     assert simulator.get_bits(1, COIL, 3, 1) == [True]
@@ -406,7 +406,7 @@ async def test_writable_points_are_written(simulator: ModbusSimulator) -> None:
     ("flag", True, "one bit of a register"),
     ("missing", 1, "has no point"),
     ("mode", 70000, "outside the uint16 range"),
-    ("refused", 1, "exception 02 illegal data address"),
+    ("mode", 2.5, "not a whole number"),
 ])
 async def test_writes_that_cannot_happen_are_refused(simulator: ModbusSimulator, name: str, value: Any,
                                                      message: str) -> None:
@@ -418,6 +418,17 @@ async def test_writes_that_cannot_happen_are_refused(simulator: ModbusSimulator,
     with pytest.raises(WriteRefused, match=message):
         await driver.write(device, name, value)
     assert simulator.get_registers(1, HR, 0, 40) == [0] * 40
+    await driver.close()
+
+
+async def test_a_write_the_unit_refuses_fails_with_its_exception_and_keeps_the_link(simulator: ModbusSimulator) -> None:
+    simulator.refuse(HR, 30, 30, unit=1)
+    device = make_device(simulator, [point("mode", 20, writable=True), point("refused", 30, writable=True)])
+    driver = await connected_driver(device)
+    with pytest.raises(DriverError, match="exception 02 illegal data address") as failure:
+        await driver.write(device, "refused", 1)
+    assert (failure.value.reason, failure.value.link_lost) == ("device-exception:02", False)
+    assert await driver.write(device, "mode", 7) == 7
     await driver.close()
 
 

@@ -34,7 +34,7 @@ from drivers.serial.frames import Accepted, Rejected, Rejection
 from drivers.serial.scan import ScanOptions, scan_port
 from gateway.links import LinkRunner
 from gateway.model.devices import DeviceBase
-from gateway.model.driver import DriverError
+from gateway.model.driver import DriverError, WriteRefused
 from gateway.model.readings import Quality, Sample
 from simulators.modbus import ModbusSimulator, RtuSlaves
 from simulators.serial import AsciiSensorSim, Cjt188MeterSim, DeviceServerSim, Dlt645MeterSim, SimulatedBus, Slave
@@ -265,7 +265,7 @@ async def test_modbus_rtu_splits_a_refused_request_like_tcp_and_writes(make_bus:
     # The split is remembered: a and c alone (b is refused alone, and a request spanning it would be).
     assert driver.describe(meter)[:2] == ["holding_register 0-0 (1 register, 1 point)",
                                           "holding_register 2-2 (1 register, 1 point)"]
-    await driver.write(meter, "c", 44)  # function 06: the reply repeats the request and is not an echo
+    assert await driver.write(meter, "c", 44) == 44  # function 06: the reply repeats the request, not an echo
     assert tables.get_registers(1, HR, 2, 1) == [44]
     await driver.close()
 
@@ -760,3 +760,40 @@ def test_scan_without_the_silence_between_protocols_loses_the_meter(
     code = run_scan(bus, "--last-unit", "1", "--timeout", "0.1", "--silence", "0")
     assert code == 1
     assert "cjt188" not in capsys.readouterr().out.split("found:")[-1]
+
+
+# --- writes on a bus ------------------------------------------------------------------------------------------
+
+async def test_a_meter_valve_is_closed_and_opened_with_04H_and_confirmed_by_its_status_bits(
+        make_bus: BusFactory) -> None:
+    water = Cjt188MeterSim(WATER_ADDRESS, status=0x0000)
+    bus = await make_bus([water])
+    meter = device("cjt188", "water-meter", bus, [
+        {"name": "valve", "indicator": "valve-closed", "field": "valve-closed", "writable": True},
+        {"name": "volume", "indicator": "volume", "field": "volume", "writable": True}], address=WATER_ADDRESS)
+    driver = await connected(meter)
+    assert await driver.write(meter, "valve", True) is True  # read back from 901F: the valve bits say closed
+    assert water.valve_commands == [0x99] and water.status & 0x0003 == 0x0001
+    assert await driver.write(meter, "valve", False) is False
+    assert water.valve_commands == [0x99, 0x55]
+    with pytest.raises(WriteRefused, match="only the valve"):
+        await driver.write(meter, "volume", 5)
+    assert water.valve_commands == [0x99, 0x55]
+    water.stuck_valve = True
+    assert await driver.write(meter, "valve", True) is False, "a valve that did not move reads back open"
+    await driver.close()
+
+
+async def test_dlt645_and_ascii_devices_refuse_writes_clearly_and_send_nothing(make_bus: BusFactory) -> None:
+    meter_sim = Dlt645MeterSim(METER_ADDRESS, {0x00010000: 1.0})
+    bus = await make_bus([meter_sim])
+    meter = device("dlt645", "dlt-meter", bus, [
+        {"name": "energy", "indicator": "active-energy-import", "data_id": "00010000", "writable": True}],
+        address=METER_ADDRESS)
+    driver = await connected(meter)
+    sent = driver.frame_counters["dlt-meter"].requests
+    with pytest.raises(WriteRefused, match="protocol dlt645 cannot write") as refused:
+        await driver.write(meter, "energy", 1.0)
+    assert refused.value.reason == "not-writable"
+    assert driver.frame_counters["dlt-meter"].requests == sent
+    await driver.close()

@@ -77,6 +77,10 @@ class Cjt188Meter(OnBus):
     valve_open: int = Field(0x0000, ge=0, le=0xFFFF)
     valve_closed: int = Field(0x0001, ge=0, le=0xFFFF, description="Any other valve value reads as abnormal.")
     battery_low_mask: int = Field(0x0004, ge=0, le=0xFFFF)
+    valve_open_command: int = Field(0x55, ge=0, le=0xFF, description="The valve-control (A017) byte that opens "
+                                                                      "the valve; most meters 55H.")
+    valve_close_command: int = Field(0x99, ge=0, le=0xFF, description="The valve-control byte that closes it; "
+                                                                       "most meters 99H.")
     points: list[Cjt188Point]
 
     @model_validator(mode="after")

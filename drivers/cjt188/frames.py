@@ -37,8 +37,9 @@ START, WILDCARD = METER_START, METER_WILDCARD
 HEADER = 11  # 68 T A0..A6 C L
 ADDRESS_SIZE = 7
 
-READ_DATA, READ_ADDRESS = 0x01, 0x03
+READ_DATA, READ_ADDRESS, WRITE_DATA = 0x01, 0x03, 0x04
 DI_READ_DATA, DI_READ_ADDRESS = 0x901F, 0x810A
+DI_VALVE_CONTROL = 0xA017  # written with 04H: one byte, open or close (55H / 99H in most meters)
 
 # Unit byte → (unit symbol of gateway/units.py, multiplier).
 UNIT_CODES: dict[int, tuple[str, float]] = {
@@ -96,6 +97,11 @@ def data_field(data_id: int, sequence: int, payload: bytes, order: DiOrder) -> b
 def read_data_request(meter_type: int, address: bytes, sequence: int, order: DiOrder,
                       data_id: int = DI_READ_DATA) -> Frame:
     return Frame(meter_type, address, READ_DATA, data_field(data_id, sequence, b"", order))
+
+
+def write_data_request(meter_type: int, address: bytes, sequence: int, order: DiOrder, data_id: int,
+                       payload: bytes) -> Frame:
+    return Frame(meter_type, address, WRITE_DATA, data_field(data_id, sequence, payload, order))
 
 
 def read_address_request(sequence: int, order: DiOrder, meter_type: int = WILDCARD) -> Frame:

@@ -243,8 +243,9 @@ def encode(point: ModbusPoint, value: Value,
            byte_order: Order = Order.BIG, word_order: Order = Order.BIG) -> list[int]:
     """The registers that hold `value` as `point`'s type (for a write). Raises EncodeError.
 
-    Integer types accept ints and finite floats (rounded to the nearest integer,
-    since values arrive here after reverse scaling). Type bit cannot be encoded
+    Integer types accept ints and floats that are whole numbers within float rounding (values arrive here
+    after reverse scaling: 21.5 / 0.1 is 215.00000000000003); anything else is not representable and is
+    refused, never rounded. Type bit cannot be encoded
     on its own: writing it would need the other 15 bits of the register.
     """
     kind = point.data_type
@@ -298,6 +299,8 @@ def _number_for(point: ModbusPoint, kind: DataType, value: Value) -> int | float
     if kind in (DataType.FLOAT32, DataType.FLOAT64):
         return float(value)
     number = round(value)
+    if abs(value - number) > 1e-9 * max(1.0, abs(value)):
+        raise EncodeError(f"{point.name}: {value} is not a whole number, which a {kind} must hold")
     width, signed = _INTEGER_BITS[kind]
     low, high = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed else (0, (1 << width) - 1)
     if not low <= number <= high:

@@ -44,12 +44,20 @@ from pathlib import Path
 from typing import Protocol
 
 from drivers.modbus.client import ILLEGAL_DATA_ADDRESS, MalformedReply, ModbusExceptionReply, ReplyTimeout
-from drivers.modbus.codec import BitBlockDecoder, EncodeError, RegisterBlockDecoder, encode, encode_bool
+from drivers.modbus.codec import (
+    BitBlockDecoder,
+    DecodeError,
+    EncodeError,
+    RegisterBlockDecoder,
+    decode_point,
+    encode,
+    encode_bool,
+)
 from drivers.modbus.config import AddressRange, ModbusDeviceBase, ModbusPoint
 from drivers.modbus.learning import PlanMemory, PointKey, TableKnowledge, UnitKnowledge, Unreadable, config_hash
 from drivers.modbus.planner import TABLE_ORDER, Allowed, Request, halves, plan_table, plural
 from drivers.modbus.tables import DataType, Table
-from gateway.model.driver import WriteRefused
+from gateway.model.driver import DriverError, WriteRefused
 from gateway.model.readings import Quality, Reason, Sample, Value
 
 log = logging.getLogger(__name__)
@@ -471,26 +479,41 @@ class UnitPoller:
 
     # -- writing ----------------------------------------------------------------------------------------------
 
-    async def write(self, link: RegisterLink, device: ModbusDeviceBase, point: str, value: Value) -> None:
-        """Write one writable coil or holding-register point. WriteRefused when it cannot be written
-        or the device answers with an exception; DriverError when the link fails."""
+    async def write(self, link: RegisterLink, device: ModbusDeviceBase, point: str, value: Value) -> Value:
+        """Write one writable coil (function 05) or holding-register point (06 for one register, 16 for
+        several), then read it back alone and return its value. WriteRefused when it cannot be written (nothing
+        is sent); DriverError with `link_lost=False` when the unit answers with an exception (reason
+        ``device-exception:XX``); ReplyTimeout or DriverError when the link fails."""
         target = _writable_point(device, point)
+        try:
+            coil = encode_bool(target, value) if target.table is Table.COIL else None
+            registers = encode(target, value, device.byte_order, device.word_order) if coil is None else []
+        except EncodeError as exc:
+            raise WriteRefused(str(exc), "not-representable") from exc
         self._cache.clear()  # a value read before the write must not be handed out after it
         counters = self.counters[device.id]
         try:
-            if target.table is Table.COIL:
-                await link.write_coil(target.address, encode_bool(target, value), self.unit)
-            else:
-                registers = encode(target, value, device.byte_order, device.word_order)
-                await link.write_registers(target.address, registers, self.unit)
-        except EncodeError as exc:
-            raise WriteRefused(str(exc)) from exc
+            counters.requests += 2
+            if coil is not None:
+                await link.write_coil(target.address, coil, self.unit)
+                (state,) = await link.read_bits(Table.COIL, target.address, 1, self.unit)
+                return state
+            await link.write_registers(target.address, registers, self.unit)
+            back = await link.read_registers(Table.HOLDING_REGISTER, target.address, target.register_count, self.unit)
         except ModbusExceptionReply as reply:
             counters.exception_replies += 1
-            raise WriteRefused(f"device {device.id} refused the write to {point}: {reply}") from reply
+            raise DriverError(f"device {device.id} refused the write to {point}: {reply}",
+                              exception_reason(reply.code), link_lost=False) from reply
         except ReplyTimeout:
             counters.timeouts += 1
             raise
+        except MalformedReply as exc:
+            raise DriverError(f"device {device.id}: {exc}", Reason.DECODE_ERROR.value, link_lost=False) from exc
+        try:
+            return decode_point(target, back, device.byte_order, device.word_order)
+        except DecodeError as exc:
+            raise DriverError(f"device {device.id}: read-back of {point}: {exc}", Reason.DECODE_ERROR.value,
+                              link_lost=False) from exc
 
 
 def unit_pollers(devices: Iterable[ModbusDeviceBase],

@@ -87,8 +87,8 @@ class ModbusRtuBusDevice(BusDevice[ModbusDeviceBase]):
     async def read(self, bus: Bus) -> list[Sample]:
         return await self.poller.read(RtuLink(bus, self.device.timeout, self.frames), self.device)
 
-    async def write(self, bus: Bus, point: str, value: Value) -> None:
-        await self.poller.write(RtuLink(bus, self.device.timeout, self.frames), self.device, point, value)
+    async def write(self, bus: Bus, point: str, value: Value) -> Value:
+        return await self.poller.write(RtuLink(bus, self.device.timeout, self.frames), self.device, point, value)
 
     def describe(self) -> list[str]:
         return self.poller.describe(self.device)

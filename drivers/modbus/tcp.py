@@ -64,5 +64,7 @@ class ModbusTcpDriver(Poller[ModbusTcpDevice]):
             raise DriverError(f"not connected to {self._link.host}:{self._link.port}")
         return await self._pollers[device.id].read(self._link, device)
 
-    async def write(self, device: ModbusTcpDevice, point: str, value: Value) -> None:
-        await self._pollers[device.id].write(self._link, device, point, value)
+    async def write(self, device: ModbusTcpDevice, point: str, value: Value) -> Value:
+        if not self._link.connected:
+            raise DriverError(f"not connected to {self._link.host}:{self._link.port}")
+        return await self._pollers[device.id].write(self._link, device, point, value)

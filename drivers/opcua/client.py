@@ -171,6 +171,52 @@ def _plain(raw: Any) -> Value | object:
     return _UNDECODABLE
 
 
+# OPC-UA built-in types a point value is written as: integers with their range, floats, booleans, text.
+_INTEGER_RANGES = {
+    ua.VariantType.SByte: (-2**7, 2**7 - 1), ua.VariantType.Byte: (0, 2**8 - 1),
+    ua.VariantType.Int16: (-2**15, 2**15 - 1), ua.VariantType.UInt16: (0, 2**16 - 1),
+    ua.VariantType.Int32: (-2**31, 2**31 - 1), ua.VariantType.UInt32: (0, 2**32 - 1),
+    ua.VariantType.Int64: (-2**63, 2**63 - 1), ua.VariantType.UInt64: (0, 2**64 - 1),
+}
+_FLOAT32_MAX = 3.4028234663852886e38
+# A server's refusal of a write, as a command result's reason (README); other Bad codes fail the write.
+WRITE_REFUSALS = {
+    "BadOutOfRange": "out-of-range", "BadTypeMismatch": "wrong-type", "BadNotWritable": "not-writable",
+    "BadUserAccessDenied": "access-denied", "BadWriteNotSupported": "not-writable",
+}
+
+
+def writable_value(value: Value, variant: ua.VariantType) -> Value:
+    """`value` as the node's type takes it; ValueError naming why when it cannot (never rounded)."""
+    name = variant.name
+    if variant is ua.VariantType.Boolean:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int | float) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"the node holds a Boolean, not {value!r}")
+    if variant is ua.VariantType.String:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"the node holds a String, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"the node holds a {name}, not {value!r}")
+    if variant in _INTEGER_RANGES:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value} is not a whole number, which the node's {name} must hold")
+        low, high = _INTEGER_RANGES[variant]
+        if not low <= int(value) <= high:
+            raise ValueError(f"{value} is outside the {name} range {low}..{high}")
+        return int(value)
+    if variant is ua.VariantType.Float:
+        if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+            raise ValueError(f"{value} does not fit a Float")
+        return float(value)
+    if variant is ua.VariantType.Double:
+        return float(value)
+    raise ValueError(f"the node's type {name} is not written by the gateway")
+
+
 def unit_code(eu_unit_id: int) -> str:
     """The UN/CEFACT common code packed into EUInformation.UnitId (ASCII bytes as an integer)."""
     data = eu_unit_id.to_bytes(4, "big").lstrip(b"\0")
@@ -361,6 +407,28 @@ class OpcUaLink:
             _expect_results("Read", answer, len(params.NodesToRead))
             values.extend(answer)
         return values
+
+    # -- writing ------------------------------------------------------------------------------------------
+
+    async def data_type(self, node: ua.NodeId) -> ua.VariantType:
+        """The built-in type a variable's DataType attribute comes down to (a subtype resolved to its base)."""
+        try:
+            variant: ua.VariantType = await self._client.get_node(node).read_data_type_as_variant_type()
+        except (UaError, OSError, TimeoutError, ConnectionError) as exc:
+            raise self._service_failed("Read DataType", exc) from exc
+        return variant
+
+    async def write(self, node: ua.NodeId, value: Value, variant: ua.VariantType) -> int:
+        """Write `value` as `variant` to the node's Value; the status code the server answered (0: Good)."""
+        params = ua.WriteParameters()
+        params.NodesToWrite = [ua.WriteValue(NodeId=node, AttributeId=ua.AttributeIds.Value,
+                                             Value=ua.DataValue(ua.Variant(value, variant)))]
+        try:
+            results = await self._client.uaclient.write(params)
+        except (UaError, OSError, TimeoutError, ConnectionError) as exc:
+            raise self._service_failed("Write", exc) from exc
+        _expect_results("Write", results, 1)
+        return int(results[0].value)
 
     async def engineering_units(self, nodes: Sequence[ua.NodeId]) -> list[str | None]:
         """The UN/CEFACT code of each node's EngineeringUnits property, None where it has none."""

@@ -21,12 +21,23 @@ import dataclasses
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
-from drivers.opcua.client import ConnectOptions, MonitorSpec, NodeId, NodeValue, OpcUaError, OpcUaLink
+from drivers.opcua.client import (
+    WRITE_REFUSALS,
+    ConnectOptions,
+    MonitorSpec,
+    NodeId,
+    NodeValue,
+    OpcUaError,
+    OpcUaLink,
+    status_name,
+    writable_value,
+)
 from drivers.opcua.config import Mode, OpcUaDevice, OpcUaPoint
 from gateway.model import units
-from gateway.model.driver import DriverError, LinkContext, Poller, Pusher, PushSink
-from gateway.model.readings import Quality, Reason, Sample
+from gateway.model.driver import DriverError, LinkContext, Poller, Pusher, PushSink, WriteRefused
+from gateway.model.readings import Quality, Reason, Sample, Value
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +60,7 @@ class OpcUaDriver(Poller[OpcUaDevice], Pusher[OpcUaDevice]):
         self._reported: dict[tuple[str, str], str] = {}  # (device, point) → last problem logged
         self._units_checked = False
         self._counters = {d.id: DeviceCounters() for d in self.devices}
+        self._types: dict[str, Any] = {}  # node id text → its built-in type, read once per session
 
     # -- the link ---------------------------------------------------------------------------------------------
 
@@ -97,6 +109,7 @@ class OpcUaDriver(Poller[OpcUaDevice], Pusher[OpcUaDevice]):
 
     async def close(self) -> None:
         self._nodes.clear()
+        self._types.clear()
         link, self._link = self._link, None
         if link is not None:
             await link.close()
@@ -140,6 +153,43 @@ class OpcUaDriver(Poller[OpcUaDevice], Pusher[OpcUaDevice]):
         elif result.quality is Quality.UNCERTAIN:
             counters.uncertain_statuses += 1
         return Sample(point.name, result.value, result.quality, result.reason, result.source_time_ms)
+
+    # -- writing ----------------------------------------------------------------------------------------------
+
+    async def write(self, device: OpcUaDevice, point: str, value: Value) -> Value:
+        """Write with the node's own DataType (read once per session), then Read the value back. A server's
+        BadOutOfRange, BadTypeMismatch, BadNotWritable or BadUserAccessDenied is a refusal (WriteRefused with
+        out-of-range, wrong-type, not-writable, access-denied); another Bad status fails the write."""
+        target = next((p for p in device.points if p.name == point), None)
+        if target is None:
+            raise WriteRefused(f"device {device.id} has no point {point!r}")
+        if not target.writable:
+            raise WriteRefused(f"point {point!r} of device {device.id} is not declared writable")
+        link = self._require_link()
+        node = self._nodes[device.id][device.points.index(target)]
+        if isinstance(node, str):
+            raise WriteRefused(f"point {point!r} of device {device.id} has no node on the server ({node})")
+        try:
+            variant = self._types.get(str(node))
+            if variant is None:
+                variant = self._types[str(node)] = await link.data_type(node)
+            try:
+                typed = writable_value(value, variant)
+            except ValueError as exc:
+                raise WriteRefused(f"point {point!r}: {exc}", "not-representable") from None
+            code = await link.write(node, typed, variant)
+            if code != 0:
+                name = status_name(code)
+                if name in WRITE_REFUSALS:
+                    raise WriteRefused(f"the server refused the write to {point!r}: {name}", WRITE_REFUSALS[name])
+                raise DriverError(f"the server failed the write to {point!r}: {name}", name, link_lost=False)
+            (back,) = await link.read([node])
+        except OpcUaError as exc:
+            raise DriverError(str(exc), exc.reason, link_lost=link.lost is not None) from exc
+        if back.quality is Quality.BAD:
+            raise DriverError(f"read-back of {point!r}: {back.reason}", back.reason or "read-back",
+                              link_lost=False)
+        return back.value
 
     def counters(self, device: OpcUaDevice) -> dict[str, int]:
         return dataclasses.asdict(self._counters[device.id])

@@ -45,8 +45,10 @@ class BusDevice(abc.ABC, Generic[D]):
     async def read(self, bus: Bus) -> list[Sample]:
         """One poll: bad samples for what the device refused or garbled; NoReply / LinkLost for silence."""
 
-    async def write(self, bus: Bus, point: str, value: Value) -> None:
-        raise WriteRefused(f"protocol {self.device.protocol} does not support writes")
+    async def write(self, bus: Bus, point: str, value: Value) -> Value:
+        """Write one writable point and return what the device reads back for it (see Driver.write)."""
+        raise WriteRefused(f"protocol {self.device.protocol} cannot write; point {point!r} of device "
+                           f"{self.device.id} is read only")
 
     async def listen(self, bus: Bus, sink: PushSink) -> None:
         """For a device that pushes (`device.pushes`): hand its samples to `sink` until the bus fails (LinkLost)."""

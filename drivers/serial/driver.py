@@ -57,9 +57,9 @@ class FieldBusDriver(Poller[DeviceBase], Pusher[DeviceBase]):
         self._require_open()
         return await self._members[device.id].read(self.bus)
 
-    async def write(self, device: DeviceBase, point: str, value: Value) -> None:
+    async def write(self, device: DeviceBase, point: str, value: Value) -> Value:
         self._require_open()
-        await self._members[device.id].write(self.bus, point, value)
+        return await self._members[device.id].write(self.bus, point, value)
 
     async def run(self, sink: PushSink[DeviceBase]) -> None:
         """Listen to the device that pushes until the bus fails (LinkLost)."""

@@ -121,6 +121,7 @@ class _Loader:
     environ: Mapping[str, str] | None
     check_files: bool = False
     issues: list[ConfigIssue] = field(default_factory=list)
+    main_raw: LocatedDict | None = None
     _profiles: dict[Path, LocatedDict | None] = field(default_factory=dict)
     _runnable: dict[str, bool] = field(default_factory=dict)
 
@@ -159,6 +160,7 @@ class _Loader:
             self.issue(Location(str(path), 1, 1), "", f"expected a mapping at the top, found {_kind(raw)}")
             return None
         inline_devices = raw.pop("devices", None)
+        self.main_raw = raw
         main = self.validate(MainFile, raw)
         if main is not None:
             main = _absolute_paths(main, path.parent.resolve())
@@ -411,6 +413,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, check_file
     resolver.check_links()
     resolver.check_derived()
     resolver.check_alarm_ids()
+    resolver.check_write_guards()
+    if main.lighting.circuits:
+        lighting = loader.main_raw.get("lighting") if loader.main_raw is not None else None
+        resolver.check_circuits(main.lighting, lighting if isinstance(lighting, LocatedDict) else None)
     issues = loader.issues + resolver.issues
     if issues:
         raise ConfigError(issues)

@@ -8,7 +8,8 @@ named final checks run over the whole configuration:
 
 - `check_links`: devices sharing a link (a serial port, a TCP gateway) agree;
 - `check_derived`: derived indicators are in the catalogue and computed from indicators their asset has;
-- `check_alarm_ids`: alarm ids are unique per asset.
+- `check_alarm_ids`: alarm ids are unique per asset;
+- `check_write_guards`: a writable point's guard reads indicators its asset has.
 
 Every problem is a ConfigIssue with file, line, column and key path.
 """
@@ -21,8 +22,9 @@ from dataclasses import dataclass, field
 from gateway.config.errors import ConfigIssue, Location, suggest
 from gateway.config.yamlsource import LocatedDict, LocatedList, located_dict
 from gateway.model import units
-from gateway.model.catalogue import Attribute, Catalogue
-from gateway.model.devices import DeviceBase
+from gateway.model.catalogue import Attribute, Catalogue, IndicatorKind
+from gateway.model.devices import DeviceBase, PointBase
+from gateway.model.lighting import LightingSettings
 from gateway.model.readings import series_key
 from gateway.model.resolved import (
     AttributeSource,
@@ -45,6 +47,7 @@ class _Written:
     path: str
     processing: dict[str, Location] = field(default_factory=dict)  # point name -> its `processing:` key
     derived: list[Location | None] = field(default_factory=list)  # each derived entry's `indicator:` key
+    guards: dict[str, Location] = field(default_factory=dict)  # point name -> its `write:` key
 
 
 @dataclass
@@ -150,6 +153,8 @@ class Resolver:
             except PointError as exc:
                 self.issue(point_raw.where(exc.key), f"{point_path}.{exc.key}", str(exc))
                 continue
+            if point.writable and isinstance(point_raw, LocatedDict):
+                self._check_writable(point, indicator.kind, point_raw, point_path, written)
             if device.enabled:
                 self._one_source(device, point.name, indicator.id, point.instance, point_raw, point_path)
         return tuple(resolved) if len(resolved) == len(device.points) else None
@@ -185,6 +190,17 @@ class Resolver:
         self._fed[key] = f"device {device.id!r} point {point!r}"
         if instance is not None:
             self._instanced.add((asset, indicator))
+
+    def _check_writable(self, point: PointBase, kind: IndicatorKind, point_raw: LocatedDict, point_path: str,
+                        written: _Written) -> None:
+        """A writable number says what may be written to it; a state may (a coil takes true and false)."""
+        limits = point.write
+        if limits is not None and limits.guard is not None:
+            written.guards[point.name] = point_raw.where("write")
+        if kind is IndicatorKind.MEASUREMENT and (limits is None or (limits.range is None and limits.allowed is None)):
+            self.issue(point_raw.where("writable"), f"{point_path}.writable",
+                       f"writable point {point.name!r} gives no write range; expected `write: {{range: [low, high]}}` "
+                       f"in {point.unit or 'its unit'} (what the centre may set it to), or `allowed: [...]`")
 
     def _note_derived(self, device: DeviceBase, raw: LocatedDict, written: _Written) -> None:
         entries = raw.get("derived")
@@ -255,6 +271,51 @@ class Resolver:
                 self.issue(where, path, f"alarm id {key[1]!r} is used twice on asset {key[0]!r} (first by "
                            f"{seen[key]}); give the rules distinct `id:`s")
             seen.setdefault(key, path)
+
+    def check_write_guards(self) -> None:
+        """A writable point's guard is a condition over indicators its asset has."""
+        available: dict[str, set[str]] = {}
+        for asset_id, indicator_id, instance in self._fed:
+            available.setdefault(asset_id, set()).add(series_key(indicator_id, instance))
+        for device in self._enabled():
+            written = self._written[device.id]
+            has = available.get(device.asset.asset, set())
+            for point in device.points:
+                limits = point.config.write
+                if limits is None or limits.guard is None:
+                    continue
+                for name in sorted(limits.guard_inputs() - has):
+                    self.issue(written.guards.get(point.name), f"{written.path}.points[{point.name}].write.guard",
+                               f"guard input {name!r} is not an indicator of asset {device.asset.asset!r}; "
+                               f"expected one of: {', '.join(sorted(has))}" + suggest(name, has))
+
+    def check_circuits(self, lighting: LightingSettings, raw: LocatedDict | None) -> None:
+        """Each lighting circuit names an enabled device and one of its writable points: a state (a contactor)
+        or a level in % (dimming)."""
+        circuits = raw.get("circuits") if raw is not None else None
+        devices = {d.id: d for d in self._enabled()}
+        for index, circuit in enumerate(lighting.circuits):
+            entry = circuits[index] if isinstance(circuits, LocatedList) and index < len(circuits) else None
+            where = entry if isinstance(entry, LocatedDict) else None
+            path = f"lighting.circuits[{index}]"
+            device = devices.get(circuit.device)
+            if device is None:
+                self.issue(where.where("device") if where else None, f"{path}.device",
+                           f"no enabled device {circuit.device!r}" + suggest(circuit.device, list(devices)))
+                continue
+            point = next((p for p in device.points if p.name == circuit.point), None)
+            if point is None:
+                self.issue(where.where("point") if where else None, f"{path}.point",
+                           f"device {device.id!r} has no point {circuit.point!r}"
+                           + suggest(circuit.point, [p.name for p in device.points]))
+            elif not point.config.writable:
+                self.issue(where.where("point") if where else None, f"{path}.point",
+                           f"point {circuit.point!r} of device {device.id!r} is not `writable: true`; a circuit "
+                           "switches a writable contactor coil or dimming level")
+            elif point.indicator.kind is not IndicatorKind.STATE and point.indicator.unit != "%":
+                self.issue(where.where("point") if where else None, f"{path}.point",
+                           f"point {circuit.point!r} is {point.indicator.id!r} in {point.indicator.unit}; expected "
+                           "an on/off state (a contactor) or a dimming level in %")
 
     # -- the result ------------------------------------------------------------------------------------------------
 

@@ -9,8 +9,42 @@ from typing import Annotated, Self
 
 from pydantic import AfterValidator, Field, model_validator
 
+from gateway.model.expression import parse
 from gateway.model.rules import DerivedIndicator, Processing
-from gateway.model.schema import Id, PointName, Seconds, StrictModel, record
+from gateway.model.schema import Id, PointName, Seconds, SecondsOrZero, StrictModel, record
+
+
+class WriteLimits(StrictModel):
+    """What may be written to a writable point (docs: README, Commands). Numbers are in the point's `unit`."""
+
+    range: tuple[float, float] | None = Field(
+        None, description="[low, high] a written number must lie in; required for a writable number.")
+    allowed: list[bool | int | str] | None = Field(
+        None, description="The values a writable state may be set to (e.g. [0, 1, 2] for a mode).")
+    step: float | None = Field(None, gt=0, description="A written number must be low + n * step.")
+    min_interval: SecondsOrZero = Field(1.0, description="Seconds at least between two writes to the point.")
+    guard: str | None = Field(
+        None, description="A condition over the asset's current readings, in the derived-indicator language "
+                          "(e.g. 'wet-well-level > 1.2'); the write is refused unless it holds on good, "
+                          "fresh readings.")
+    guard_max_age: Seconds = Field(60.0, description="Seconds a guard's input may be old; older refuses.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.range is not None and self.range[0] > self.range[1]:
+            raise ValueError(f"range must be [low, high], found [{self.range[0]}, {self.range[1]}]")
+        if self.range is not None and self.allowed is not None:
+            raise ValueError("give range (a number) or allowed (a state), not both")
+        if self.step is not None and self.range is None:
+            raise ValueError("step needs a range (the steps count from its low end)")
+        if self.allowed is not None and not self.allowed:
+            raise ValueError("allowed must name at least one value")
+        if self.guard is not None:
+            parse(self.guard)  # raises ValueError naming the position of the problem
+        return self
+
+    def guard_inputs(self) -> frozenset[str]:
+        return parse(self.guard).names if self.guard is not None else frozenset()
 
 
 class AssetSettings(StrictModel):
@@ -66,6 +100,9 @@ class PointBase:
     states: dict[int, Id] | None = Field(
         None, description="For a multi-state indicator: the device's codes, each mapped to a state id the "
                           "catalogue declares for the indicator; codes left out are published as unknown.")
+    write: WriteLimits | None = Field(
+        None, description="What may be written to a writable point: range or allowed values, step, minimum "
+                          "interval, guard.")
     processing: Processing | None = Field(
         None, description="Report by exception, windows, counter and alarms; each key given replaces the "
                           "catalogue's default for the indicator (docs/processing.md).")
@@ -74,6 +111,8 @@ class PointBase:
     def _ordered_range(self) -> Self:
         if self.range is not None and self.range[0] > self.range[1]:
             raise ValueError(f"range must be [low, high], found [{self.range[0]}, {self.range[1]}]")
+        if self.write is not None and not self.writable:
+            raise ValueError("`write:` limits are given but the point is not `writable: true`")
         return self
 
     @property

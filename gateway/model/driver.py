@@ -13,7 +13,9 @@ A driver plays one role or both:
   (`device.pushes`: an OPC-UA subscription, a sensor sending lines unasked)
   until the link is lost, and then returns or raises `DriverError`.
 
-Both can `write(device, point, value)` to a point declared writable. A driver is
+Both can `write(device, point, value)` to a point declared writable: the driver's value (the gateway has
+checked it against the point's declared limits and inverted the point's transform), written, then read back.
+The gateway calls it from the link's request task, so a write never overlaps a poll. A driver is
 generic over its protocol's device model, so it sees its own configuration
 type. Protocols register in drivers/__init__.py (see drivers/registry.py).
 """
@@ -49,7 +51,12 @@ class DriverError(Exception):
 
 
 class WriteRefused(Exception):
-    """A write to a point that is not declared writable, or that the protocol cannot write."""
+    """A write that never reached the device: the point is not declared writable, the protocol cannot write,
+    or the value cannot be represented in the point's type. `reason` is short and stable (README)."""
+
+    def __init__(self, message: str, reason: str = "not-writable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +83,12 @@ class Driver(abc.ABC, Generic[D]):
     async def close(self) -> None:
         """Close the link. Never raises for a link that is already broken."""
 
-    async def write(self, device: D, point: str, value: Value) -> None:
-        raise WriteRefused(f"protocol {device.protocol} does not support writes")
+    async def write(self, device: D, point: str, value: Value) -> Value:
+        """Write `value` to `point` of `device` and return what the device reads back for it, in the driver's
+        own terms (as `read` gives it). Raises WriteRefused before sending anything it cannot write, and
+        DriverError when the device or the link fails (a device's refusal with `link_lost=False`)."""
+        raise WriteRefused(f"protocol {device.protocol} cannot write; point {point!r} of device {device.id} "
+                           "is read only")
 
     def counters(self, device: D) -> dict[str, int]:
         """Protocol counters of one device (requests, exception replies, rejected frames ...) for its status."""

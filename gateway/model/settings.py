@@ -11,6 +11,8 @@ from typing import Literal, Self, TypeVar
 
 from pydantic import Field, PositiveInt, SecretStr, ValidationInfo, field_validator, model_validator
 
+from gateway.model.commands import CommandSettings
+from gateway.model.lighting import LightingSettings, SiteSettings
 from gateway.model.schema import ConfigPath, Id, ReadableFile, Seconds, StrictModel, checks_files
 
 
@@ -198,6 +200,9 @@ class MainFile(StrictModel):
     buffer: BufferSettings = BufferSettings()
     clock: ClockSettings = ClockSettings()
     status: StatusSettings = StatusSettings()
+    commands: CommandSettings = Field(CommandSettings(), description="Commands from the control room (README).")
+    site: SiteSettings | None = Field(None, description="Where the site is: for lighting schedules.")
+    lighting: LightingSettings = Field(LightingSettings(), description="Street-lighting schedules (README).")
     catalogue: Path | list[Path] = Field(
         Path("catalogue.yaml"), description="The catalogue file, or several: the shipped one first, then overlays "
                                             "that add to it (or override entries with `override: true`). "
@@ -208,3 +213,9 @@ class MainFile(StrictModel):
     @property
     def catalogue_files(self) -> list[Path]:
         return list(self.catalogue) if isinstance(self.catalogue, list) else [self.catalogue]
+
+    @model_validator(mode="after")
+    def _schedules_need_a_site(self) -> Self:
+        if self.lighting.circuits and self.site is None:
+            raise ValueError("lighting circuits need `site: {latitude, longitude, timezone}`")
+        return self
