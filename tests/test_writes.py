@@ -80,6 +80,18 @@ def test_states_take_their_allowed_values_and_coils_true_or_false() -> None:
     assert coil.confirms(True, True) and not coil.confirms(True, False) and not coil.confirms(True, None)
 
 
+def test_an_inverted_contact_and_a_mapped_mode_are_written_as_the_device_means_them() -> None:
+    # A contact wired normally closed reads true for "off": written, true goes to the device as false.
+    contact = policy(MODE, table="coil", invert=True)
+    assert contact.raw(True) is False and contact.raw(False) is True
+    dosing = Indicator.model_validate({
+        "id": "dosing-mode", "name": {"en": "d", "zh": "d"}, "kind": "state", "unit": "state", "quantified": "state",
+        "states": [{"code": 0, "id": "off", "name": {"en": "off", "zh": "off"}},
+                   {"code": 1, "id": "auto", "name": {"en": "auto", "zh": "auto"}}]})
+    mode = policy(dosing, type="uint16", states={7: "off", 9: "auto"}, write={"allowed": [0, 1]})
+    assert mode.raw(1) == 9 and mode.raw(0) == 7  # the catalogue's code in, the device's code out
+
+
 def test_a_guard_refuses_on_missing_bad_stale_or_false_inputs() -> None:
     from gateway.model.readings import AssetRef, Quality, Reading
 

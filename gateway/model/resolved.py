@@ -43,6 +43,11 @@ class StateMap:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_code", {device: (code, state) for device, code, state in self.pairs})
 
+    def device_code(self, code: int) -> int:
+        """The device's code for the catalogue's `code` (what to write to set that state); unchanged when the
+        map has no other code for it."""
+        return next((device for device, catalogue, _ in self.pairs if catalogue == code), code)
+
     def name(self, value: Value) -> tuple[Value, str | None]:
         """(the catalogue's code, the state id), or (the value unchanged, None) for a code it does not know."""
         if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):

@@ -85,10 +85,15 @@ class WritePolicy:
         return value
 
     def raw(self, value: Value) -> Value:
-        """The driver's value for canonical `value` (already checked): the point's transform inverted exactly."""
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return value
+        """The driver's value for canonical `value` (already checked): the point's transform inverted exactly, an
+        inverted boolean the other way round, a named state's code the device's own."""
         transform = self.point.transform
+        if isinstance(value, bool):
+            return (not value) if transform.invert_boolean else value
+        if not isinstance(value, int | float):
+            return value
+        if transform.states is not None and isinstance(value, int):
+            return transform.states.device_code(value)
         if transform.keeps_integers:
             return round(value) if isinstance(value, float) and _whole(value) else value
         raw = transform.invert(value)
