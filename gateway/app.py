@@ -137,7 +137,7 @@ class Gateway:
                 self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status,
                                                pace=self._pace))
                 runners.update((device.id, self.runners[-1]) for device in devices)
-            if config.main.commands.enabled or config.main.lighting.circuits:
+            if _writes_anything(config):
                 await self._command_path(resources, runners)
             self.report = GatewayReport(self.gateway_id, config.main.gateway.name, config.main.buffer.max_bytes,
                                         self.publisher, buffer, processor, self._statuses, self._drivers, readings,
@@ -300,6 +300,15 @@ class Gateway:
             except TimeoutError:
                 for status in self._statuses():
                     self._publish_status(status)
+
+
+def _writes_anything(config: GatewayConfig) -> bool:
+    """Whether the command path is worth its connection: commands are on and some point may be written, or a
+    lighting circuit switches one. A site that declares nothing writable subscribes to no command topic."""
+    if config.main.lighting.circuits:
+        return True
+    return config.main.commands.enabled and any(point.config.writable for device in config.enabled_devices
+                                                for point in device.points)
 
 
 def _watchdog(buffer: Buffer, pipeline: Pipeline) -> Watchdog | None:
