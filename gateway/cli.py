@@ -23,6 +23,8 @@ from gateway import __version__
 from gateway.config.errors import ConfigError, suggest
 from gateway.config.loader import GatewayConfig, load_config, load_main_catalogue
 from gateway.logs import setup_logging
+from gateway.model.devices import DeviceBase
+from gateway.model.resolved import ResolvedDevice
 from gateway.statedir import StateDirInUse
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -154,14 +156,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_read(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+def _named_device(config: GatewayConfig, args: argparse.Namespace) -> ResolvedDevice[DeviceBase] | None:
+    """The device the command line names; None (said, with the nearest id) when the configuration has none."""
     device = config.device(args.device)
     if device is None:
-        from gateway.config.errors import suggest
-
         print(f"error: no device {args.device!r} in {args.config}"
               + suggest(args.device, [d.id for d in config.devices]), file=sys.stderr)
+    return device
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    device = _named_device(config, args)
+    if device is None:
         return EXIT_CONFIG
     from gateway.readonce import read_once
     from gateway.statedir import StateLock
@@ -174,12 +181,8 @@ def cmd_read(args: argparse.Namespace) -> int:
 def cmd_write(args: argparse.Namespace) -> int:
     """One command from the engineer on site: the same checks, audit and read-back as from the control room."""
     config = load_config(args.config)
-    device = config.device(args.device)
+    device = _named_device(config, args)
     if device is None:
-        from gateway.config.errors import suggest
-
-        print(f"error: no device {args.device!r} in {args.config}"
-              + suggest(args.device, [d.id for d in config.devices]), file=sys.stderr)
         return EXIT_CONFIG
     from gateway.statedir import StateLock
     from gateway.writeonce import parse_value, preview, write_once
