@@ -110,6 +110,14 @@ class Reading:
 
     def as_payload(self, seq: int) -> dict[str, object]:
         """The JSON shape of one reading inside a batch (documented in README)."""
+        if self.instance is None and self.state is None:  # most readings: one literal, the hot path
+            plain: dict[str, object] = {
+                "seq": seq, "indicator": self.indicator, "value": self.value, "unit": self.unit,
+                "unit_code": self.unit_code, "quality": self.quality.value, "ts": self.source_time_ms,
+                "rx": self.receive_time_ms, "device": self.device, "point": self.point}
+            if self.reason is not None:
+                plain["reason"] = self.reason
+            return plain
         body: dict[str, object] = {"seq": seq, "indicator": self.indicator}
         if self.instance is not None:
             body["instance"] = self.instance
