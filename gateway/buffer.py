@@ -25,6 +25,7 @@ milliseconds) and SQLite never sees two threads.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -145,6 +146,7 @@ class _Committed:
     stored: bool  # False: the disk was too full even for these messages (they are among the drops)
     dropped: list[Drop]
     dropping: str | None
+    fresh: list[StoredMessage] | None = None  # the rows as stored, for the publisher; None: forget the fresh ones
 
 
 class Buffer:
@@ -168,6 +170,15 @@ class Buffer:
         self.dropping: str | None = None
         # Set by every commit (and at open when rows are waiting): the publisher waits on it.
         self.new_data = asyncio.Event()
+        # Hand-over: while the publisher has caught up with what is stored, each commit also gives it the rows it
+        # stored, so a connected gateway never reads back what it has just written. `_hand_over` lives on the
+        # buffer thread (a fetch that caught up turns it on; a drop or stop_hand_over turns it off), `fresh` on
+        # the event loop, in commit order.
+        self._hand_over = False
+        # While handing over: rows after this id reach the publisher through `fresh` only, so a fetch, which may
+        # run before the loop has put a commit's rows in `fresh`, never returns them as well.
+        self._handed_after = 0
+        self.fresh: collections.deque[StoredMessage] = collections.deque()
 
     @classmethod
     async def open(cls, path: Path, max_bytes: int, synchronous: Literal["full", "normal"] = "full",
@@ -210,6 +221,10 @@ class Buffer:
         if not messages:
             return
         done = await self._run(self._commit, messages)
+        if done.fresh is None:
+            self.fresh.clear()  # dropped rows may be among them: from here on the publisher reads the table
+        else:
+            self.fresh.extend(done.fresh)
         announced = {first for m in messages for first in m.announces} if done.stored else set()
         if announced:
             self.unannounced = [d for d in self.unannounced if d.first_seq not in announced]
@@ -217,11 +232,25 @@ class Buffer:
         self._follow_episode(done.dropping)
         self.new_data.set()
 
-    async def fetch(self, limit: int, exclude: Collection[int] = (), live_after: int = 0) -> list[StoredMessage]:
+    async def fetch(self, limit: int, exclude: Collection[int] = (), live_after: int = 0,
+                    hand_over: bool = False) -> list[StoredMessage]:
         """Up to `limit` stored messages in the order they are to be sent: alarm events (and anything else of
         a higher priority) first, oldest first; then the readings committed after row `live_after` (live),
-        oldest first; then the older ones (the history that waited across an outage), oldest first."""
-        return await self._run(self._fetch, limit, tuple(exclude), live_after)
+        oldest first; then the older ones (the history that waited across an outage), oldest first.
+        `hand_over`: when this fetch gets everything waiting (but `exclude`), commits from now on put their rows
+        in `fresh` too."""
+        return await self._run(self._fetch, limit, tuple(exclude), live_after, hand_over)
+
+    def take_fresh(self, limit: int) -> list[StoredMessage]:
+        """Up to `limit` of the rows handed over by commits, oldest first (see `fresh`)."""
+        fresh = self.fresh
+        return [fresh.popleft() for _ in range(min(limit, len(fresh)))]
+
+    async def stop_hand_over(self) -> None:
+        """The publisher is no longer connected: commits stop handing over rows, and those handed over are
+        forgotten (they are in the table, read at the next connection)."""
+        await self._run(setattr, self, "_hand_over", False)
+        self.fresh.clear()
 
     async def last_id(self) -> int:
         """The id of the newest row (0 when empty): what is committed from now on comes after it."""
@@ -286,7 +315,7 @@ class Buffer:
     def _commit(self, messages: Sequence[Message]) -> _Committed:
         self._space.look_for_room()
         try:
-            return self._finish(True, self._store(messages))
+            return self._finish(True, *self._store(messages))
         except sqlite3.OperationalError as exc:
             if not _is_full(exc):
                 raise
@@ -299,7 +328,7 @@ class Buffer:
         for make_room in (self._truncate_wal, self._release_reserve):
             make_room()
             try:
-                return self._finish(True, self._store(messages))
+                return self._finish(True, *self._store(messages))
             except sqlite3.OperationalError as exc:
                 if not _is_full(exc):
                     raise
@@ -307,12 +336,15 @@ class Buffer:
         self._unstored.extend(lost)
         self._depth.dropped(lost)
         self._depth.last_seq = max([self._depth.last_seq, *(d.last_seq for d in lost)])
-        return self._finish(False, lost)
+        return self._finish(False, lost, [])
 
-    def _finish(self, stored: bool, dropped: list[Drop]) -> _Committed:
-        return _Committed(stored, dropped, self._episode(dropped))
+    def _finish(self, stored: bool, dropped: list[Drop], fresh: list[StoredMessage] | None = None) -> _Committed:
+        if dropped:
+            self._hand_over, fresh = False, None
+        return _Committed(stored, dropped, self._episode(dropped), fresh)
 
-    def _store(self, messages: Sequence[Message]) -> list[Drop]:
+    def _store(self, messages: Sequence[Message]) -> tuple[list[Drop], list[StoredMessage] | None]:
+        """Store `messages`: what it dropped to make room, and the rows stored, while handing over."""
         created = now_ms()
         rows = [(m.priority, m.topic, m.body, m.first_seq, m.last_seq, m.created_ms or created) for m in messages]
         added = sum(len(m.body) + len(m.topic) + _ROW_OVERHEAD for m in messages)
@@ -324,6 +356,8 @@ class Buffer:
             self._db.executemany(
                 "INSERT INTO messages (priority, topic, body, first_seq, last_seq, created_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            # One transaction on the one connection: the rows' ids are the consecutive ones ending here.
+            last_id = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0]) if self._hand_over else 0
             self._record_drops(self._unstored)
             self._db.executemany("DELETE FROM drops WHERE first_seq = ?", announced)
             dropped, freed = self._drop_to_fit(self._size + added)
@@ -336,7 +370,11 @@ class Buffer:
         depth.dropped(dropped)
         if numbered:
             depth.last_seq = max(depth.last_seq, max(m.last_seq for m in numbered))
-        return dropped
+        if not self._hand_over:
+            return dropped, []
+        first_id = last_id - len(rows) + 1
+        return dropped, [StoredMessage(first_id + i, topic, body, priority, first_seq, last_seq, made)
+                         for i, (priority, topic, body, first_seq, last_seq, made) in enumerate(rows)]
 
     def _claim_sequence(self, first_seq: int, last_seq: int) -> None:
         stored = _counter(self._db, "last_seq")
@@ -399,23 +437,28 @@ class Buffer:
             return self.dropping  # read from the event loop's side: only that side changes it
         return None
 
-    def _fetch(self, limit: int, exclude: tuple[int, ...], live_after: int) -> list[StoredMessage]:
+    def _fetch(self, limit: int, exclude: tuple[int, ...], live_after: int, hand_over: bool) -> list[StoredMessage]:
         # Rows in flight are skipped in Python rather than with NOT IN, so each query stays a plain index scan.
         skip = set(exclude)
         found: list[StoredMessage] = []
+        handed_after = self._handed_after if self._hand_over else None
         for where, arguments in (("priority > 0", ()), ("priority = 0 AND id > ?", (live_after,)),
                                  ("priority = 0 AND id <= ?", (live_after,))):
             cursor = self._db.execute(
                 "SELECT id, topic, body, priority, first_seq, last_seq, created_ms FROM messages "
                 f"WHERE {where} ORDER BY priority DESC, id", arguments)
             for row in cursor:
-                if row[0] not in skip:
+                if row[0] not in skip and (handed_after is None or row[0] <= handed_after):
                     found.append(StoredMessage(*row))
                     if len(found) >= limit:
                         break
             cursor.close()
             if len(found) >= limit:
                 break
+        if hand_over and len(found) < limit and not self._hand_over:
+            # All that waits is in hand: the rows of the next commits are handed over.
+            self._hand_over = True
+            self._handed_after = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0])
         return found
 
     def _ack(self, ids: tuple[int, ...]) -> None:

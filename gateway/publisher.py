@@ -252,6 +252,7 @@ class Publisher:
         finally:
             self._connected.clear()
             self._link = None
+            await self._buffer.stop_hand_over()
             _pulse(self.acknowledged)  # whoever waits for the backlog to shrink: there is none while down
         log.warning("Lost connection to MQTT broker %s (%s); %d unacknowledged messages will be sent again",
                     self._where, link.down_reason, len(link.inflight))
@@ -276,8 +277,11 @@ class Publisher:
             room = self._settings.max_inflight - len(link.inflight)
             rows = []
             if room > 0:
-                rows = await self._buffer.fetch(room, exclude=self._acked.union(link.inflight.values()),
-                                                live_after=link.history_until)
+                # What the last commits stored, handed over as they were written (no read back), once this
+                # connection has caught up with the table; until then, and after a drop, from the table.
+                rows = self._buffer.take_fresh(room) or await self._buffer.fetch(
+                    room, exclude=self._acked.union(link.inflight.values()), live_after=link.history_until,
+                    hand_over=True)
                 for row in rows:
                     if not link.is_up:
                         break

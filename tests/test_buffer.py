@@ -176,3 +176,33 @@ async def test_depth_keeps_the_figures_of_a_full_scan_through_commits_drops_acks
     await same_as_a_scan()
     assert (await buffer.depth()).oldest_created_ms is None
     await buffer.close()
+
+
+async def test_once_the_publisher_has_caught_up_commits_hand_their_rows_over_as_stored(tmp_path: Path) -> None:
+    buffer = await Buffer.open(tmp_path / "b.sqlite", max_bytes=10**6)
+    await buffer.commit([message(1)])
+    assert not buffer.fresh, "nobody has caught up yet"
+    (first,) = await buffer.fetch(10, hand_over=True)  # everything that waits: caught up
+    await buffer.commit([message(2), message(3, priority=10)])
+    handed = buffer.take_fresh(10)
+    assert [(m.first_seq, m.priority, m.body) for m in handed] == [(2, 0, b"x" * 10), (3, 10, b"x" * 10)]
+    assert await buffer.fetch(10, exclude=[first.id], hand_over=True) == [], "never handed over and fetched too"
+    await buffer.stop_hand_over()  # the connection dropped: back to reading the table
+    stored = {m.id: m for m in await buffer.fetch(10, exclude=[first.id])}
+    assert all(stored[m.id] == m for m in handed), "the same rows, ids included, as the table holds"
+    await buffer.commit([message(4)])
+    assert not buffer.fresh
+    await buffer.close()
+
+
+async def test_a_drop_ends_the_hand_over_so_nothing_dropped_is_sent(tmp_path: Path) -> None:
+    buffer = await Buffer.open(tmp_path / "b.sqlite", max_bytes=256 * 1024, free_share=1.0)
+    await buffer.fetch(10, hand_over=True)
+    seq = 0
+    while not buffer.unannounced:  # until the cap drops something
+        seq += 1
+        await buffer.commit([message(seq, size=4000)])
+    assert not buffer.fresh
+    await buffer.commit([message(seq + 1)])
+    assert not buffer.fresh, "the table is read again until a fetch catches up"
+    await buffer.close()
