@@ -130,12 +130,13 @@ class Gateway:
             self._announce_assets()
             self.pipeline.announce_alarm_states()
             context = LinkContext(state_dir=config.state_dir)
+            backpressure = _Backpressure(self.publisher, BACKLOG_WINDOWS * config.main.mqtt.max_inflight)
             runners: dict[str, LinkRunner[Any]] = {}
             for link, devices in links(config.devices, config.attribute_sources).items():
                 driver = make_driver(devices, context)
                 self._drivers.update((device.id, driver) for device in devices)
                 self.runners.append(LinkRunner(link, driver, self._on_samples, self._on_failure, self._on_status,
-                                               pace=self._pace))
+                                               pace=backpressure))
                 runners.update((device.id, self.runners[-1]) for device in devices)
             if _writes_anything(config):
                 await self._command_path(resources, runners)
@@ -223,17 +224,6 @@ class Gateway:
         except* _StopRequested:
             restore_cancel_requests(cancel_requests_before)
 
-    async def _pace(self) -> None:
-        """Back-pressure, before each poll: while the broker is connected but what the gateway committed since
-        has outgrown what it gets acknowledged, the poll waits for acknowledgements. The publisher gets the loop,
-        the polls come late (their devices are reported overrun), and the cap never drops a reading for want of
-        the gateway's own CPU."""
-        publisher = self.publisher
-        assert publisher is not None
-        high_water = BACKLOG_WINDOWS * self.config.main.mqtt.max_inflight
-        while publisher.live_backlog() > high_water:
-            await publisher.acknowledged.wait()
-
     def _announce_assets(self) -> None:
         assert self.publisher is not None
         self.publisher.describe_with(self._descriptions)
@@ -300,6 +290,23 @@ class Gateway:
             except TimeoutError:
                 for status in self._statuses():
                     self._publish_status(status)
+
+
+class _Backpressure:
+    """Before each poll: while the broker is connected but what the gateway committed since has outgrown what
+    it gets acknowledged (more than `high_water` messages), polls wait for acknowledgements. The publisher gets
+    the loop, the polls come late (their devices are reported overrun), and the cap never drops a reading for
+    want of the gateway's own CPU."""
+
+    def __init__(self, publisher: Publisher, high_water: int) -> None:
+        self._publisher = publisher
+        self._high_water = high_water
+
+    def holding(self) -> bool:
+        return self._publisher.live_backlog() > self._high_water
+
+    async def room(self) -> None:
+        await self._publisher.acknowledged.wait()
 
 
 def _writes_anything(config: GatewayConfig) -> bool:

@@ -43,9 +43,9 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.model.devices import DeviceBase
 from gateway.model.driver import D, Driver, DriverError, Poller, Pusher, WriteRefused
@@ -122,14 +122,24 @@ FailureHandler = Callable[[DeviceBase, str, int], None]
 StatusHandler = Callable[[DeviceStatus[Any]], None]
 
 
+class Pace(Protocol):
+    """Back-pressure as a link meets it (the composition root says when to hold the polls)."""
+
+    def holding(self) -> bool:
+        """Whether polls wait now."""
+
+    async def room(self) -> None:
+        """Return once there may be room again (acknowledgements came, or the connection went)."""
+
+
 class LinkRunner(Generic[D]):
     """Owns one driver (one physical link): opens it, serves its devices, and opens it again when lost."""
 
     def __init__(self, name: str, driver: Driver[D], on_samples: SamplesHandler, on_failure: FailureHandler,
                  on_status: StatusHandler, clock: Callable[[], float] = time.monotonic,
-                 pace: Callable[[], Awaitable[None]] | None = None) -> None:
-        """`pace`: awaited before each poll; it returns at once unless the gateway's own backlog says to wait
-        (back-pressure: a poll that waits comes late and the device is reported overrun, nothing is lost)."""
+                 pace: Pace | None = None) -> None:
+        """`pace`: asked before each poll; while it holds (the gateway's own backlog says so) the poll waits
+        (back-pressure: it comes late and the device is reported overrun, nothing is lost); writes do not."""
         self.name = name
         self.driver = driver
         self.statuses: list[DeviceStatus[D]] = [DeviceStatus(device) for device in driver.devices]
@@ -364,20 +374,28 @@ class LinkRunner(Generic[D]):
             self._failed(status, error, now)
 
     async def _paced(self, status: DeviceStatus[D]) -> None:
-        """Wait for back-pressure to let the poll go; held back for OVERRUN_POLLS intervals, the device is
-        reported overrun at once, not only when its poll finally comes."""
-        assert self._pace is not None
-        try:
-            async with asyncio.timeout(status.device.poll_interval * OVERRUN_POLLS):
-                await self._pace()
-                return
-        except TimeoutError:
-            _honour_cancellation()
-            if not status.overrun:
+        """Wait while back-pressure holds the polls, making the writes that come meanwhile (a command or a
+        lighting switch is never held back by a backlog of readings). Held for OVERRUN_POLLS intervals, the
+        device is reported overrun at once, not only when its poll finally comes."""
+        pace = self._pace
+        assert pace is not None
+        overrun_at = self._clock() + status.device.poll_interval * OVERRUN_POLLS
+        while pace.holding():
+            if self._writes:
+                await self._serve_writes()
+                continue
+            if not status.overrun and self._clock() >= overrun_at:
                 if status.last_start is not None:
                     status.achieved_interval = self._clock() - status.last_start  # so far
                 self._change_overrun(status)
-        await self._pace()
+            self._write_ready.clear()
+            waiting = {asyncio.ensure_future(pace.room()), asyncio.ensure_future(self._write_ready.wait())}
+            try:
+                await asyncio.wait(waiting, timeout=None if status.overrun else max(0.0, overrun_at - self._clock()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for future in waiting:
+                    future.cancel()
 
     def _follow_schedule(self, status: DeviceStatus[D], started: float) -> None:
         """Overrun after OVERRUN_POLLS polls in a row that began a whole interval late; back on schedule after as
