@@ -77,7 +77,7 @@ EXAMPLE_IDS = frozenset({"gw-north-01", "gas-north-gw1", "gw-serial-example", "g
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config, check_files=True)
+    config = load_config(args.config, check_files=True, as_service=True)
     from gateway.app import links
     from gateway.config.listener import check_status_listener
 

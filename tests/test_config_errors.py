@@ -94,3 +94,22 @@ def test_a_secret_written_into_the_wrong_key_is_never_shown(tmp_path: Path) -> N
     assert "hunter2" not in message
     assert "mqtt.port: expected a valid integer" in message and "found the value of ${MQTT_PASSWORD} (not shown)" \
         in message
+
+
+def test_check_as_root_also_asks_whether_the_service_user_can_read_a_file(tmp_path: Path) -> None:
+    import pwd
+
+    from gateway.model.files import SERVICE_USER, file_problem
+
+    try:
+        pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        pytest.skip(f"no {SERVICE_USER} user here (the package check creates it)")
+    if os.geteuid() != 0:
+        pytest.skip("only a check run as root reads as someone else than the gateway would")
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)  # root's alone
+    problem = file_problem(secret, as_service=True)
+    assert problem is not None and f"not readable by the service user {SERVICE_USER}" in problem
+    assert file_problem(secret) is None, "a gateway started by hand as root reads it"

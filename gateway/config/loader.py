@@ -120,6 +120,7 @@ class _MainParts:
 class _Loader:
     environ: Mapping[str, str] | None
     check_files: bool = False
+    as_service: bool = False
     issues: list[ConfigIssue] = field(default_factory=list)
     main_raw: LocatedDict | None = None
     _profiles: dict[Path, LocatedDict | None] = field(default_factory=dict)
@@ -139,7 +140,8 @@ class _Loader:
 
     def validate(self, model: type[_M], raw: LocatedDict, prefix: Sequence[str | int] = ()) -> _M | None:
         # Relative paths inside (ConfigPath fields) are relative to the file the mapping was written in.
-        context = {"base_dir": Path(raw.location.file).parent.resolve(), "check_files": self.check_files}
+        context = {"base_dir": Path(raw.location.file).parent.resolve(), "check_files": self.check_files,
+                   "as_service": self.as_service}
         try:
             return model.model_validate(raw, context=context)
         except ValidationError as exc:
@@ -386,11 +388,13 @@ class _Loader:
         return raw if len(self.issues) == problems else None
 
 
-def load_config(path: Path, environ: Mapping[str, str] | None = None, check_files: bool = False) -> GatewayConfig:
+def load_config(path: Path, environ: Mapping[str, str] | None = None, check_files: bool = False,
+                as_service: bool = False) -> GatewayConfig:
     """Load the main file at `path` and everything it refers to, or raise ConfigError listing every issue.
     `check_files` (for `run` and `check`): the files it names (CA, keys, password files, trust directories)
-    must be there and readable by the gateway, and the TLS ones must load."""
-    loader = _Loader(environ, check_files)
+    must be there and readable by the gateway, and the TLS ones must load; `as_service` (for `check`): when
+    run as root, readable by the service user too."""
+    loader = _Loader(environ, check_files, as_service)
     parts = loader.load_main(path)  # errors name files as the user gave them
     if parts is None:
         raise ConfigError(loader.issues)

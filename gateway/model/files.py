@@ -2,8 +2,9 @@
 loaded: `check` then finds what `run` would meet, and names the setting and the file.
 
 The gateway runs as its own system user (the unit's `User=`), while `check` is often run as root: as root,
-a file is also checked against that user's rights. Files under `$CREDENTIALS_DIRECTORY` are not: systemd
-hands the service its own copy of each credential (`LoadCredential=`), whatever the source file's mode.
+`check` also checks a file against that user's rights (`run` started by hand as root reads as root). Files
+under `$CREDENTIALS_DIRECTORY` are not: systemd hands the service its own copy of each credential
+(`LoadCredential=`), whatever the source file's mode.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 SERVICE_USER = "municipal-gateway"
 
 
-def file_problem(path: Path, directory: bool = False) -> str | None:
+def file_problem(path: Path, directory: bool = False, as_service: bool = False) -> str | None:
     """Why the gateway could not read `path` (a file, or with `directory` a directory of files); None when
-    it can."""
+    it can. `as_service` (for `check`): run as root, also whether the service user could."""
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -33,7 +34,7 @@ def file_problem(path: Path, directory: bool = False) -> str | None:
     wanted = os.R_OK | os.X_OK if directory else os.R_OK
     if not os.access(path, wanted):
         return "permission denied"
-    return _service_user_problem(path, info, directory)
+    return _service_user_problem(path, info, directory) if as_service else None
 
 
 def _service_user_problem(path: Path, info: os.stat_result, directory: bool) -> str | None:

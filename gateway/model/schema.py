@@ -62,15 +62,19 @@ def checks_files(info: ValidationInfo) -> bool:
     return bool((info.context or {}).get("check_files"))
 
 
+def _as_service(info: ValidationInfo) -> bool:
+    return bool((info.context or {}).get("as_service"))
+
+
 def _readable_file(path: Path, info: ValidationInfo) -> Path:
-    problem = file_problem(path) if checks_files(info) else None
+    problem = file_problem(path, as_service=_as_service(info)) if checks_files(info) else None
     if problem is not None:
         raise ValueError(f"expected a file the gateway can read at {path}: {problem}")
     return path
 
 
 def _readable_dir(path: Path, info: ValidationInfo) -> Path:
-    problem = file_problem(path, directory=True) if checks_files(info) else None
+    problem = file_problem(path, directory=True, as_service=_as_service(info)) if checks_files(info) else None
     if problem is not None:
         raise ValueError(f"expected a directory the gateway can read at {path}: {problem}")
     return path
