@@ -16,7 +16,7 @@ from pydantic import Field, PositiveInt, PrivateAttr, field_validator, model_val
 
 from gateway.model import units
 from gateway.model.rules import AlarmRule, Counter, Processing, Reporting, check_alarms, check_windows
-from gateway.model.schema import Id, StrictModel
+from gateway.model.schema import Id, StrictModel, check_range
 
 
 class Names(StrictModel):
@@ -138,8 +138,7 @@ class Indicator(_Entry):
 
     @model_validator(mode="after")
     def _ordered_range(self) -> Self:
-        if self.range is not None and self.range[0] > self.range[1]:
-            raise ValueError(f"range must be [low, high], found [{self.range[0]}, {self.range[1]}]")
+        check_range(self.range)
         return self
 
     @model_validator(mode="after")

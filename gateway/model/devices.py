@@ -11,7 +11,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from gateway.model.expression import parse
 from gateway.model.rules import DerivedIndicator, Processing
-from gateway.model.schema import Id, PointName, Seconds, SecondsOrZero, StrictModel, record
+from gateway.model.schema import Id, PointName, Seconds, SecondsOrZero, StrictModel, check_range, record
 
 
 class WriteLimits(StrictModel):
@@ -31,8 +31,7 @@ class WriteLimits(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.range is not None and self.range[0] > self.range[1]:
-            raise ValueError(f"range must be [low, high], found [{self.range[0]}, {self.range[1]}]")
+        check_range(self.range)
         if self.range is not None and self.allowed is not None:
             raise ValueError("give range (a number) or allowed (a state), not both")
         if self.step is not None and self.range is None:
@@ -109,8 +108,7 @@ class PointBase:
 
     @model_validator(mode="after")
     def _ordered_range(self) -> Self:
-        if self.range is not None and self.range[0] > self.range[1]:
-            raise ValueError(f"range must be [low, high], found [{self.range[0]}, {self.range[1]}]")
+        check_range(self.range)
         if self.write is not None and not self.writable:
             raise ValueError("`write:` limits are given but the point is not `writable: true`")
         return self

@@ -38,6 +38,12 @@ def record(cls: type[_T]) -> type[_T]:
     return cast("type[_T]", made)
 
 
+def check_range(low_high: tuple[float, float] | None) -> None:
+    """A `range:` (of a point, an indicator, what may be written) is [low, high]: ValueError otherwise."""
+    if low_high is not None and low_high[0] > low_high[1]:
+        raise ValueError(f"range must be [low, high], found [{low_high[0]}, {low_high[1]}]")
+
+
 # A duration in seconds. Bounded, so every one of them also fits the milliseconds the gateway counts in.
 MAX_SECONDS = 366 * 86_400
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
