@@ -46,6 +46,22 @@ class Slave(Protocol):
     async def answer(self, data: bytes) -> tuple[int, bytes | None] | None: ...
 
 
+async def _claim(slaves: Sequence[Slave], data: bytes) -> tuple[int, bytes | None] | None:
+    """The first slave's claim on the bytes at the head of the line: (bytes it consumed, its reply); (0, None)
+    when none claims them but one waits for the rest of its frame; None when no slave wants them (one byte
+    of noise to skip)."""
+    waiting = False
+    for slave in slaves:
+        answer = await slave.answer(data)
+        if answer is None:
+            continue
+        if answer[0] == 0:
+            waiting = True
+            continue
+        return answer
+    return (0, None) if waiting else None
+
+
 @dataclass
 class Exchange:
     """One request seen by the simulator and the reply it wrote (monotonic times)."""
@@ -143,23 +159,16 @@ class SimulatedBus:
     async def _answer_all(self) -> None:
         while self._received:
             data = bytes(self._received)
-            waiting = False
-            for slave in self.slaves:
-                answer = await slave.answer(data)
-                if answer is None:
-                    continue
-                consumed, reply = answer
-                if consumed == 0:
-                    waiting = True
-                    continue
-                del self._received[:consumed]
-                self._send_reply(data[:consumed], reply)
-                break
-            else:
-                if waiting:
-                    return
+            claim = await _claim(self.slaves, data)
+            if claim is None:
                 del self._received[:1]
                 self.unclaimed_bytes += 1
+                continue
+            consumed, reply = claim
+            if consumed == 0:
+                return  # a slave waits for the rest of its frame
+            del self._received[:consumed]
+            self._send_reply(data[:consumed], reply)
 
     def _send_reply(self, request: bytes, reply: bytes | None) -> None:
         exchange = Exchange(self._last_rx, request)
@@ -362,22 +371,15 @@ class DeviceServerSim:
     async def _answer_all(self, received: bytearray, writer: asyncio.StreamWriter, arrived: float) -> None:
         while received:
             data = bytes(received)
-            waiting = False
-            for slave in self.slaves:
-                answer = await slave.answer(data)
-                if answer is None:
-                    continue
-                consumed, reply = answer
-                if consumed == 0:
-                    waiting = True
-                    continue
-                del received[:consumed]
-                await self._reply(Exchange(arrived, data[:consumed]), reply, writer)
-                break
-            else:
-                if waiting:
-                    return
+            claim = await _claim(self.slaves, data)
+            if claim is None:
                 del received[:1]
+                continue
+            consumed, reply = claim
+            if consumed == 0:
+                return  # a slave waits for the rest of its frame
+            del received[:consumed]
+            await self._reply(Exchange(arrived, data[:consumed]), reply, writer)
 
     async def _reply(self, exchange: Exchange, reply: bytes | None, writer: asyncio.StreamWriter) -> None:
         self.exchanges.append(exchange)
