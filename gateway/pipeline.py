@@ -23,6 +23,7 @@ from gateway.model.readings import AssetRef, Reading, Sample, now_ms
 from gateway.payload import encode_active_alarms, encode_alarm_events, encode_batch, encode_drops, encode_statistics
 from gateway.processing import Output, Processor
 from gateway.processing.derived import DERIVED_DEVICE
+from gateway.tasks import commit_until_cancelled
 from gateway.topics import Topics
 
 ALARM_PRIORITY = 10  # buffer priority of alarm events; readings and statistics have 0
@@ -227,15 +228,9 @@ class Pipeline:
         self._wake.set()
 
     async def run(self) -> None:
-        """Commit queued messages until cancelled; on cancellation commit what is queued, then stop."""
-        try:
-            while True:
-                await self._wake.wait()
-                await self._commit_pending()
-        finally:
-            if self._pending:
-                # Shutting down: what was read must still reach the disk.
-                await asyncio.shield(self._commit_pending())
+        """Commit queued messages until cancelled; on cancellation commit what is queued (what was read must
+        still reach the disk), then stop."""
+        await commit_until_cancelled(self._wake, self._commit_pending, lambda: bool(self._pending))
 
     async def _commit_pending(self) -> None:
         self._wake.clear()

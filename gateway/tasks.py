@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 
 def cancel_requests() -> int:
@@ -22,3 +23,17 @@ def restore_cancel_requests(before: int) -> None:
     task = asyncio.current_task()
     while task is not None and task.cancelling() > before:
         task.uncancel()
+
+
+async def commit_until_cancelled(wake: asyncio.Event, commit: Callable[[], Awaitable[None]],
+                                 pending: Callable[[], bool]) -> None:
+    """The loop of a group-commit writer: `commit()` whatever was queued each time `wake` is set (commit clears
+    it), until cancelled; then, shielded, what is still `pending()`, so that what was handed over at shutdown
+    still reaches the disk."""
+    try:
+        while True:
+            await wake.wait()
+            await commit()
+    finally:
+        if pending():
+            await asyncio.shield(commit())

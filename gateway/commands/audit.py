@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from gateway.model.readings import format_time_ms, now_ms
 from gateway.statedir import private_file
+from gateway.tasks import commit_until_cancelled
 
 _T = TypeVar("_T")
 AUDIT_FILE = "audit.sqlite"
@@ -74,13 +75,7 @@ class AuditLog:
 
     async def run(self) -> None:
         """Commit what is appended until cancelled; then what is still waiting."""
-        try:
-            while True:
-                await self._wake.wait()
-                await self._commit_pending()
-        finally:
-            if self._pending:
-                await asyncio.shield(self._commit_pending())
+        await commit_until_cancelled(self._wake, self._commit_pending, lambda: bool(self._pending))
 
     def append(self, kind: str, entry: Entry) -> asyncio.Future[int]:
         """Queue one entry; the future is its sequence number in the log, once committed."""
