@@ -583,8 +583,16 @@ class CommandChannel:
         def on_disconnect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
             loop.call_soon_threadsafe(lost)
 
-        def on_subscribe(c: mqtt.Client, u: Any, mid: int, reasons: Any, p: Any) -> None:
-            loop.call_soon_threadsafe(self._subscribed.set)
+        def subscribed(refused: bool) -> None:
+            if refused:  # an ACL that denies the topic: no command can arrive, so say so
+                log.warning("command channel: MQTT broker %s refused the subscription to %s", self._where,
+                            self._topic)
+            else:
+                self._subscribed.set()
+                log.info("command channel listening on %s", self._topic)
+
+        def on_subscribe(c: mqtt.Client, u: Any, mid: int, reasons: list[ReasonCode], p: Any) -> None:
+            loop.call_soon_threadsafe(subscribed, any(reason.is_failure for reason in reasons))
 
         def on_message(c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
             loop.call_soon_threadsafe(message, bytes(m.payload), bool(m.retain), getattr(m, "properties", None))
@@ -620,7 +628,7 @@ class CommandChannel:
                     self._version = mqtt.MQTTv311  # a broker that does not speak MQTT 5: no response topics
                 raise _Refused(refusal[0]) if refusal else ConnectionError("connection closed before CONNACK")
             self._last_problem = None
-            log.info("command channel connected to MQTT broker %s, listening on %s", self._where, self._topic)
+            log.info("command channel connected to MQTT broker %s", self._where)
             await self._down.wait()
             log.warning("command channel lost its connection to MQTT broker %s", self._where)
         finally:

@@ -72,7 +72,7 @@ async def test_the_audit_log_survives_sigkill_of_a_running_gateway(
         said: list[bytes] = []
         try:
             async with asyncio.timeout(WAIT):
-                while not said or b"command channel connected" not in said[-1]:
+                while not said or b"command channel listening" not in said[-1]:
                     said.append(await gateway.stderr.readline())
                     assert said[-1], b"".join(said).decode()  # the gateway ended
         except TimeoutError:
