@@ -33,7 +33,7 @@ import random
 import socket
 import ssl
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -476,6 +476,21 @@ class _Link:
         self._on_puback(self, mid)
 
 
+class Acknowledgement:
+    """The PUBACK of one command, sent once, when the gateway has it in its audit log: a command that a crash
+    cuts short before then is delivered again by the broker (the session is kept) rather than lost."""
+
+    __slots__ = ("_client", "_mid", "_qos")
+
+    def __init__(self, client: mqtt.Client | None = None, mid: int = 0, qos: int = 0) -> None:
+        self._client, self._mid, self._qos = client, mid, qos
+
+    def __call__(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:  # on the connection it came by; on a closed one paho sends nothing
+            client.ack(self._mid, self._qos)
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingCommand:
     """One message on the command topic, as the broker delivered it."""
@@ -484,12 +499,14 @@ class IncomingCommand:
     retained: bool
     response_topic: str | None  # MQTT 5: where the sender wants the result
     correlation: bytes | None  # MQTT 5: what the sender wants back with it
+    acknowledge: Acknowledgement = field(default_factory=Acknowledgement)  # once it is in the audit log
 
 
 class CommandChannel:
     """A connection of its own for commands: subscribes to `topic` (QoS 1) on every connect and hands each
     message to `on_command` on the event loop; `reply` publishes a result. MQTT 5 with a session the broker
-    keeps `session_expiry` seconds; a broker that only speaks 3.1.1 gets 3.1.1 (no response topics then)."""
+    keeps `session_expiry` seconds; a broker that only speaks 3.1.1 gets 3.1.1 (no response topics then).
+    A command is acknowledged (PUBACK) only when the command path calls its `acknowledge`."""
 
     def __init__(self, settings: MqttSettings, client_id: str, topic: str, session_expiry: float,
                  on_command: Callable[[IncomingCommand], None], mqtt5: bool = True) -> None:
@@ -552,10 +569,10 @@ class CommandChannel:
         v5 = self._version == mqtt.MQTTv5
         if v5:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv5,
-                                 reconnect_on_failure=False)
+                                 reconnect_on_failure=False, manual_ack=True)
         else:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv311,
-                                 clean_session=False, reconnect_on_failure=False)
+                                 clean_session=False, reconnect_on_failure=False, manual_ack=True)
 
         def connected(refused: bool, reason: str) -> None:
             if refused:
@@ -571,10 +588,10 @@ class CommandChannel:
             self._down.set()
             settled.set()
 
-        def message(payload: bytes, retained: bool, properties: Any) -> None:
+        def message(payload: bytes, retained: bool, properties: Any, ack: Acknowledgement) -> None:
             response = getattr(properties, "ResponseTopic", None) if properties is not None else None
             correlation = getattr(properties, "CorrelationData", None) if properties is not None else None
-            self._on_command(IncomingCommand(payload, retained, response, correlation))
+            self._on_command(IncomingCommand(payload, retained, response, correlation, ack))
 
         # paho's thread: each callback is handed to the event loop.
         def on_connect(c: mqtt.Client, u: Any, f: Any, reason: ReasonCode, p: Any) -> None:
@@ -595,7 +612,8 @@ class CommandChannel:
             loop.call_soon_threadsafe(subscribed, any(reason.is_failure for reason in reasons))
 
         def on_message(c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
-            loop.call_soon_threadsafe(message, bytes(m.payload), bool(m.retain), getattr(m, "properties", None))
+            loop.call_soon_threadsafe(message, bytes(m.payload), bool(m.retain), getattr(m, "properties", None),
+                                      Acknowledgement(c, m.mid, m.qos))
 
         client.on_connect, client.on_disconnect = on_connect, on_disconnect
         client.on_subscribe, client.on_message = on_subscribe, on_message

@@ -5,12 +5,13 @@ Every check runs before anything is sent, in this order, and the first that fail
     retained message · gateway rate · payload · signature · clock · age · device and point · writable ·
     type, allowed values, range, step · representable · minimum interval and point rate · guard
 
-An accepted command is committed to the audit log first; then its write goes to the link's request task
-(gateway/links.py), so it never overlaps a poll; then the point is read back. The same id again (a QoS 1
-redelivery, a replay) is answered with the first result and never executed twice, across restarts too
-(the audit log remembers). Results go to the result topic (and the sender's MQTT 5 response topic, with its
-correlation data); the audit record of each command and result goes through the buffer with alarm
-priority, so the centre gets it even after an outage.
+An accepted command is committed to the audit log first, and only then acknowledged to the broker (so one
+a crash cuts short before that is delivered again, not lost); then its write goes to the link's request task
+(gateway/links.py), so it never overlaps a poll; then the point is read back. A refusal is acknowledged once
+it is in the log too. The same id again (a QoS 1 redelivery, a replay) is answered with the first result and
+never executed twice, across restarts too (the audit log remembers). Results go to the result topic (and
+the sender's MQTT 5 response topic, with its correlation data); the audit record of each command and result
+goes through the buffer with alarm priority, so the centre gets it even after an outage.
 """
 
 from __future__ import annotations
@@ -350,6 +351,8 @@ class CommandService:
         if self._clock.uncertain:
             base["clock"] = "unsynchronised"
         result: Entry
+        log.info("command %s accepted: %s/%s = %r from %r", command.id, command.device, command.point, canonical,
+                 command.source or "an unnamed sender")
         try:
             try:
                 await self._audit_entry("command", {**base, "raw": raw, "status": "accepted"})
@@ -359,6 +362,8 @@ class CommandService:
                           "message": "the audit log cannot be written, so nothing is executed"}
                 await self._finish(command.id, result, audit=False)
                 return
+            for incoming in self._running.get(command.id, []):
+                incoming.acknowledge()  # it is in the log: a crash from now on finds it there, not at the broker
             if self._wall() > deadline:  # it waited (for the disk) past its expiry: still never executed
                 result = {**base, "status": "refused", "reason": "expired", "message": "expired before it could "
                                                                                         "be sent to the device"}
@@ -420,6 +425,7 @@ class CommandService:
             self._answer(incoming, result)
 
     def _answer(self, incoming: IncomingCommand, result: Entry) -> None:
+        incoming.acknowledge()  # the result is in the log (or the log cannot be written: it was said)
         waiter = self._waiters.pop(str(result.get("id")), None)
         if waiter is not None and not waiter.done():
             waiter.set_result(result)
