@@ -373,9 +373,9 @@ async def test_cancelling_while_the_broker_is_unreachable_stops_promptly(buffer:
         await eventually(lambda: publisher.stats.connect_failures >= 1, "a failed attempt")
 
 
-async def test_after_a_healthy_connection_drops_it_retries_at_once_then_every_two_seconds_at_most(
+async def test_after_a_healthy_connection_drops_it_retries_at_once_then_every_second_at_most(
         broker_factory: BrokerFactory, buffer: Buffer, caplog: pytest.LogCaptureFixture) -> None:
-    # The default settings: a broker back after an outage of any length is reached within about 2 s.
+    # The default settings: a broker back after an outage of any length is reached within about 1 s.
     broker = broker_factory()
     publisher = Publisher(settings(broker.port, reconnect=ReconnectSettings()), GATEWAY, buffer, STATUS)
     with caplog.at_level(logging.DEBUG, logger="gateway.publisher"):
@@ -388,4 +388,4 @@ async def test_after_a_healthy_connection_drops_it_retries_at_once_then_every_tw
     delays = [float(r.getMessage().rsplit(" in ", 1)[1].removesuffix(" s")) for r in caplog.records
               if r.getMessage().startswith("Reconnecting")]
     assert delays[0] <= 0.25, "the first attempt after a healthy connection comes at once"
-    assert max(delays) <= 2.0 and max(delays) > delays[0], "then the wait grows, but never past 2 s"
+    assert max(delays) <= 1.0 and max(delays) > delays[0], "then the wait grows, but never past 1 s"
