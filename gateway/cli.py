@@ -23,6 +23,7 @@ from gateway import __version__
 from gateway.config.errors import ConfigError, suggest
 from gateway.config.loader import GatewayConfig, load_config, load_main_catalogue
 from gateway.logs import setup_logging
+from gateway.memory import one_malloc_arena
 from gateway.model.devices import DeviceBase
 from gateway.model.resolved import ResolvedDevice
 from gateway.statedir import StateDirInUse
@@ -281,6 +282,7 @@ def cmd_buffer(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    one_malloc_arena()  # before the first thread
     config = load_config(args.config, check_files=True)
     if args.log_level is None:
         logging.getLogger().setLevel(config.main.gateway.log_level.value.upper())
