@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from drivers.modbus.tables import Table
 from gateway.app import Gateway
@@ -319,5 +320,28 @@ async def test_a_command_left_without_result_by_a_killed_gateway_is_recorded_as_
         operator.send(again)
         assert (await operator.result("cut-short"))["reason"] == "interrupted"
         assert plc.get_registers(1, HR, 0, 1) == [400]
+    finally:
+        await site.close()
+
+
+async def test_a_guard_names_one_instance_of_an_indicator_the_asset_has_twice(
+        tmp_path: Path, broker: Broker, plc: ModbusSimulator, operator: Operator) -> None:
+    config = write_site(tmp_path, broker.port, plc.port)
+    devices = yaml.safe_load((tmp_path / "devices.yaml").read_text())
+    points = devices["devices"][0]["points"]
+    north = next(p for p in points if p["name"] == "wet_well_level")
+    north["instance"] = "north"
+    points.append({**north, "name": "wet_well_level_south", "address": 4, "instance": "south"})
+    run = next(p for p in points if p["name"] == "run_command")
+    run["write"]["guard"] = "wet-well-level[north] >= 1.2"
+    (tmp_path / "devices.yaml").write_text(yaml.safe_dump(devices))
+    plc.set_registers(1, HR, 2, [160, 0, 0])  # north at 1.6 m; south (register 4) empty: the guard asks north
+    site = await start(config)
+    try:
+        start_pump = command("run_command", True)
+        operator.send(start_pump)
+        result = await operator.result(start_pump["id"])
+        assert (result["status"], result.get("message")) == ("done", None), result
+        assert plc.get_bits(1, Table.COIL, 0, 1) == [True]
     finally:
         await site.close()

@@ -149,7 +149,7 @@ class CommandService:
                     self._targets[(device.id, point.name)] = _Target(
                         device, policy, runner, TokenBucket(settings.rate.per_point, monotonic))
         self._gateway_bucket = TokenBucket(settings.rate.per_gateway, monotonic)
-        self._latest: dict[str, dict[str, Reading]] = {}  # asset id -> indicator -> latest reading
+        self._latest: dict[str, dict[str, Reading]] = {}  # asset id -> series (indicator[instance]) -> latest
         self._results: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._running: dict[str, list[IncomingCommand]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -201,9 +201,10 @@ class CommandService:
             await self._record_result(result)
 
     def observe(self, readings: Sequence[Reading]) -> None:
-        """Every poll's readings (for guards)."""
+        """Every poll's readings (for guards, which name them as derived expressions do: `indicator[instance]`
+        where the asset has the indicator more than once)."""
         for reading in readings:
-            self._latest.setdefault(reading.asset.asset, {})[reading.indicator] = reading
+            self._latest.setdefault(reading.asset.asset, {})[reading.series] = reading
 
     # -- one command ----------------------------------------------------------------------------------------------
 
