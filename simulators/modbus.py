@@ -17,6 +17,7 @@ at most 80 registers at once do.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -77,6 +78,8 @@ class ModbusSimulator:
         self.requests: collections.Counter[int] = collections.Counter()  # requests received per unit id
         self.connections = 0  # client connections accepted so far (to tell a reused connection from a new one)
         self.reply_mangler: Callable[[bytes], bytes] | None = None  # rewrites each reply frame (tests)
+        # A slow actuator: a written value is acknowledged at once but shows in the table this many seconds later.
+        self.write_delay = 0.0
         self._port = port
         self._server: ModbusTcpServer | None = None
 
@@ -176,11 +179,18 @@ class ModbusSimulator:
         if isinstance(checked, ExcCodes):
             return checked
         unit, table = checked
+        if self.write_delay > 0:
+            asyncio.get_running_loop().call_later(self.write_delay, self._store, unit, table, address, list(values))
+        else:
+            self._store(unit, table, address, values)
+        return None
+
+    @staticmethod
+    def _store(unit: _Unit, table: Table, address: int, values: Sequence[int] | Sequence[bool]) -> None:
         if table.is_bits:
             unit.bits[table][address:address + len(values)] = bytes(bool(v) for v in values)
         else:
             unit.registers[table][address:address + len(values)] = array("H", values)
-        return None
 
 
 class StrictGapSimulator(ModbusSimulator):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -324,17 +325,27 @@ async def test_a_command_left_without_result_by_a_killed_gateway_is_recorded_as_
         await site.close()
 
 
+def edit_points(directory: Path, edit: Callable[[dict[str, dict[str, Any]]], None]) -> None:
+    """Change the site's points (by name) before the gateway starts."""
+    devices = yaml.safe_load((directory / "devices.yaml").read_text())
+    points = devices["devices"][0]["points"]
+    by_name = {p["name"]: p for p in points}
+    edit(by_name)
+    devices["devices"][0]["points"] = list(by_name.values())
+    (directory / "devices.yaml").write_text(yaml.safe_dump(devices))
+
+
 async def test_a_guard_names_one_instance_of_an_indicator_the_asset_has_twice(
         tmp_path: Path, broker: Broker, plc: ModbusSimulator, operator: Operator) -> None:
     config = write_site(tmp_path, broker.port, plc.port)
-    devices = yaml.safe_load((tmp_path / "devices.yaml").read_text())
-    points = devices["devices"][0]["points"]
-    north = next(p for p in points if p["name"] == "wet_well_level")
-    north["instance"] = "north"
-    points.append({**north, "name": "wet_well_level_south", "address": 4, "instance": "south"})
-    run = next(p for p in points if p["name"] == "run_command")
-    run["write"]["guard"] = "wet-well-level[north] >= 1.2"
-    (tmp_path / "devices.yaml").write_text(yaml.safe_dump(devices))
+
+    def two_wells(points: dict[str, dict[str, Any]]) -> None:
+        north = points["wet_well_level"]
+        north["instance"] = "north"
+        points["wet_well_level_south"] = {**north, "name": "wet_well_level_south", "address": 4, "instance": "south"}
+        points["run_command"]["write"]["guard"] = "wet-well-level[north] >= 1.2"
+
+    edit_points(tmp_path, two_wells)
     plc.set_registers(1, HR, 2, [160, 0, 0])  # north at 1.6 m; south (register 4) empty: the guard asks north
     site = await start(config)
     try:
@@ -343,5 +354,24 @@ async def test_a_guard_names_one_instance_of_an_indicator_the_asset_has_twice(
         result = await operator.result(start_pump["id"])
         assert (result["status"], result.get("message")) == ("done", None), result
         assert plc.get_bits(1, Table.COIL, 0, 1) == [True]
+    finally:
+        await site.close()
+
+
+@pytest.mark.parametrize(("confirm_within", "confirmation", "read_back"), [(5.0, "confirmed", 455.0),
+                                                                          (0.3, "mismatch", 400.0)])
+async def test_a_slow_actuator_is_confirmed_by_a_later_poll_within_confirm_within(
+        tmp_path: Path, broker: Broker, plc: ModbusSimulator, operator: Operator,
+        confirm_within: float, confirmation: str, read_back: float) -> None:
+    """The PLC takes 1 s to show a new setpoint: the read-back right after the write still says 400 kPa."""
+    config = write_site(tmp_path, broker.port, plc.port)
+    edit_points(tmp_path, lambda points: points["pressure_setpoint"]["write"].update(confirm_within=confirm_within))
+    plc.write_delay = 1.0
+    site = await start(config)
+    try:
+        sent = command("pressure_setpoint", 455.0)
+        operator.send(sent)
+        result = await operator.result(sent["id"])
+        assert (result["status"], result["confirmation"], result["read_back"]) == ("done", confirmation, read_back)
     finally:
         await site.close()

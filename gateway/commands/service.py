@@ -35,7 +35,7 @@ from gateway.links import LinkRunner
 from gateway.model.commands import CommandSettings
 from gateway.model.devices import DeviceBase
 from gateway.model.driver import DriverError, WriteRefused
-from gateway.model.readings import Reading, Value, now_ms
+from gateway.model.readings import Quality, Reading, Value, now_ms
 from gateway.model.resolved import ResolvedDevice
 from gateway.model.writes import Refused, WritePolicy, write_policy
 from gateway.pipeline import Pipeline
@@ -121,6 +121,24 @@ class _Target:
     last_write: float | None = None  # monotonic seconds of the last accepted write
 
 
+class _Settling:
+    """A write whose read-back differed, watching the point's polls for the value written (a valve on its way)."""
+
+    __slots__ = ("device", "last", "policy", "reached", "wanted")
+
+    def __init__(self, device: str, policy: WritePolicy, wanted: Value, last: Value) -> None:
+        self.device, self.policy, self.wanted, self.last = device, policy, wanted, last
+        self.reached = asyncio.Event()
+
+    def observe(self, readings: Sequence[Reading]) -> None:
+        point = self.policy.point.name
+        for reading in readings:
+            if reading.device == self.device and reading.point == point and reading.quality is Quality.GOOD:
+                self.last = reading.value
+                if self.policy.confirms(self.wanted, reading.value):
+                    self.reached.set()
+
+
 class CommandService:
     def __init__(self, gateway_id: str, topics: Topics, settings: CommandSettings,
                  devices: Sequence[ResolvedDevice[DeviceBase]], runners: Mapping[str, LinkRunner[Any]],
@@ -155,6 +173,7 @@ class CommandService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ready = asyncio.Event()
         self._waiters: dict[str, asyncio.Future[Entry]] = {}  # results awaited in the gateway (schedules)
+        self._settling: list[_Settling] = []  # writes waiting for a poll to read their value (confirm_within)
         self._local = 0
         self.circuits: Circuits | None = None
         self.executed = 0  # writes sent to devices (for tests and the bench)
@@ -205,6 +224,8 @@ class CommandService:
         where the asset has the indicator more than once)."""
         for reading in readings:
             self._latest.setdefault(reading.asset.asset, {})[reading.series] = reading
+        for settling in self._settling:
+            settling.observe(readings)
 
     # -- one command ----------------------------------------------------------------------------------------------
 
@@ -392,11 +413,25 @@ class CommandService:
             return {**base, "status": "failed", "reason": exc.reason, "message": str(exc)}
         back, _ = target.policy.point.transform.convert(back_raw)
         confirmed = target.policy.confirms(canonical, back)
+        if not confirmed and target.policy.confirm_within > 0:
+            back, confirmed = await self._settle(_Settling(device.id, target.policy, canonical, back))
         if not confirmed:
             log.warning("command %s: %s/%s reads back %r after writing %r", command.id, device.id, command.point,
                         back, canonical)
         return {**base, "status": "done", "confirmation": "confirmed" if confirmed else "mismatch",
                 "read_back": back}
+
+    async def _settle(self, settling: _Settling) -> tuple[Value, bool]:
+        """The point's value once a poll reads the one written, or the last one read when `confirm_within` passes."""
+        self._settling.append(settling)
+        try:
+            async with asyncio.timeout(settling.policy.confirm_within):
+                await settling.reached.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._settling.remove(settling)
+        return settling.last, settling.reached.is_set()
 
     # -- results ----------------------------------------------------------------------------------------------
 

@@ -28,6 +28,10 @@ class WriteLimits(StrictModel):
                           "(e.g. 'wet-well-level > 1.2'); the write is refused unless it holds on good, "
                           "fresh readings.")
     guard_max_age: Seconds = Field(60.0, description="Seconds a guard's input may be old; older refuses.")
+    confirm_within: SecondsOrZero = Field(
+        0.0, description="Seconds the device may take to reach a written value (a motorised valve's travel, a "
+                         "ramped setpoint): when the read-back right after the write differs, the command waits "
+                         "this long for a poll that reads the value. 0: the read-back alone decides.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

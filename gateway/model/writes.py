@@ -46,6 +46,7 @@ class WritePolicy:
     min_interval: float
     guard: Expression | None
     guard_max_age_ms: int
+    confirm_within: float = 0.0  # seconds a poll may take to read the written value back
 
     @property
     def is_state(self) -> bool:
@@ -142,7 +143,7 @@ def write_policy(point: ResolvedPoint) -> WritePolicy | None:
     limits = config.write
     low = high = step = None
     allowed = None
-    min_interval, guard, max_age = 1.0, None, 60_000
+    min_interval, guard, max_age, confirm_within = 1.0, None, 60_000, 0.0
     if limits is not None:
         if limits.range is not None:
             to_canonical = units.conversion(config.unit or point.indicator.unit, point.indicator.unit)
@@ -153,7 +154,8 @@ def write_policy(point: ResolvedPoint) -> WritePolicy | None:
         min_interval = limits.min_interval
         guard = parse(limits.guard) if limits.guard is not None else None
         max_age = round(limits.guard_max_age * 1000)
-    return WritePolicy(point, low, high, step, allowed, min_interval, guard, max_age)
+        confirm_within = limits.confirm_within
+    return WritePolicy(point, low, high, step, allowed, min_interval, guard, max_age, confirm_within)
 
 
 def _member(value: bool | int | float | str, allowed: tuple[bool | int | str, ...]) -> bool:
