@@ -32,7 +32,7 @@ from gateway.gateway_alarms import GatewayAlarms
 from gateway.links import DeviceStatus, LinkRunner
 from gateway.mapping import DeviceMapper
 from gateway.model.devices import DeviceBase
-from gateway.model.driver import Driver, LinkContext
+from gateway.model.driver import Driver
 from gateway.model.readings import Sample, now_ms
 from gateway.model.resolved import AttributeSource, ResolvedAsset, ResolvedDevice
 from gateway.payload import encode_asset_description, encode_json
@@ -129,7 +129,7 @@ class Gateway:
                                      gateway_alarms=gateway_alarms, on_readings=readings.observe)
             self._announce_assets()
             self.pipeline.announce_alarm_states()
-            context = LinkContext(state_dir=config.state_dir)
+            context = config.link_context
             backpressure = _Backpressure(self.publisher, BACKLOG_WINDOWS * config.main.mqtt.max_inflight)
             runners: dict[str, LinkRunner[Any]] = {}
             for link, devices in links(config.devices, config.attribute_sources).items():

@@ -127,11 +127,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from drivers.registry import make_driver
     from gateway.app import links
-    from gateway.model.driver import LinkContext
 
     # With the state directory, what the devices taught (learnt splits and limits) is shown too; reading
     # it never writes there.
-    context = LinkContext(state_dir=config.state_dir)
+    context = config.link_context
     for link, devices in links(config.devices).items():
         driver = make_driver(devices, context)
         print(f"link {link}")

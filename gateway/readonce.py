@@ -14,7 +14,7 @@ from drivers.registry import make_driver
 from gateway.config.loader import GatewayConfig
 from gateway.mapping import DeviceMapper
 from gateway.model.devices import DeviceBase
-from gateway.model.driver import Driver, DriverError, LinkContext, Poller, Pusher
+from gateway.model.driver import Driver, DriverError, Poller, Pusher
 from gateway.model.readings import Reading, Sample, now_ms
 from gateway.model.resolved import ResolvedDevice
 
@@ -24,7 +24,7 @@ _PUSH_WAIT_FACTOR = 10
 
 async def read_once(config: GatewayConfig, resolved: ResolvedDevice[DeviceBase]) -> int:
     device = resolved.config
-    driver = make_driver([device], LinkContext(state_dir=config.state_dir))
+    driver = make_driver([device], config.link_context)
     mapper = DeviceMapper(resolved)
     try:
         await driver.open()

@@ -25,7 +25,6 @@ from gateway.config.loader import GatewayConfig
 from gateway.links import DeviceStatus, LinkRunner
 from gateway.mapping import DeviceMapper
 from gateway.model.devices import DeviceBase
-from gateway.model.driver import LinkContext
 from gateway.model.readings import Sample, Value, now_ms
 from gateway.model.resolved import ResolvedDevice
 from gateway.model.writes import Refused, write_policy
@@ -93,7 +92,7 @@ async def write_once(config: GatewayConfig, resolved: ResolvedDevice[DeviceBase]
         resources.push_async_callback(audit.close)
         mapper = DeviceMapper(resolved)
         pipeline = Pipeline(settings.gateway.id, topics, {resolved.id: mapper}, buffer)
-        driver = make_driver([resolved.config], LinkContext(state_dir=config.state_dir))
+        driver = make_driver([resolved.config], config.link_context)
         service: CommandService | None = None
 
         def on_samples(device: DeviceBase, samples: Sequence[Sample], receive_ms: int) -> None:

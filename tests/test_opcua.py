@@ -614,3 +614,38 @@ async def test_a_point_declared_in_another_unit_than_the_servers_is_a_warning_at
     assert any("point temperature: the server gives °C (temperature), the configuration says kPa" in w
                for w in warnings), warnings
     assert not any("point outlet" in w or "point flow" in w for w in warnings)
+
+
+async def test_a_point_without_a_unit_is_checked_against_its_indicators_unit_in_the_catalogue(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server that gives a pressure in bar, read by a point that declares no unit: the value would be taken
+    in the catalogue's kPa, 100 times too small. Only the gateway's configuration knows the indicator's unit."""
+    from gateway.config.loader import load_config
+
+    station = StationSimulator(free_port(), variables=[
+        SimVariable("Station.InletPressure", 3.5, "BAR", "Inlet pressure"),
+        SimVariable("Station.GasTemperature", 12.5, "CEL", "Gas temperature")], period=0)
+    await station.start()
+    device = make_device(station.port, mode="polling", points=[
+        {"name": "inlet", "indicator": "inlet-pressure", "node": node("Station.InletPressure")},
+        {"name": "temperature", "indicator": "gas-temperature", "node": node("Station.GasTemperature")}])
+    (tmp_path / "devices.yaml").write_text(yaml.safe_dump(
+        {"devices": [device.model_dump(mode="json", exclude_none=True)]}, allow_unicode=True))
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
+        "gateway": {"id": "test-gw", "state_dir": str(tmp_path / "state")}, "mqtt": {"host": "127.0.0.1"},
+        "catalogue": str(ROOT / "config" / "catalogue.yaml"), "include": ["devices.yaml"]}))
+    config = load_config(tmp_path / "gateway.yaml")
+    resolved = config.device("prs-1-plc")
+    assert resolved is not None
+    driver = OpcUaDriver([resolved.config], config.link_context)
+    try:
+        with caplog.at_level("INFO", logger="drivers.opcua.driver"):
+            await driver.open()
+    finally:
+        await driver.close()
+        await station.stop()
+    said = [r.getMessage() for r in caplog.records if r.name == "drivers.opcua.driver"]
+    assert any("point inlet: the server gives bar, indicator inlet-pressure in the catalogue says kPa" in m
+               and "set `unit: bar` on the point" in m for m in said), said
+    assert not any("temperature" in m for m in said), said
+    assert not any("declare no unit" in m for m in said), said

@@ -257,20 +257,23 @@ class OpcUaDriver(Poller[OpcUaDevice], Pusher[OpcUaDevice]):
             pairs = [(p, n) for p, n in zip(device.points, self._nodes[device.id], strict=True)
                      if not isinstance(n, str)]
             codes = await self._link.engineering_units([n for _, n in pairs])
-            undeclared = []
+            unknown = []
             for (point, _), code in zip(pairs, codes, strict=True):
                 if code is None:
                     continue
-                if point.unit is None:
-                    undeclared.append(f"{point.name} ({_symbol(code)})")
+                # A point without `unit` is taken in its indicator's unit: the server must agree with that one.
+                taken_in = point.unit or self.context.unit_of(device.id, point.name)
+                if taken_in is None:
+                    unknown.append(f"{point.name} ({_symbol(code)})")
                     continue
-                problem = unit_mismatch(code, point.unit)
+                whose = "the configuration" if point.unit else f"indicator {point.indicator} in the catalogue"
+                problem = unit_mismatch(code, taken_in, whose)
                 if problem is not None:
                     log.warning("device %s point %s: %s", device.id, point.name, problem)
-            if undeclared:
+            if unknown:
                 log.info("device %s: %d points declare no unit although the server gives one (%s%s); they are read "
                          "in their indicators' units: declare `unit:` to have them checked and converted",
-                         device.id, len(undeclared), ", ".join(undeclared[:5]), " ..." if len(undeclared) > 5 else "")
+                         device.id, len(unknown), ", ".join(unknown[:5]), " ..." if len(unknown) > 5 else "")
 
     def describe(self, device: OpcUaDevice) -> list[str]:
         count = len(device.points)
@@ -291,18 +294,18 @@ def _symbol(code: str) -> str:
 _BY_CODE = {unit.code: unit for unit in units.UNITS.values()}
 
 
-def unit_mismatch(server_code: str, declared: str) -> str | None:
-    """What is wrong when the server gives its value in `server_code` (UN/CEFACT) and the point says the value
-    is in `declared`; None when they agree."""
+def unit_mismatch(server_code: str, declared: str, whose: str = "the configuration") -> str | None:
+    """What is wrong when the server gives its value in `server_code` (UN/CEFACT) and `whose` (the point's
+    configuration, or its indicator) says the value is in `declared`; None when they agree."""
     ours = units.lookup(declared)
     if ours.code == server_code:
         return None
     theirs = _BY_CODE.get(server_code)
     if theirs is None:
-        return (f"the server gives the unit as UN/CEFACT {server_code}, which the gateway does not know; the "
-                f"configuration says {ours.symbol}: check that values are in {ours.symbol}")
+        return (f"the server gives the unit as UN/CEFACT {server_code}, which the gateway does not know; "
+                f"{whose} says {ours.symbol}: check that values are in {ours.symbol}")
     if theirs.quantity != ours.quantity:
-        return (f"the server gives {theirs.symbol} ({theirs.quantity}), the configuration says {ours.symbol} "
+        return (f"the server gives {theirs.symbol} ({theirs.quantity}), {whose} says {ours.symbol} "
                 f"({ours.quantity}): not even the same quantity; is this the right node?")
-    return (f"the server gives {theirs.symbol}, the configuration says {ours.symbol}: values would be taken in the "
-            f"wrong unit; set `unit: {theirs.symbol}` and the gateway converts them")
+    return (f"the server gives {theirs.symbol}, {whose} says {ours.symbol}: values would be taken in the "
+            f"wrong unit; set `unit: {theirs.symbol}` on the point and the gateway converts them")

@@ -37,6 +37,7 @@ from gateway.config.yamlsource import (
 )
 from gateway.model.catalogue import Catalogue
 from gateway.model.devices import DeviceBase
+from gateway.model.driver import LinkContext
 from gateway.model.resolved import ATTRIBUTES_SUFFIX, AttributeSource, ResolvedAsset, ResolvedDevice
 from gateway.model.schema import ConfigPath
 from gateway.model.settings import MainFile
@@ -72,6 +73,17 @@ class GatewayConfig:
 
     def device(self, device_id: str) -> ResolvedDevice[DeviceBase] | None:
         return next((d for d in self.devices if d.id == device_id), None)
+
+    def unit_of(self, device_id: str, point: str) -> str | None:
+        """The unit a point's values are taken in: its own `unit`, else its indicator's canonical unit."""
+        device = self.device(device_id)
+        resolved = next((p for p in device.points if p.name == point), None) if device is not None else None
+        return None if resolved is None else resolved.config.unit or resolved.indicator.unit
+
+    @property
+    def link_context(self) -> LinkContext:
+        """What the drivers of this configuration are lent."""
+        return LinkContext(state_dir=self.state_dir, unit_of=self.unit_of)
 
     def with_devices(self, change: Callable[[DeviceBase], DeviceBase | None]) -> GatewayConfig:
         """This configuration with each device's settings replaced by `change(device)`, or the device left

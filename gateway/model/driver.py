@@ -59,11 +59,18 @@ class WriteRefused(Exception):
         self.reason = reason
 
 
+def _unit_unknown(device: str, point: str) -> str | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class LinkContext:
     """What the gateway lends every driver."""
 
     state_dir: Path = DEFAULT_STATE_DIR  # where a driver may keep files of its own (OPC-UA certificates)
+    # unit_of(device id, point name): the unit the point's values are taken in (its own `unit`, else its
+    # indicator's), for a driver that can compare it with what the device says (OPC-UA EngineeringUnits).
+    unit_of: Callable[[str, str], str | None] = _unit_unknown
 
 
 class Driver(abc.ABC, Generic[D]):
