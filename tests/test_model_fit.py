@@ -48,6 +48,44 @@ def test_a_device_drops_and_overrides_points_of_its_profile(tmp_path: Path) -> N
     assert pressure.config.unit == "bar", "what the override does not name stays the profile's"
 
 
+PROFILE_WITH_ATTRIBUTES = """\
+profile: station-rtu
+protocols: [modbus-tcp]
+defaults: {attribute_interval: 7200}
+points:
+  - {name: outlet_pressure, indicator: outlet-pressure, table: holding_register, address: 0, type: int16}
+attributes:
+  - {name: station_number, attribute: station-number, table: holding_register, address: 20}
+  - {name: station_code, attribute: station-id, table: holding_register, address: 21, type: string, length: 4}
+"""
+
+
+def test_a_profile_declares_attributes_that_a_device_drops_overrides_and_extends(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "station-rtu.yaml").write_text(PROFILE_WITH_ATTRIBUTES)
+    device = {"id": "rtu-1", "protocol": "modbus-tcp", "host": "127.0.0.1", "asset": STATION, "profile": "station-rtu"}
+    config = load_config(write_site(tmp_path, [device], profiles="profiles"), environ={})
+    (reader,) = config.attribute_sources
+    assert [(name, a.id) for name, a in reader.attributes] == [("station_number", "station-number"),
+                                                              ("station_code", "station-id")]
+    assert reader.config.poll_interval == 7200, "the profile's defaults hold attribute_interval too"
+
+    trimmed = {**device, "drop": ["station_number"],
+               "attributes": [{"name": "station_code", "address": 30}]}
+    (reader,) = load_config(write_site(tmp_path, [trimmed], profiles="profiles"), environ={}).attribute_sources
+    ((name, attribute),) = reader.attributes
+    (point,) = reader.config.points
+    assert (name, attribute.id) == ("station_code", "station-id")
+    assert isinstance(point, ModbusPoint) and (point.address, point.length) == (30, 4), "overridden key by key"
+
+    misspelt = {**device, "attributes": [{"name": "station_cod", "address": 30}]}
+    with pytest.raises(ConfigError) as error:
+        load_config(write_site(tmp_path, [misspelt], profiles="profiles"), environ={})
+    assert ("devices[0].attributes[0].name: attribute 'station_cod' overrides no attribute of profile "
+            "'station-rtu'; expected one of: station_number, station_code (did you mean 'station_code'?)"
+            in str(error.value))
+
+
 OVERLAY = """\
 name: city-water
 version: "4"

@@ -45,6 +45,10 @@ from gateway.model.settings import MainFile
 _M = TypeVar("_M", bound=BaseModel)
 ATTRIBUTE_INTERVAL = 3600.0  # seconds between two reads of a device's attributes, unless it says
 _SECRET_KEYS = ("password", "key_password", "passphrase", "secret", "token")
+# What a profile lists and a device may trim or extend: the kind of entry, and the key a new entry needs.
+_PROFILE_LISTS = {"points": ("point", "indicator"), "attributes": ("attribute", "attribute")}
+# A device's `attributes:`, `attribute_interval` and where each was written; None when it has no attributes.
+Taken = tuple[LocatedList, Any, Location, Location] | None
 
 
 @dataclass(frozen=True)
@@ -220,32 +224,34 @@ class _Loader:
 
     # -- devices ------------------------------------------------------------------------------------------
 
-    def device(self, raw: LocatedDict, path: str, profiles_dir: Path) -> tuple[DeviceBase | None, LocatedDict]:
-        """The validated device (None when invalid) and the raw mapping it came from, profile applied."""
+    def device(self, raw: LocatedDict, path: str, profiles_dir: Path) -> tuple[DeviceBase | None, LocatedDict, Taken]:
+        """The validated device (None when invalid), the raw mapping it came from with its profile applied, and
+        its attributes (the profile's and its own), taken out of that mapping."""
         known = protocols()
         protocol = raw.get("protocol")
         if protocol is None:
             self.issue(raw.location, f"{path}.protocol",
                        f"required key missing; expected one of: {', '.join(sorted(known))}")
-            return None, raw
+            return None, raw, None
         if not isinstance(protocol, str) or protocol not in known:
             self.issue(raw.where("protocol"), f"{path}.protocol",
                        f"unknown protocol {protocol!r}; expected one of: {', '.join(sorted(known))}"
                        + suggest(str(protocol), known))
-            return None, raw
+            return None, raw, None
         if raw.get("drop") and "profile" not in raw:  # `drop: []` (as a dumped device has) drops nothing
             self.issue(raw.where("drop"), f"{path}.drop",
                        "`drop:` leaves out points of the device's profile; expected `profile:`, found none")
-            return None, raw
+            return None, raw, None
         if "profile" in raw:
             merged = self.apply_profile(raw, path, profiles_dir)
             if merged is None:
-                return None, raw
+                return None, raw, None
             raw = merged
+        attributes = self.take_attributes(raw, path)
         model = known[protocol].config_model
         runnable = self.can_run(known[protocol], raw.where("protocol"), f"{path}.protocol")
         device = self.validate(model, raw, list(_path_parts(path)))
-        return (device if runnable else None), raw
+        return (device if runnable else None), raw, attributes
 
     def can_run(self, protocol: Protocol, where: Location, path: str) -> bool:
         """Whether this installation has the protocol's library (its driver imports), told once per protocol."""
@@ -258,7 +264,7 @@ class _Loader:
                 self._runnable[protocol.name] = False
         return self._runnable[protocol.name]
 
-    def take_attributes(self, raw: LocatedDict, path: str) -> tuple[LocatedList, Any, Location, Location] | None:
+    def take_attributes(self, raw: LocatedDict, path: str) -> Taken:
         """The device's `attributes:` (a list) and `attribute_interval`, taken out of its mapping: they are
         validated as a device of their own (`attribute_device`)."""
         if "attributes" not in raw:
@@ -328,31 +334,32 @@ class _Loader:
         return _merge_profile(profile, raw) if len(self.issues) == problems else None
 
     def check_trimming(self, profile: LocatedDict, raw: LocatedDict, path: str) -> None:
-        """Points the device drops or overrides must be points of the profile (a new point is complete)."""
-        profile_points = profile.get("points")
-        names = [n for p in profile_points if (n := _point_name(p)) is not None] \
-            if isinstance(profile_points, LocatedList) else []
+        """Points and attributes the device drops or overrides must be the profile's (a new one is complete)."""
+        names = {key: _names(profile.get(key)) for key in _PROFILE_LISTS}
+        everything = [name for key in _PROFILE_LISTS for name in names[key]]
         dropped = raw.get("drop")
         if isinstance(dropped, LocatedList):
             for index, name in enumerate(dropped):
-                if isinstance(name, str) and name not in names:
+                if isinstance(name, str) and name not in everything:
                     self.issue(dropped.where(index), f"{path}.drop[{index}]",
                                f"profile {raw['profile']!r} has no point {name!r} to drop; expected one of: "
-                               f"{', '.join(names) or '(none)'}" + suggest(name, names))
-        own = raw.get("points")
+                               f"{', '.join(everything) or '(none)'}" + suggest(name, everything))
         dropping = set(dropped) if isinstance(dropped, LocatedList) else set()
-        for index, point in enumerate(own if isinstance(own, LocatedList) else ()):
-            name = _point_name(point)
-            if name is not None and name in dropping:
-                self.issue(point.where("name"), f"{path}.points[{index}].name",
-                           f"point {name!r} is both dropped (`drop:`) and overridden here; expected one of the two")
-                continue
-            if name is None or name in names or "indicator" in point:
-                continue
-            self.issue(point.where("name"), f"{path}.points[{index}].name",
-                       f"point {name!r} overrides no point of profile {raw['profile']!r}; expected one of: "
-                       f"{', '.join(names) or '(none)'}{suggest(name, names)} (a point of the device's own needs "
-                       "`indicator:`)")
+        for key, (kind, required) in _PROFILE_LISTS.items():
+            own = raw.get(key)
+            for index, item in enumerate(own if isinstance(own, LocatedList) else ()):
+                name = _point_name(item)
+                if name is not None and name in dropping:
+                    self.issue(item.where("name"), f"{path}.{key}[{index}].name",
+                               f"{kind} {name!r} is both dropped (`drop:`) and overridden here; expected one of "
+                               "the two")
+                    continue
+                if name is None or name in names[key] or required in item:
+                    continue
+                self.issue(item.where("name"), f"{path}.{key}[{index}].name",
+                           f"{kind} {name!r} overrides no {kind} of profile {raw['profile']!r}; expected one of: "
+                           f"{', '.join(names[key]) or '(none)'}{suggest(name, names[key])} (a {kind} of the "
+                           f"device's own needs `{required}:`)")
 
     def load_profile(self, file: Path, used_at: Location, path: str) -> LocatedDict | None:
         if not _is_file(file):
@@ -364,7 +371,7 @@ class _Loader:
         if raw is None:
             return None
         allowed = {"profile", "manufacturer", "model", "datasheet", "protocol", "protocols", "description",
-                   "defaults", "points"}
+                   "defaults", "points", "attributes"}
         problems = len(self.issues)
         if not isinstance(raw, LocatedDict):
             self.issue(Location(str(file), 1, 1), "", f"expected a profile mapping, found {_kind(raw)}")
@@ -376,8 +383,9 @@ class _Loader:
         if raw.get("profile") != file.stem:
             self.issue(raw.where("profile"), "profile",
                        f"expected the profile name {file.stem!r} (the file name), found {raw.get('profile')!r}")
-        if "points" in raw and not isinstance(raw["points"], LocatedList):
-            self.issue(raw.where("points"), "points", f"expected a list of points, found {_kind(raw['points'])}")
+        for key in ("points", "attributes"):
+            if key in raw and not isinstance(raw[key], LocatedList):
+                self.issue(raw.where(key), key, f"expected a list of {key}, found {_kind(raw[key])}")
         known = protocols()
         if "protocol" in raw and "protocols" in raw:
             self.issue(raw.where("protocols"), "protocols", "expected `protocol:` (one) or `protocols:` (a list), "
@@ -416,8 +424,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None, check_file
     # One device file at a time, so the raw YAML of a large site never sits in memory all at once.
     for entries in itertools.chain([parts.inline], (loader.device_file(file) for file in parts.files)):
         for raw, device_path in entries:
-            attributes = loader.take_attributes(raw, device_path)
-            device, merged_raw = loader.device(raw, device_path, sources.profiles)
+            device, merged_raw, attributes = loader.device(raw, device_path, sources.profiles)
             if device is not None and resolver is not None:
                 resolver.add_device(device, merged_raw, device_path)
                 if attributes is not None:
@@ -471,43 +478,54 @@ def _profile_protocols(profile: LocatedDict) -> list[str]:
 
 
 def _merge_profile(profile: LocatedDict, device: LocatedDict) -> LocatedDict:
-    """The device as if the profile's defaults and points had been written into it.
+    """The device as if the profile's defaults, points and attributes had been written into it.
 
-    The device's own keys win over the profile's defaults; the profile points it
-    names in `drop:` are left out; a device point whose name matches a profile
-    point overrides that point's keys; other device points are added. Every key
-    keeps the location of the file it came from.
+    The device's own keys win over the profile's defaults; the profile points and attributes it names in
+    `drop:` are left out; a device point (attribute) whose name matches a profile point (attribute)
+    overrides its keys; others are added. Every key keeps the location of the file it came from.
     Entries of the wrong shape are passed through untouched for validation to report.
     """
     defaults = profile.get("defaults") or located_dict(profile.location)
     merged = located_dict(device.location, {**defaults, **device}, {**defaults.key_locations, **device.key_locations})
-    own_points = device.get("points", LocatedList())
-    if not isinstance(own_points, LocatedList):
-        return merged  # not a list: validation says so, at the device's `points:`
-    own_by_name = {_point_name(p): p for p in own_points if _point_name(p) is not None}
-    points = LocatedList()
-    points.location = getattr(own_points, "location", profile.location)
-    points.item_locations = []
-    profile_points = profile.get("points") or LocatedList()
     dropped = set(device.get("drop") or ())
-    for index, point in enumerate(profile_points):
-        if _point_name(point) in dropped:
-            continue
-        override = own_by_name.pop(_point_name(point) or "", None)
-        if override is None:
-            points.append(point)
-            points.item_locations.append(profile_points.where(index))
-        else:
-            points.append(located_dict(override.location, {**point, **override},
-                                       {**point.key_locations, **override.key_locations}))
-            points.item_locations.append(override.location)
-    for index, point in enumerate(own_points):
-        name = _point_name(point)
-        if name is None or name in own_by_name:  # added by the device (or malformed: validation reports it)
-            points.append(point)
-            points.item_locations.append(own_points.where(index))
-    merged["points"] = points
+    for key in _PROFILE_LISTS:
+        own = device.get(key, LocatedList())
+        if key in profile and isinstance(own, LocatedList):  # not a list: validation says so, at the device's key
+            merged[key] = _merge_items(profile[key], own, dropped, profile.location)
+            merged.key_locations.setdefault(key, profile.where(key))
     return merged
+
+
+def _merge_items(profile_items: LocatedList, own_items: LocatedList, dropped: set[str],
+                 fallback: Location) -> LocatedList:
+    """The profile's entries less the dropped ones, each overridden by the device's entry of its name, then the
+    device's entries of its own."""
+    own_by_name = {_point_name(p): p for p in own_items if _point_name(p) is not None}
+    items = LocatedList()
+    items.location = getattr(own_items, "location", fallback)
+    items.item_locations = []
+    for index, item in enumerate(profile_items):
+        if _point_name(item) in dropped:
+            continue
+        override = own_by_name.pop(_point_name(item) or "", None)
+        if override is None:
+            items.append(item)
+            items.item_locations.append(profile_items.where(index))
+        else:
+            items.append(located_dict(override.location, {**item, **override},
+                                      {**item.key_locations, **override.key_locations}))
+            items.item_locations.append(override.location)
+    for index, item in enumerate(own_items):
+        name = _point_name(item)
+        if name is None or name in own_by_name:  # added by the device (or malformed: validation reports it)
+            items.append(item)
+            items.item_locations.append(own_items.where(index))
+    return items
+
+
+def _names(items: Any) -> list[str]:
+    """The names of a profile's points (or attributes), in order."""
+    return [n for item in items if (n := _point_name(item)) is not None] if isinstance(items, LocatedList) else []
 
 
 def _point_name(point: Any) -> str | None:

@@ -90,6 +90,8 @@ def _profile_schema(device: Any) -> dict[str, Any]:
             "description": {"type": "string"},
             "defaults": {"type": "object", "description": "Device keys the profile sets unless a device does."},
             "points": {"type": "array"},
+            "attributes": {"type": "array", "description": "Attribute points (`attribute:` in place of "
+                                                           "`indicator:`) every device of the profile reads."},
         },
         "$defs": device_schema.get("$defs", {}),
     }
