@@ -43,7 +43,7 @@ STATION_NAMESPACE = "urn:municipal-gateway:sim:gas-station"
 @dataclass
 class SimVariable:
     name: str  # browse name and string node id
-    value: float | int | bool | None  # None: a variable the PLC has never written (a null Variant)
+    value: float | int | bool | str | None  # None: a variable the PLC has never written (a null Variant)
     unit_code: str | None = None  # UN/CEFACT
     display_name: str = ""
     drift: float = 0.0  # each tick adds up to ± this (numbers) or flips with this probability (booleans)

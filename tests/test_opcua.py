@@ -649,3 +649,41 @@ async def test_a_point_without_a_unit_is_checked_against_its_indicators_unit_in_
                and "set `unit: bar` on the point" in m for m in said), said
     assert not any("temperature" in m for m in said), said
     assert not any("declare no unit" in m for m in said), said
+
+
+@pytest.mark.parametrize("mode", ["subscription", "polling"])
+async def test_attributes_of_an_opcua_device_are_read_into_the_meta_in_either_mode(
+        broker: Any, mqtt_subscriber: Any, tmp_path: Path, mode: str) -> None:
+    from tests.e2e import running
+
+    station = StationSimulator(free_port(), variables=[
+        *gas_station_variables(), SimVariable("Station.Number", 17, None, "Station number"),
+        SimVariable("Station.Code", "PRS-N1", None, "Station code")], period=0)
+    await station.start()
+    device = make_device(station.port, mode=mode).model_dump(mode="json", exclude_none=True)
+    device["attributes"] = [{"name": "number", "attribute": "station-number", "node": node("Station.Number")},
+                            {"name": "code", "attribute": "station-id", "node": node("Station.Code")}]
+    device["attribute_interval"] = 0.3
+    (tmp_path / "devices.yaml").write_text(yaml.safe_dump({"devices": [device]}, allow_unicode=True))
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
+        "gateway": {"id": "test-gw", "state_dir": str(tmp_path / "state")},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect": {"initial_delay": 0.1, "max_delay": 0.5}},
+        "buffer": {"synchronous": "normal"},
+        "catalogue": str(ROOT / "config" / "catalogue.yaml"), "include": ["devices.yaml"]}))
+    meta = "city/gas/north/prs-1/meta"
+    subscriber = await mqtt_subscriber(broker, meta, "city/gas/north/prs-1/data")
+
+    def attributes() -> dict[str, Any]:
+        metas = [m for m in subscriber.messages if m.topic == meta]
+        return {a["id"]: a["value"] for a in json.loads(metas[-1].payload)["attributes"]} if metas else {}
+
+    try:
+        async with running(tmp_path / "gateway.yaml"):
+            await subscriber.wait_for(lambda _: attributes() == {"station-number": 17, "station-id": "PRS-N1"},
+                                      "the attributes in the meta")
+            await station.set_value("Station.Code", "PRS-N2")
+            await subscriber.wait_for(lambda _: attributes().get("station-id") == "PRS-N2", "the code read again")
+    finally:
+        await station.stop()
+    data = [r for m in subscriber.messages if m.topic.endswith("/data") for r in json.loads(m.payload)["readings"]]
+    assert data and not {r["point"] for r in data} & {"number", "code"}, "attributes are never readings"
