@@ -60,6 +60,17 @@ def make_device(port: int, **overrides: Any) -> OpcUaDevice:
     return OpcUaDevice.model_validate(raw)
 
 
+def write_site(directory: Path, device: dict[str, Any], broker_port: int) -> Path:
+    """A gateway configuration with this one device, the shipped catalogue and the broker on 127.0.0.1."""
+    (directory / "devices.yaml").write_text(yaml.safe_dump({"devices": [device]}, allow_unicode=True))
+    (directory / "gateway.yaml").write_text(yaml.safe_dump({
+        "gateway": {"id": "test-gw", "state_dir": str(directory / "state")},
+        "mqtt": {"host": "127.0.0.1", "port": broker_port, "reconnect": {"initial_delay": 0.1, "max_delay": 0.5}},
+        "buffer": {"synchronous": "normal"},
+        "catalogue": str(ROOT / "config" / "catalogue.yaml"), "include": ["devices.yaml"]}))
+    return directory / "gateway.yaml"
+
+
 class Collector:
     """A sample sink that remembers everything, newest last."""
 
@@ -519,20 +530,14 @@ async def test_the_gateway_publishes_subscribed_values_and_reports_bad_quality_w
         station: StationSimulator, broker: Any, mqtt_subscriber: Any, tmp_path: Path) -> None:
     from tests.e2e import readings, running
 
-    device = make_device(station.port).model_dump(mode="json", exclude_none=True)
-    (tmp_path / "devices.yaml").write_text(yaml.safe_dump({"devices": [device]}, allow_unicode=True))
-    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
-        "gateway": {"id": "test-gw", "state_dir": str(tmp_path / "state")},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect": {"initial_delay": 0.1, "max_delay": 0.5}},
-        "buffer": {"synchronous": "normal"},
-        "catalogue": str(ROOT / "config" / "catalogue.yaml"), "include": ["devices.yaml"]}))
+    site = write_site(tmp_path, make_device(station.port).model_dump(mode="json", exclude_none=True), broker.port)
     topic = "city/gas/north/prs-1/data"
     subscriber = await mqtt_subscriber(broker, topic)
 
     def latest(indicator: str) -> dict[str, Any] | None:
         return next((r for r in reversed(readings(subscriber.messages, topic)) if r["indicator"] == indicator), None)
 
-    async with running(tmp_path / "gateway.yaml"):
+    async with running(site):
         await subscriber.wait_for(lambda _: (latest("inlet-pressure") or {}).get("value") == 350.0, "inlet pressure")
         await station.set_value("Station.InletPressure", 361.25)
         await subscriber.wait_for(lambda _: (latest("inlet-pressure") or {}).get("value") == 361.25, "the change")
@@ -629,12 +634,7 @@ async def test_a_point_without_a_unit_is_checked_against_its_indicators_unit_in_
     device = make_device(station.port, mode="polling", points=[
         {"name": "inlet", "indicator": "inlet-pressure", "node": node("Station.InletPressure")},
         {"name": "temperature", "indicator": "gas-temperature", "node": node("Station.GasTemperature")}])
-    (tmp_path / "devices.yaml").write_text(yaml.safe_dump(
-        {"devices": [device.model_dump(mode="json", exclude_none=True)]}, allow_unicode=True))
-    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
-        "gateway": {"id": "test-gw", "state_dir": str(tmp_path / "state")}, "mqtt": {"host": "127.0.0.1"},
-        "catalogue": str(ROOT / "config" / "catalogue.yaml"), "include": ["devices.yaml"]}))
-    config = load_config(tmp_path / "gateway.yaml")
+    config = load_config(write_site(tmp_path, device.model_dump(mode="json", exclude_none=True), 1883))
     resolved = config.device("prs-1-plc")
     assert resolved is not None
     driver = OpcUaDriver([resolved.config], config.link_context)
@@ -664,12 +664,7 @@ async def test_attributes_of_an_opcua_device_are_read_into_the_meta_in_either_mo
     device["attributes"] = [{"name": "number", "attribute": "station-number", "node": node("Station.Number")},
                             {"name": "code", "attribute": "station-id", "node": node("Station.Code")}]
     device["attribute_interval"] = 0.3
-    (tmp_path / "devices.yaml").write_text(yaml.safe_dump({"devices": [device]}, allow_unicode=True))
-    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
-        "gateway": {"id": "test-gw", "state_dir": str(tmp_path / "state")},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect": {"initial_delay": 0.1, "max_delay": 0.5}},
-        "buffer": {"synchronous": "normal"},
-        "catalogue": str(ROOT / "config" / "catalogue.yaml"), "include": ["devices.yaml"]}))
+    site = write_site(tmp_path, device, broker.port)
     meta = "city/gas/north/prs-1/meta"
     subscriber = await mqtt_subscriber(broker, meta, "city/gas/north/prs-1/data")
 
@@ -678,7 +673,7 @@ async def test_attributes_of_an_opcua_device_are_read_into_the_meta_in_either_mo
         return {a["id"]: a["value"] for a in json.loads(metas[-1].payload)["attributes"]} if metas else {}
 
     try:
-        async with running(tmp_path / "gateway.yaml"):
+        async with running(site):
             await subscriber.wait_for(lambda _: attributes() == {"station-number": 17, "station-id": "PRS-N1"},
                                       "the attributes in the meta")
             await station.set_value("Station.Code", "PRS-N2")
