@@ -49,6 +49,7 @@ class SimVariable:
     drift: float = 0.0  # each tick adds up to ± this (numbers) or flips with this probability (booleans)
     eu_range: tuple[float, float] | None = None  # the EURange property
     writable: bool = False  # clients may write it (otherwise a write is refused with BadNotWritable)
+    user_writable: bool = True  # False: a signed-in user may not (UserAccessLevel read-only: BadUserAccessDenied)
     write_range: tuple[float, float] | None = None  # a written value outside it: BadOutOfRange, as a PLC refuses
     variant: ua.VariantType | None = None  # its DataType, when not the one its value implies
     writes: int = 0  # writes the server accepted
@@ -128,6 +129,9 @@ class StationSimulator:
                 varianttype=variable.variant)
             if variable.writable:
                 await variable.node.set_writable()
+            if variable.writable and not variable.user_writable:
+                await variable.node.write_attribute(ua.AttributeIds.UserAccessLevel, ua.DataValue(ua.Variant(
+                    ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte)))
             if variable.display_name:
                 await variable.node.write_attribute(
                     ua.AttributeIds.DisplayName, ua.DataValue(ua.Variant(ua.LocalizedText(variable.display_name))))

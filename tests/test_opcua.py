@@ -23,7 +23,7 @@ from drivers.opcua.config import NodeRef, OpcUaDevice
 from drivers.opcua.driver import OpcUaDriver
 from gateway.links import LinkRunner
 from gateway.model.devices import DeviceBase
-from gateway.model.driver import DriverError, LinkContext
+from gateway.model.driver import DriverError, LinkContext, WriteRefused
 from gateway.model.readings import Quality, Sample, now_ms
 from simulators.opcua import (
     STATION_NAMESPACE,
@@ -357,6 +357,35 @@ async def test_a_secured_endpoint_with_username_and_password_connects_with_a_gen
     key = tmp_path / "state" / "opcua" / "client-key.pem"
     assert (tmp_path / "state" / "opcua" / "client-cert.der").is_file()
     assert key.stat().st_mode & 0o077 == 0
+
+
+async def test_a_node_the_signed_in_user_may_not_write_is_refused_as_access_denied(
+        server_pki: tuple[Path, Path], tmp_path: Path, driver_factory: Any) -> None:
+    """The server lets an operator's session write one setpoint and not the other (its UserAccessLevel)."""
+    certificate, key = server_pki
+    station = StationSimulator(free_port(), period=0, users={"gateway": "s3cret"}, certificate=certificate,
+                               private_key=key, variables=[
+                                   SimVariable("Station.Setpoint", 2.6, writable=True),
+                                   SimVariable("Station.LockedSetpoint", 4.0, writable=True, user_writable=False)])
+    await station.start()
+    try:
+        secret = tmp_path / "password"
+        secret.write_text("s3cret\n")
+        device = make_device(station.port, mode="polling", username="gateway", password_file=str(secret),
+                             security={"policy": "Basic256Sha256", "mode": "SignAndEncrypt",
+                                       "server_certificate": str(certificate)},
+                             points=[{"name": name, "indicator": "outlet-pressure-setpoint",
+                                      "node": node(f"Station.{name}"), "writable": True}
+                                     for name in ("Setpoint", "LockedSetpoint")])
+        driver = driver_factory(device)
+        await driver.open()
+        assert await driver.write(device, "Setpoint", 3.0) == 3.0
+        with pytest.raises(WriteRefused, match="BadUserAccessDenied") as refused:
+            await driver.write(device, "LockedSetpoint", 3.0)
+        assert refused.value.reason == "access-denied"
+        assert next(v for v in station.variables if v.name == "Station.LockedSetpoint").value == 4.0
+    finally:
+        await station.stop()
 
 
 async def test_the_aes_policy_works_too(secured_station: StationSimulator, server_pki: tuple[Path, Path],
