@@ -31,17 +31,16 @@ import dataclasses
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 from gateway.model.readings import now_ms
 from gateway.statedir import private_file
+from gateway.tasks import OwnThread
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -150,10 +149,10 @@ class _Committed:
 
 
 class Buffer:
-    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor, path: Path,
+    def __init__(self, connection: sqlite3.Connection, thread: OwnThread, path: Path,
                  space: _Space, depth: BufferStats, drops: list[Drop]) -> None:
         self._db = connection
-        self._executor = executor
+        self._thread = thread
         self._path = path
         self._space = space
         self._size = depth.bytes  # the rows' estimated bytes (see _ROW_OVERHEAD)
@@ -185,7 +184,7 @@ class Buffer:
                    free_share: float = 0.5) -> Buffer:
         """`max_bytes`: what the buffer may use at most; `free_share`: of the space free on its filesystem."""
         private_file(path)  # SQLite gives its -wal and -shm files the database file's mode
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
+        thread = OwnThread("buffer")
 
         def connect() -> Buffer:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -197,9 +196,9 @@ class Buffer:
             last_seq = max(stats.last_seq, db.execute("SELECT COALESCE(MAX(last_seq), 0) FROM messages").fetchone()[0])
             drops = [Drop(*row) for row in db.execute(
                 "SELECT first_seq, last_seq, reason, time_ms FROM drops ORDER BY first_seq")]
-            return cls(db, executor, path, space, dataclasses.replace(stats, last_seq=int(last_seq)), drops)
+            return cls(db, thread, path, space, dataclasses.replace(stats, last_seq=int(last_seq)), drops)
 
-        buffer = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        buffer = await thread.run(connect)
         if buffer._size:
             buffer.new_data.set()
         return buffer
@@ -220,7 +219,7 @@ class Buffer:
         cannot be kept is dropped, counted and put in `unannounced`."""
         if not messages:
             return
-        done = await self._run(self._commit, messages)
+        done = await self._thread.run(self._commit, messages)
         if done.fresh is None:
             self.fresh.clear()  # dropped rows may be among them: from here on the publisher reads the table
         else:
@@ -239,7 +238,7 @@ class Buffer:
         oldest first; then the older ones (the history that waited across an outage), oldest first.
         `hand_over`: when this fetch gets everything waiting (but `exclude`), commits from now on put their rows
         in `fresh` too."""
-        return await self._run(self._fetch, limit, tuple(exclude), live_after, hand_over)
+        return await self._thread.run(self._fetch, limit, tuple(exclude), live_after, hand_over)
 
     def take_fresh(self, limit: int) -> list[StoredMessage]:
         """Up to `limit` of the rows handed over by commits, oldest first (see `fresh`)."""
@@ -249,17 +248,18 @@ class Buffer:
     async def stop_hand_over(self) -> None:
         """The publisher is no longer connected: commits stop handing over rows, and those handed over are
         forgotten (they are in the table, read at the next connection)."""
-        await self._run(setattr, self, "_hand_over", False)
+        await self._thread.run(setattr, self, "_hand_over", False)
         self.fresh.clear()
 
     async def last_id(self) -> int:
         """The id of the newest row (0 when empty): what is committed from now on comes after it."""
-        return await self._run(lambda: int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]))
+        newest = "SELECT COALESCE(MAX(id), 0) FROM messages"
+        return await self._thread.run(lambda: int(self._db.execute(newest).fetchone()[0]))
 
     async def ack(self, ids: Collection[int]) -> None:
         """Delete messages the broker has acknowledged (on a full disk too: see the module's docstring)."""
         if ids:
-            await self._run(self._ack, tuple(ids))
+            await self._thread.run(self._ack, tuple(ids))
 
     @property
     def waiting(self) -> int:
@@ -268,31 +268,31 @@ class Buffer:
 
     async def synchronous(self) -> str:
         """SQLite's own word for how it syncs commits on this connection: "full" or "normal"."""
-        (level,) = await self._run(lambda: self._db.execute("PRAGMA synchronous").fetchone())
+        (level,) = await self._thread.run(lambda: self._db.execute("PRAGMA synchronous").fetchone())
         return {0: "off", 1: "normal", 2: "full", 3: "extra"}[int(level)]
 
     async def answers(self) -> bool:
         """True once the buffer's thread has run a no-op job: it is not stuck in SQLite (for the watchdog)."""
-        await self._run(lambda: None)
+        await self._thread.run(lambda: None)
         return True
 
     async def stats(self) -> BufferStats:
-        stats = await self._run(_read_stats, self._db)
-        cap = await self._run(self._space.cap)
+        stats = await self._thread.run(_read_stats, self._db)
+        cap = await self._thread.run(self._space.cap)
         return dataclasses.replace(stats, dropping=self.dropping, cap_bytes=cap)
 
     async def depth(self) -> BufferStats:
         """The same figures as stats() without scanning the table: the counts are kept as rows come and go,
         and the oldest waiting row is one lookup by id."""
-        oldest = await self._run(self._oldest_created_ms)
-        cap = await self._run(self._space.cap)
+        oldest = await self._thread.run(self._oldest_created_ms)
+        cap = await self._thread.run(self._space.cap)
         depth = self._depth
         return BufferStats(depth.messages, depth.readings, self._size, oldest, depth.dropped_messages,
                            depth.dropped_readings, depth.last_seq, self.dropping, cap)
 
     async def close(self) -> None:
-        await self._run(self._db.close)
-        self._executor.shutdown(wait=True)
+        await self._thread.run(self._db.close)
+        self._thread.stop()
 
     def _follow_episode(self, dropping: str | None) -> None:
         if dropping == self.dropping:
@@ -306,11 +306,6 @@ class Buffer:
 
     # -- on the buffer thread ------------------------------------------------------------------------------
 
-    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
-        # Shielded: once handed to the buffer thread, a job always runs, even if the caller is cancelled.
-        # Otherwise a commit queued behind a fetch could be dropped at shutdown, losing what was read.
-        job = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-        return await asyncio.shield(job)
 
     def _commit(self, messages: Sequence[Message]) -> _Committed:
         self._space.look_for_room()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 def cancel_requests() -> int:
@@ -37,3 +41,22 @@ async def commit_until_cancelled(wake: asyncio.Event, commit: Callable[[], Await
     finally:
         if pending():
             await asyncio.shield(commit())
+
+
+class OwnThread:
+    """The one worker thread a blocking resource (an SQLite connection) is used on, and only there.
+
+    Jobs are shielded: once handed to the thread a job runs to its end even if its caller is cancelled, so a
+    commit queued behind a fetch is never dropped at shutdown, losing what was read.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, function: Callable[..., _T], *args: object) -> _T:
+        job = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        return await asyncio.shield(job)
+
+    def stop(self) -> None:
+        """Wait for the thread to finish what it was given, and end it."""
+        self._executor.shutdown(wait=True)

@@ -140,7 +140,7 @@ async def test_a_commit_cancelled_while_waiting_for_the_buffer_thread_still_land
     path = tmp_path / "b.sqlite"
     buffer = await Buffer.open(path, max_bytes=10**6)
     release = threading.Event()
-    busy = asyncio.ensure_future(buffer._run(release.wait, 10))  # the thread is busy (as with a slow fetch)
+    busy = asyncio.ensure_future(buffer._thread.run(release.wait, 10))  # the thread is busy (as with a slow fetch)
     commit = asyncio.create_task(buffer.commit([message(1)]))
     await asyncio.sleep(0)  # let the commit queue up behind the busy job
     commit.cancel()

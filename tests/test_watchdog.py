@@ -66,7 +66,7 @@ async def test_the_pings_stop_while_the_buffer_thread_is_stuck_and_come_back_aft
         assert watchdog is not None and gateway.pipeline is not None
         buffer: Buffer = gateway.pipeline._buffer
         release = threading.Event()
-        stuck = asyncio.ensure_future(buffer._run(release.wait, 30))  # as a commit stuck on a dead SD card
+        stuck = asyncio.ensure_future(buffer._thread.run(release.wait, 30))  # as a commit stuck on a dead SD card
         await eventually(lambda: watchdog.withheld >= 1, "the watchdog to notice")
         pings_when_stuck = systemd.pings()
         withheld = watchdog.withheld

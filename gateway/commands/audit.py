@@ -12,17 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from gateway.model.readings import format_time_ms, now_ms
 from gateway.statedir import private_file
-from gateway.tasks import commit_until_cancelled
+from gateway.tasks import OwnThread, commit_until_cancelled
 
-_T = TypeVar("_T")
 AUDIT_FILE = "audit.sqlite"
 
 _SCHEMA = """
@@ -51,9 +49,9 @@ class AuditRow:
 
 
 class AuditLog:
-    def __init__(self, db: sqlite3.Connection, executor: ThreadPoolExecutor, max_entries: int) -> None:
+    def __init__(self, db: sqlite3.Connection, thread: OwnThread, max_entries: int) -> None:
         self._db = db
-        self._executor = executor
+        self._thread = thread
         self._max_entries = max_entries
         self._pending: list[tuple[str, Entry, asyncio.Future[int]]] = []
         self._wake = asyncio.Event()
@@ -61,7 +59,7 @@ class AuditLog:
     @classmethod
     async def open(cls, path: Path, max_entries: int) -> AuditLog:
         private_file(path)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        thread = OwnThread("audit")
 
         def connect() -> sqlite3.Connection:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -70,8 +68,7 @@ class AuditLog:
             db.executescript(_SCHEMA)
             return db
 
-        db = await asyncio.get_running_loop().run_in_executor(executor, connect)
-        return cls(db, executor, max_entries)
+        return cls(await thread.run(connect), thread, max_entries)
 
     async def run(self) -> None:
         """Commit what is appended until cancelled; then what is still waiting."""
@@ -86,20 +83,20 @@ class AuditLog:
 
     async def interrupted(self) -> list[Entry]:
         """Commands accepted but never given a result (the gateway stopped or was killed mid-way)."""
-        rows = await self._run(lambda: self._db.execute(
+        rows = await self._thread.run(lambda: self._db.execute(
             "SELECT c.entry FROM audit c WHERE c.kind = 'command' AND NOT EXISTS "
             "(SELECT 1 FROM audit r WHERE r.kind = 'result' AND r.command_id = c.command_id)").fetchall())
         return [json.loads(row[0]) for row in rows]
 
     async def recent_results(self, since_ms: int) -> list[Entry]:
         """The results logged since `since_ms` (to answer a redelivered command after a restart)."""
-        rows = await self._run(lambda: self._db.execute(
+        rows = await self._thread.run(lambda: self._db.execute(
             "SELECT entry FROM audit WHERE kind = 'result' AND ts_ms >= ? ORDER BY seq", (since_ms,)).fetchall())
         return [json.loads(row[0]) for row in rows]
 
     async def close(self) -> None:
-        await self._run(self._db.close)
-        self._executor.shutdown(wait=True)
+        await self._thread.run(self._db.close)
+        self._thread.stop()
 
     async def _commit_pending(self) -> None:
         self._wake.clear()
@@ -107,7 +104,7 @@ class AuditLog:
         if not batch:
             return
         try:
-            seqs = await self._run(self._insert, [(kind, entry) for kind, entry, _ in batch])
+            seqs = await self._thread.run(self._insert, [(kind, entry) for kind, entry, _ in batch])
         except sqlite3.Error as exc:
             for _, _, done in batch:
                 if not done.done():
@@ -135,9 +132,6 @@ class AuditLog:
             raise
         return seqs
 
-    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
-        job = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-        return await asyncio.shield(job)
 
 
 def read_audit(path: Path, limit: int = 100) -> list[AuditRow]:
