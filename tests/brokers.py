@@ -42,6 +42,14 @@ def free_port() -> int:
         return port
 
 
+async def woken_until(changed: asyncio.Event, holds: Callable[[], bool]) -> None:
+    """Wait until `holds()`, looking again each time `changed` is set (no polling); TimeoutError after WAIT s."""
+    async with asyncio.timeout(WAIT):
+        while not holds():
+            changed.clear()
+            await changed.wait()
+
+
 async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str = "condition") -> None:
     """Poll `condition` (sync or async) until it holds; fail the test after WAIT seconds."""
     deadline = time.monotonic() + WAIT
@@ -225,10 +233,7 @@ class Subscriber:
     async def wait_for(self, condition: Callable[[list[Received]], bool], what: str = "messages") -> None:
         """Wait until `condition(messages)` holds; woken by each message, no polling."""
         try:
-            async with asyncio.timeout(WAIT):
-                while not condition(self.messages):
-                    self._changed.clear()
-                    await self._changed.wait()
+            await woken_until(self._changed, lambda: condition(self.messages))
         except TimeoutError:
             received = [(m.topic, m.payload[:80]) for m in self.messages[-10:]]
             raise AssertionError(f"timed out waiting for {what}; {len(self.messages)} received, "

@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.commands.message import sign
-from tests.brokers import WAIT
+from tests.brokers import WAIT, woken_until
 
 RESULT_TOPIC = "city/gateway/test-gw/cmd/result"
 COMMAND_TOPIC = "city/gateway/test-gw/cmd"
@@ -150,18 +150,12 @@ class Operator:
 
     async def result(self, command_id: str, count: int = 1, topic: str = RESULT_TOPIC) -> dict[str, Any]:
         """The first result for `command_id`, once `count` have arrived."""
-        async with asyncio.timeout(WAIT):
-            while len(self.results(command_id, topic)) < count:
-                self._changed.clear()
-                await self._changed.wait()
+        await woken_until(self._changed, lambda: len(self.results(command_id, topic)) >= count)
         return self.results(command_id, topic)[0]
 
     async def wait_for(self, condition: Any, what: str = "messages") -> None:
         try:
-            async with asyncio.timeout(WAIT):
-                while not condition(self.messages):
-                    self._changed.clear()
-                    await self._changed.wait()
+            await woken_until(self._changed, lambda: condition(self.messages))
         except TimeoutError:
             raise AssertionError(f"timed out waiting for {what}") from None
 
