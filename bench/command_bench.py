@@ -35,8 +35,10 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).parent))
+import modbus_mqtt_bench
 
 BROKER_PORT = 24000
 BASE_PORT = 24001  # the devices: 24001 .. 24000 + devices
@@ -64,31 +66,12 @@ def serve(devices: int) -> None:
 
 
 def write_site(directory: Path, devices: int) -> Path:
-    catalogue = {"domains": [{"id": "water-supply", "name": {"en": "Water supply", "zh": "供水"}}],
-                 "asset_types": [{"id": "bench-station", "domain": "water-supply",
-                                  "name": {"en": "Bench station", "zh": "测试站"}}],
-                 "indicators": [{"id": f"bench-{r:03d}", "name": {"en": f"Bench {r}", "zh": f"测试{r}"},
-                                 "kind": "measurement", "unit": "kPa", "range": [0, 100000],
-                                 "quantified": "instantaneous"} for r in range(REGISTERS + 1)]}
-    points = [{"name": f"r{r}", "indicator": f"bench-{r:03d}", "table": "holding_register", "address": r,
-               "type": "uint16"} for r in range(REGISTERS)]
-    points.append({"name": "setpoint", "indicator": f"bench-{REGISTERS:03d}", "table": "holding_register",
-                   "address": 20, "type": "uint16", "scale": 0.1, "writable": True,
-                   "write": {"range": [0, 1000], "step": 0.1, "min_interval": 0}})
-    (directory / "devices").mkdir()
-    for i in range(devices):
-        device = {"id": f"dev-{i:03d}", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": BASE_PORT + i,
-                  "poll_interval": 1.0,
-                  "asset": {"domain": "water-supply", "site": "bench", "id": f"asset-{i:03d}", "type": "bench-station"},
-                  "points": points}
-        (directory / "devices" / f"dev-{i:03d}.yaml").write_text(yaml.safe_dump({"devices": [device]}))
-    main = {"gateway": {"id": "bench-gw", "state_dir": str(directory / "state"), "log_level": "warning"},
-            "mqtt": {"host": "127.0.0.1", "port": BROKER_PORT}, "clock": {"source": "none"},
-            "commands": {"rate": {"per_point": 100, "per_gateway": 1000}},
-            "catalogue": "catalogue.yaml", "include": ["devices/*.yaml"]}
-    (directory / "catalogue.yaml").write_text(yaml.safe_dump(catalogue, allow_unicode=True))
-    (directory / "gateway.yaml").write_text(yaml.safe_dump(main))
-    return directory / "gateway.yaml"
+    setpoint = {"name": "setpoint", "table": "holding_register", "address": 20, "type": "uint16", "scale": 0.1,
+                "writable": True, "write": {"range": [0, 1000], "step": 0.1, "min_interval": 0}}
+    return modbus_mqtt_bench.write_site(directory, devices, REGISTERS, 1.0, BROKER_PORT, BASE_PORT,
+                                        extra_point=setpoint, settings={
+                                            "clock": {"source": "none"},
+                                            "commands": {"rate": {"per_point": 100, "per_gateway": 1000}}})
 
 
 class Operator:

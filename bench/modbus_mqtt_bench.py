@@ -68,15 +68,21 @@ def serve(devices: int, registers: int, interval: float, base_port: int) -> None
 
 
 def write_site(directory: Path, devices: int, registers: int, interval: float, broker_port: int,
-               base_port: int) -> Path:
+               base_port: int, *, extra_point: dict[str, object] | None = None,
+               settings: dict[str, object] | None = None) -> Path:
+    """The bench's site: `registers` polled points per device (one indicator each), plus `extra_point` (given its
+    own indicator) on every device; `settings` go into the main file beside the broker and the state directory."""
+    count = registers + (extra_point is not None)
     indicators = [{"id": f"bench-{r:03d}", "name": {"en": f"Bench {r}", "zh": f"测试{r}"}, "kind": "measurement",
-                   "unit": "kPa", "range": [0, 100000], "quantified": "instantaneous"} for r in range(registers)]
+                   "unit": "kPa", "range": [0, 100000], "quantified": "instantaneous"} for r in range(count)]
     catalogue = {"domains": [{"id": "water-supply", "name": {"en": "Water supply", "zh": "供水"}}],
                  "asset_types": [{"id": "bench-station", "domain": "water-supply",
                                   "name": {"en": "Bench station", "zh": "测试站"}}],
                  "indicators": indicators}
     points = [{"name": f"r{r}", "indicator": f"bench-{r:03d}", "table": "holding_register", "address": r,
                "type": "uint16", "scale": 0.1} for r in range(registers)]
+    if extra_point is not None:
+        points.append({**extra_point, "indicator": f"bench-{registers:03d}"})
     (directory / "devices").mkdir()
     for i in range(devices):  # one file per device, as a site is usually laid out
         device = {"id": f"dev-{i:03d}", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": base_port + i,
@@ -85,7 +91,7 @@ def write_site(directory: Path, devices: int, registers: int, interval: float, b
                   "points": points}
         (directory / "devices" / f"dev-{i:03d}.yaml").write_text(yaml.safe_dump({"devices": [device]}))
     main = {"gateway": {"id": "bench-gw", "state_dir": str(directory / "state"), "log_level": "warning"},
-            "mqtt": {"host": "127.0.0.1", "port": broker_port},
+            "mqtt": {"host": "127.0.0.1", "port": broker_port}, **(settings or {}),
             "catalogue": "catalogue.yaml", "include": ["devices/*.yaml"]}
     (directory / "catalogue.yaml").write_text(yaml.safe_dump(catalogue, allow_unicode=True))
     (directory / "gateway.yaml").write_text(yaml.safe_dump(main))
