@@ -49,15 +49,14 @@ class Pipeline:
         self._buffer = buffer
         self._processor = processor
         self._on_active_alarms = on_active_alarms
-        self._on_readings = on_readings
         self._pending: list[Message] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self.entries_committed = 0  # readings, statistics and alarm events: each took one seq number
-        # Called as `on_readings` is (the command path's guards read the asset's latest values, the lighting
-        # schedules their circuits' state).
-        self.observers: list[Callable[[Sequence[Reading]], None]] = []
+        # Each sees what `on_readings` is said to see (the status page's latest values, the command path's guards,
+        # the lighting schedules' circuit states).
+        self.observers: list[Callable[[Sequence[Reading]], None]] = [on_readings] if on_readings is not None else []
         self._last_commit_ms = now_ms()
         self._clock = clock
         self._dropping: str | None = _UNTOLD
@@ -183,15 +182,14 @@ class Pipeline:
             self._enqueue_gateway_events([GatewayAlarms.occurred(CLOCK_JUMPED, jump.after_ms, jump.describe())])
 
     def _observe(self, readings: Sequence[Reading]) -> None:
-        if self._on_readings is not None and readings:
-            self._on_readings(readings)
-        for observe in self.observers:
-            if readings:
+        if readings:
+            for observe in self.observers:
                 observe(readings)
 
     def _enqueue_output(self, output: Output) -> None:
         # Derived readings; a device's own were seen as mapped (and a pushing device's heartbeats repeat them).
-        self._observe([r for r in output.readings if r.device == DERIVED_DEVICE])
+        if self.observers:
+            self._observe([r for r in output.readings if r.device == DERIVED_DEVICE])
         for asset, events in _by_asset(output.events, lambda e: e.asset).items():
             first_seq = self._buffer.allocate_sequence(len(events))
             body = encode_alarm_events(self._gateway_id, asset, events, first_seq, self._time_uncertain)
