@@ -35,7 +35,8 @@ from gateway.status.snapshot import (
 
 
 class LatestReadings:
-    """Counts every reading, and (when `keep`) holds the latest one of each indicator of each asset."""
+    """Counts every reading, and (when `keep`) holds the latest one of each series (indicator, or
+    `indicator[instance]` where the asset has it more than once) of each asset."""
 
     def __init__(self, keep: bool) -> None:
         self.count = 0
@@ -46,7 +47,7 @@ class LatestReadings:
         self.count += len(readings)
         if self._keep:
             for reading in readings:
-                self._latest[(reading.asset.path(), reading.indicator)] = reading
+                self._latest[(reading.asset.path(), reading.series)] = reading
 
     def rows(self) -> list[ValueRow]:
         return [_value_row(path, reading) for (path, _), reading in sorted(self._latest.items())]
@@ -140,7 +141,7 @@ def _value_row(path: str, reading: Reading) -> ValueRow:
     value = reading.value
     if isinstance(value, float) and not math.isfinite(value):
         value = None  # JSON has no NaN; such a value is bad anyway
-    return ValueRow(path, reading.indicator, value, reading.unit, reading.quality.value, reading.reason,
+    return ValueRow(path, reading.series, value, reading.unit, reading.quality.value, reading.reason,
                     reading.source_time_ms, reading.receive_time_ms, reading.device, reading.point)
 
 

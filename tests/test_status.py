@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from drivers.modbus.tables import Table
@@ -194,3 +195,25 @@ def test_without_the_listener_aiohttp_is_never_imported() -> None:
             "assert 'aiohttp' not in sys.modules, 'aiohttp imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+async def test_two_instances_of_one_indicator_are_two_rows(
+        tmp_path: Path, broker: Broker, plc: ModbusSimulator) -> None:
+    """Two outlet pressures on one asset (two pumps' outlets): each is its own row on the page (and in `watch`),
+    named as derived expressions and guards name them."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/"
+    config = status_site(tmp_path, broker.port, plc.port, port)
+    devices = yaml.safe_load((tmp_path / "devices.yaml").read_text())
+    points = devices["devices"][0]["points"]
+    first = next(p for p in points if p["name"] == "outlet_pressure")
+    first["instance"] = "pump-1"
+    points.append({**first, "name": "outlet_pressure_2", "address": 1, "instance": "pump-2", "processing": None})
+    (tmp_path / "devices.yaml").write_text(yaml.safe_dump(devices))
+    plc.set_registers(1, Table.HOLDING_REGISTER, 1, [398])
+    async with running(config) as gateway, aiohttp.ClientSession() as web:
+        await serving(gateway)
+        snapshot = await until(web, base, lambda s: value_of(s, "outlet-pressure[pump-2]") is not None,
+                               "the second instance on the page")
+        assert (value_of(snapshot, "outlet-pressure[pump-1]"), value_of(snapshot, "outlet-pressure[pump-2]")) == (
+            412, 398)
